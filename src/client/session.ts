@@ -1,0 +1,201 @@
+/**
+ * The client side of the KMS secure channel, independent of any transport: makes the handshake,
+ * encrypts requests under the ephemeral key, decrypts and checks responses, and does the handshake
+ * again when the KMS answers with a signed "unknown or expired key" error. A transport (XMPP, or
+ * the engine in process for tests) is a function from request messages to response messages.
+ */
+import { createECDH, randomUUID, type KeyObject } from 'node:crypto';
+import { encryptJwe, encryptDir, decryptDir, readJweHeader } from '../crypto/jwe.js';
+import { decodeCompactJws, verifyCompact, type JwsAlg } from '../crypto/jws.js';
+import { importPublicJwk } from '../crypto/keys.js';
+import { deriveChannelKey } from '../crypto/channel.js';
+import { encode as b64u } from '../crypto/base64url.js';
+import { KmsResponseError } from './errors.js';
+
+/** Sends request messages, returns one response message each, in order. */
+export type Transport = (messages: string[]) => Promise<string[]>;
+
+/** A credential of -03 §4.5.1: a bearer token (re-read on every handshake, so it can be refreshed). */
+export type CredentialSource = () => string | Promise<string>;
+
+export interface SessionOptions {
+  /** The KMS's static key id, kms://<domain>, and its validated public key. */
+  kmsKid: string;
+  kmsKey: KeyObject;
+  transport: Transport;
+  bearer: CredentialSource;
+  clientId?: string;
+  /** Renew the ephemeral key this long before it expires (ms). */
+  renewBeforeMs?: number;
+  clock?: () => number;
+}
+
+/** The ephemeral key object of a handshake response. */
+export interface EphemeralKeyInfo {
+  uri: string;
+  userId: string;
+  clientId: string;
+  createDate: string;
+  expirationDate: string;
+}
+
+/** A decrypted response: status, requestId and the operation's fields. */
+export type KmsResponse = { status: number; reason?: string; requestId?: string | number } & Record<string, unknown>;
+
+interface Channel {
+  info: EphemeralKeyInfo;
+  key: Buffer;
+  expiresAt: number;
+}
+
+/** One client's secure channel to one KMS. */
+export class KmsSession {
+  readonly clientId: string;
+  readonly #o: SessionOptions;
+  readonly #sigAlgs: JwsAlg[];
+  #channel: Channel | undefined;
+  #handshaking: Promise<Channel> | undefined;
+
+  constructor(opts: SessionOptions) {
+    this.#o = opts;
+    this.clientId = opts.clientId ?? `kms-client-${randomUUID()}`;
+    this.#sigAlgs = opts.kmsKey.asymmetricKeyType === 'rsa' ? ['PS256', 'RS256'] : ['ES256'];
+  }
+
+  /** The current ephemeral key, if a handshake has been made. */
+  get ephemeral(): EphemeralKeyInfo | undefined {
+    return this.#channel?.info;
+  }
+
+  #now(): number {
+    return this.#o.clock ? this.#o.clock() : Date.now();
+  }
+
+  async #credential() {
+    return { clientId: this.clientId, credential: { bearer: await this.#o.bearer() } };
+  }
+
+  /** Makes a new ephemeral key (create /ecdhe, -03 §4.6.1). Concurrent callers share one handshake. */
+  async handshake(): Promise<EphemeralKeyInfo> {
+    this.#handshaking ??= this.#doHandshake().finally(() => (this.#handshaking = undefined));
+    this.#channel = await this.#handshaking;
+    return this.#channel.info;
+  }
+
+  async #doHandshake(): Promise<Channel> {
+    const ecdh = createECDH('prime256v1');
+    const point = ecdh.generateKeys();
+    const requestId = randomUUID();
+    const payload = {
+      client: await this.#credential(),
+      method: 'create',
+      uri: '/ecdhe',
+      requestId,
+      jwk: { kty: 'EC', crv: 'P-256', x: b64u(point.subarray(1, 33)), y: b64u(point.subarray(33, 65)) },
+    };
+    const rsa = this.#o.kmsKey.asymmetricKeyType === 'rsa';
+    const message = encryptJwe(this.#o.kmsKey, JSON.stringify(payload), {
+      alg: rsa ? 'RSA-OAEP' : 'ECDH-ES',
+      enc: 'A256GCM',
+      kid: this.#o.kmsKid,
+    });
+    const [reply] = await this.#o.transport([message]);
+    const res = this.#verifySigned(reply ?? '');
+    if (res.requestId !== requestId) throw new KmsResponseError(502, 'the handshake response answers another request');
+    if (res.status !== 201) throw KmsResponseError.from(res);
+    const key = (res.key ?? res['ephemeral-key']) as (EphemeralKeyInfo & { jwk: unknown }) | undefined;
+    if (!key || typeof key.uri !== 'string' || typeof key.expirationDate !== 'string') {
+      throw new KmsResponseError(502, 'the handshake response has no ephemeral key');
+    }
+    const kmsPublic = importPublicJwk(key.jwk);
+    const info: EphemeralKeyInfo = {
+      uri: key.uri,
+      userId: key.userId,
+      clientId: key.clientId,
+      createDate: key.createDate,
+      expirationDate: key.expirationDate,
+    };
+    return { info, key: deriveChannelKey(ecdh, kmsPublic), expiresAt: Date.parse(key.expirationDate) };
+  }
+
+  /** A JWS by the static key: a handshake response, or an error sent without a channel. */
+  #verifySigned(message: string): KmsResponse {
+    let payload: Buffer;
+    try {
+      ({ payload } = verifyCompact(message, this.#o.kmsKey, this.#sigAlgs));
+    } catch {
+      throw new KmsResponseError(502, 'the response is not signed by the KMS');
+    }
+    return JSON.parse(payload.toString('utf8')) as KmsResponse;
+  }
+
+  async #currentChannel(): Promise<Channel> {
+    const renewBefore = this.#o.renewBeforeMs ?? 60_000;
+    if (!this.#channel || this.#channel.expiresAt - renewBefore <= this.#now()) await this.handshake();
+    return this.#channel!;
+  }
+
+  /** Sends several requests in one transport call; responses are matched by requestId. */
+  async batch(requests: { method: string; uri: string; body?: Record<string, unknown> }[]): Promise<KmsResponse[]> {
+    for (let attempt = 0; ; attempt++) {
+      const channel = await this.#currentChannel();
+      const client = await this.#credential();
+      const ids = requests.map(() => randomUUID());
+      const messages = requests.map((r, i) =>
+        encryptDir(channel.key, JSON.stringify({ client, method: r.method, uri: r.uri, requestId: ids[i], ...(r.body ?? {}) }), {
+          enc: 'A256GCM',
+          kid: channel.info.uri,
+        }),
+      );
+      const replies = await this.#o.transport(messages);
+      const byId = new Map<string | number | undefined, KmsResponse>();
+      let channelLost = false;
+      for (const reply of replies) {
+        const res = this.#open(reply, channel);
+        if (res.signed && res.response.status === 401) channelLost = true;
+        byId.set(res.response.requestId, res.response);
+      }
+      if (channelLost && attempt === 0) {
+        // The KMS no longer knows our key (expired, deleted, KMS restarted without it): handshake again once.
+        this.#channel = undefined;
+        continue;
+      }
+      return ids.map((id, i) => byId.get(id) ?? (replies[i] !== undefined ? this.#open(replies[i]!, channel).response : missing()));
+    }
+  }
+
+  /** One request; a status >= 400 becomes a KmsResponseError. */
+  async request(method: string, uri: string, body?: Record<string, unknown>): Promise<KmsResponse> {
+    const [res] = await this.batch([{ method, uri, ...(body ? { body } : {}) }]);
+    if (res!.status >= 400) throw KmsResponseError.from(res!);
+    return res!;
+  }
+
+  #open(message: string, channel: Channel): { signed: boolean; response: KmsResponse } {
+    const parts = message.split('.').length;
+    if (parts === 3) {
+      decodeCompactJws(message);
+      return { signed: true, response: this.#verifySigned(message) };
+    }
+    const header = readJweHeader(message);
+    if (header.kid !== channel.info.uri) throw new KmsResponseError(502, 'the response is under another ephemeral key');
+    const { plaintext } = decryptDir(message, channel.key, ['A256GCM']);
+    return { signed: false, response: JSON.parse(plaintext.toString('utf8')) as KmsResponse };
+  }
+
+  /** Deletes the ephemeral key on the KMS (-03 §4.6.2) and forgets it. */
+  async close(): Promise<void> {
+    const ch = this.#channel;
+    if (!ch) return;
+    try {
+      await this.request('delete', ch.info.uri);
+    } finally {
+      this.#channel = undefined;
+      ch.key.fill(0);
+    }
+  }
+}
+
+function missing(): never {
+  throw new KmsResponseError(502, 'the KMS did not answer every request');
+}

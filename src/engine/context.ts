@@ -1,0 +1,71 @@
+/** What every operation handler gets: the engine's dependencies and the request being served. */
+import type { JsonWebKey } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import type { EngineConfig } from './config.js';
+import type { KmsState, EphemeralRecord } from '../store/kms-state.js';
+import type { Sealer } from '../crypto/seal.js';
+import type { StaticIdentity } from './identity.js';
+import type { KmsRequest } from '../protocol/messages.js';
+import type { Principal } from './principal.js';
+import type { JwsAlg } from '../crypto/jws.js';
+import { signCompact } from '../crypto/jws.js';
+import { importPublicJwk } from '../crypto/keys.js';
+import { Lru } from '../util/lru.js';
+
+/** Long-lived dependencies shared by all handlers. */
+export class EngineDeps {
+  readonly config: EngineConfig;
+  readonly state: KmsState;
+  readonly sealer: Sealer;
+  readonly identity: StaticIdentity;
+  readonly clock: () => Date;
+  /** Imported public keys by RFC 7638 thumbprint: importing costs more than using. */
+  readonly #keyObjects = new Lru<string, KeyObject>(50_000);
+
+  constructor(d: { config: EngineConfig; state: KmsState; sealer: Sealer; identity: StaticIdentity; clock?: () => Date }) {
+    this.config = d.config;
+    this.state = d.state;
+    this.sealer = d.sealer;
+    this.identity = d.identity;
+    this.clock = d.clock ?? (() => new Date());
+  }
+
+  /** The KeyObject of a registered entity key (cached by its thumbprint). */
+  keyObject(kid: string, jwk: JsonWebKey): KeyObject {
+    let k = this.#keyObjects.get(kid);
+    if (!k) {
+      k = importPublicJwk(jwk);
+      this.#keyObjects.set(kid, k);
+    }
+    return k;
+  }
+
+  /** Signs a JSON payload with the KMS's static key (-03: genesis blocks, GKs, handshake responses, channel-less errors). */
+  signAsKms(payload: unknown): string {
+    return signCompact(this.identity.privateKey, this.identity.sigAlg, JSON.stringify(payload), { kid: this.identity.kid });
+  }
+
+  /** The signature algorithms accepted from an entity key of this type. */
+  static entityAlgs(jwk: JsonWebKey): JwsAlg[] {
+    return jwk.kty === 'EC' ? ['ES256'] : ['PS256', 'RS256'];
+  }
+}
+
+/** One authenticated request on an established channel. */
+export interface RequestContext {
+  deps: EngineDeps;
+  req: KmsRequest;
+  principal: Principal;
+  ephemeral: EphemeralRecord;
+  now: Date;
+  /** Path segments of the request URI, after the collection name. */
+  segments: string[];
+}
+
+/** What a handler returns: the status and the body fields beside status/requestId. */
+export interface HandlerResult {
+  status: number;
+  body?: Record<string, unknown>;
+  /** Runs after the response is encrypted (delete of the ephemeral key answers under the key it deletes). */
+  after?: () => Promise<void>;
+}

@@ -1,0 +1,124 @@
+/**
+ * Credential verification (-03 §4.5.1, §4.6.1): a bearer OAuth 2.0 access token (a JWT checked
+ * against the identity provider's JWKS), or a `jwk` carrying an `x5c` chain validated against the
+ * KMS's trust anchors (for trusted services such as a federating KMS).
+ */
+import { createHash, type X509Certificate } from 'node:crypto';
+import { errors as joseErrors, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import { unauthenticated, forbidden, type KmsError } from '../protocol/errors.js';
+import { normalizeEntity } from '../protocol/entity.js';
+import type { KmsRequest } from '../protocol/messages.js';
+import { importPublicJwk } from '../crypto/keys.js';
+import { validateChain } from '../crypto/x509.js';
+import { Lru } from '../util/lru.js';
+import type { Principal } from './principal.js';
+
+export interface BearerSettings {
+  /** Resolves the IdP's verification key for a token (jose's createLocalJWKSet / createRemoteJWKSet). */
+  keys: JWTVerifyGetKey;
+  issuer: string;
+  /** The KMS's own audience; tokens for anything else are refused. */
+  audience: string;
+  /** Accepted signature algorithms: never `none`, never HS* with a public key. */
+  algorithms: string[];
+  /** The claim that names the user, normalised to a bare JID. */
+  userClaim: string;
+  clockToleranceSec: number;
+}
+
+export interface AuthenticatorSettings {
+  bearer: BearerSettings;
+  /** Trust anchors for `jwk` credentials (services); empty disables them. */
+  serviceAnchors: X509Certificate[];
+  /** When set, only users of these domains may use the KMS (-03 §4.6.1 "authorized user"). */
+  allowedDomains?: string[];
+}
+
+const TOKEN_CACHE_SIZE = 10_000;
+
+/** Turns a request's credential into a Principal, or a 401/403 that says why not. */
+export class Authenticator {
+  readonly #s: AuthenticatorSettings;
+  readonly #cache = new Lru<string, Principal>(TOKEN_CACHE_SIZE);
+
+  constructor(settings: AuthenticatorSettings) {
+    this.#s = settings;
+  }
+
+  /** Verifies the credential; results are cached until the credential's own expiry. */
+  async authenticate(credential: KmsRequest['credential'], now: Date): Promise<Principal> {
+    const cacheKey = 'bearer' in credential ? `b:${credential.bearer}` : `j:${digest(JSON.stringify(credential.jwk))}`;
+    const hit = this.#cache.get(cacheKey);
+    if (hit && (hit.expiresAt === undefined || hit.expiresAt > now.getTime())) return hit;
+    const p = 'bearer' in credential ? await this.#bearer(credential.bearer, now) : this.#service(credential.jwk, now);
+    this.#checkDomain(p);
+    this.#cache.set(cacheKey, p);
+    return p;
+  }
+
+  async #bearer(token: string, now: Date): Promise<Principal> {
+    const b = this.#s.bearer;
+    let payload: Record<string, unknown>;
+    try {
+      ({ payload } = await jwtVerify(token, b.keys, {
+        issuer: b.issuer,
+        audience: b.audience,
+        algorithms: b.algorithms,
+        clockTolerance: b.clockToleranceSec,
+        currentDate: now,
+        requiredClaims: ['exp', b.userClaim],
+      }));
+    } catch (e) {
+      throw unauthenticated(`bearer token rejected: ${describeJoseError(e)}`, e);
+    }
+    const raw = payload[b.userClaim];
+    const user = typeof raw === 'string' ? normalizeEntity(raw) : undefined;
+    if (!user) throw unauthenticated(`bearer token rejected: claim ${b.userClaim} is not a user address`);
+    const p: Principal = { id: user, kind: 'user' };
+    if (typeof payload.exp === 'number') p.expiresAt = payload.exp * 1000;
+    return p;
+  }
+
+  #service(jwk: Record<string, unknown> & { x5c: string[] }, now: Date): Principal {
+    if (this.#s.serviceAnchors.length === 0) throw unauthenticated('jwk credentials are not accepted by this KMS');
+    let chain;
+    try {
+      chain = validateChain(jwk.x5c, this.#s.serviceAnchors, { now });
+    } catch (e) {
+      throw unauthenticated(`jwk credential rejected: ${(e as Error).message}`, e);
+    }
+    let presented;
+    try {
+      presented = importPublicJwk(jwk);
+    } catch (e) {
+      throw unauthenticated(`jwk credential rejected: ${(e as Error).message}`, e);
+    }
+    if (!presented.equals(chain.publicKey)) throw unauthenticated('jwk credential rejected: the key is not the certificate\'s key');
+    const host = chain.dnsNames[0] ?? chain.commonName;
+    if (!host) throw unauthenticated('jwk credential rejected: the certificate names no host');
+    return { id: `kms://${host.toLowerCase()}`, kind: 'service', expiresAt: Date.parse(chain.leaf.validTo) };
+  }
+
+  #checkDomain(p: Principal): void {
+    const allowed = this.#s.allowedDomains;
+    if (!allowed || p.kind !== 'user') return;
+    const domain = p.id.slice(p.id.indexOf('@') + 1);
+    if (!allowed.includes(domain)) throw forbidden(`${p.id} is not a user of a domain this KMS serves`) as KmsError;
+  }
+}
+
+function digest(s: string): string {
+  return createHash('sha256').update(s).digest('base64url');
+}
+
+/** A short, non-sensitive description of why jose refused a token. */
+function describeJoseError(e: unknown): string {
+  if (e instanceof joseErrors.JWTExpired) return 'expired';
+  if (e instanceof joseErrors.JWTClaimValidationFailed) return `claim ${e.claim} ${e.reason === 'check_failed' ? 'is wrong' : e.reason}`;
+  if (e instanceof joseErrors.JOSEAlgNotAllowed) return 'algorithm not allowed';
+  if (e instanceof joseErrors.JWSSignatureVerificationFailed) return 'bad signature';
+  if (e instanceof joseErrors.JWKSNoMatchingKey) return 'signed by an unknown key';
+  if (e instanceof joseErrors.JWSInvalid || e instanceof joseErrors.JWTInvalid) return 'malformed token';
+  if (e instanceof joseErrors.JOSENotSupported) return 'unsupported algorithm';
+  return 'invalid token';
+}

@@ -1,0 +1,294 @@
+/**
+ * The KMS engine: a function from one compact JOSE request message to one compact JOSE response
+ * message, plus the state it keeps. Transport-agnostic (protocol-notes §6 item 20): the XMPP
+ * component, tests and benchmarks all call `handle`.
+ *
+ * Message classes (-03 §4.5):
+ *   - a handshake (create /ecdhe) is a JWE to the static key; its response a JWS by the static key;
+ *   - every other message is a JWE dir+A256GCM under the ephemeral key, kid = its URI;
+ *   - a failure without a usable ephemeral key is a JWS by the static key; any other failure an
+ *     encrypted response with status and reason.
+ */
+import { createECDH, randomUUID } from 'node:crypto';
+import { KmsError, badRequest, methodNotAllowed, notFound, tooLarge, unauthenticated, unsupported } from '../protocol/errors.js';
+import { parseRequest, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
+import { parseKmsUri } from '../protocol/uri.js';
+import { decryptDir, decryptJwe, encryptDir, readJweHeader } from '../crypto/jwe.js';
+import { importPublicJwk } from '../crypto/keys.js';
+import { deriveChannelKey } from '../crypto/channel.js';
+import { encode as b64u } from '../crypto/base64url.js';
+import type { EphemeralRecord } from '../store/kms-state.js';
+import type { Authenticator } from './credentials.js';
+import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
+import { appendBlocks, getChain, postGenesis } from './gmbc.js';
+import { bindGk, createGk, getGk } from './gk.js';
+import { deleteEntityKey, listEntityKeys, registerEntityKey } from './entity-keys.js';
+import type { Logger } from '../util/logger.js';
+
+type Verb = 'create' | 'read' | 'update' | 'delete';
+
+/** Both method vocabularies, folded (protocol-notes §6 item 1). `post` means create on a collection, update on an object. */
+function verbOf(method: Method, onObject: boolean): Verb {
+  switch (method) {
+    case 'post':
+      return onObject ? 'update' : 'create';
+    case 'create':
+      return 'create';
+    case 'get':
+    case 'retrieve':
+      return 'read';
+    case 'update':
+      return 'update';
+    case 'delete':
+      return 'delete';
+  }
+}
+
+type Handler = (ctx: RequestContext) => Promise<HandlerResult>;
+
+/** Routes: collection name → [handlers on the collection, handlers on an object in it]. */
+const ROUTES: Record<string, [Partial<Record<Verb, Handler>>, Partial<Record<Verb, Handler>>]> = {
+  blocks: [{ create: postGenesis }, { update: appendBlocks, read: getChain }],
+  gks: [{ create: createGk }, { update: bindGk, read: getGk }],
+  'entity-keys': [{ create: registerEntityKey }, { read: listEntityKeys, delete: deleteEntityKey }],
+  ping: [{ update: ping, read: ping }, {}],
+  ecdhe: [{}, { delete: deleteEphemeral }],
+};
+
+async function ping(): Promise<HandlerResult> {
+  return { status: 200 };
+}
+
+async function deleteEphemeral(ctx: RequestContext): Promise<HandlerResult> {
+  const id = ctx.segments[0];
+  // Only the owner may delete; a client deletes the key it is talking under (-03 §4.6.2).
+  if (id !== ctx.ephemeral.id) throw notFound('only the ephemeral key of this channel can be deleted on it');
+  // The 204 is encrypted under the key being deleted; the key goes after that (protocol-notes §6 item 17).
+  return { status: 204, after: () => ctx.deps.state.deleteEphemeral(id) };
+}
+
+export interface EngineOptions {
+  deps: EngineDeps;
+  authenticator: Authenticator;
+  logger?: Logger;
+}
+
+/** One channel-less failure: answered as a JWS by the static key. */
+class ChannelError extends Error {
+  constructor(readonly error: KmsError, readonly requestId?: string | number) {
+    super(error.message);
+  }
+}
+
+const EPHEMERAL_PREFIX = '/ecdhe/';
+
+/** The KMS engine. */
+export class KmsEngine {
+  readonly deps: EngineDeps;
+  readonly #auth: Authenticator;
+  readonly #log: Logger | undefined;
+
+  constructor(opts: EngineOptions) {
+    this.deps = opts.deps;
+    this.#auth = opts.authenticator;
+    this.#log = opts.logger;
+  }
+
+  /** Handles one request message and returns its response message. Never throws. */
+  async handle(message: string): Promise<string> {
+    try {
+      return await this.#handle(message);
+    } catch (e) {
+      const ce = e instanceof ChannelError ? e : new ChannelError(this.#internal(e));
+      return this.#signedError(ce.error, ce.requestId);
+    }
+  }
+
+  async #handle(message: string): Promise<string> {
+    if (typeof message !== 'string') throw new ChannelError(badRequest('the message must be a string'));
+    if (Buffer.byteLength(message, 'utf8') > this.deps.config.limits.maxMessageBytes) {
+      throw new ChannelError(tooLarge(`the message exceeds ${this.deps.config.limits.maxMessageBytes} bytes`));
+    }
+    let header;
+    try {
+      header = readJweHeader(message);
+    } catch (e) {
+      throw new ChannelError(badRequest('the message is not a compact JWE', e));
+    }
+    if (header.alg === 'dir') return this.#onChannel(message, header);
+    return this.#handshake(message, header);
+  }
+
+  // ---- the handshake (-03 §4.6.1) ----
+
+  async #handshake(message: string, header: Record<string, unknown>): Promise<string> {
+    const { deps } = this;
+    const id = deps.identity;
+    if (header.kid !== undefined && header.kid !== id.kid) {
+      throw new ChannelError(unauthenticated(`the handshake is addressed to ${String(header.kid)}, not ${id.kid}`));
+    }
+    if (!id.handshakeAlgs.includes(String(header.alg))) {
+      throw new ChannelError(unsupported(`handshake alg ${String(header.alg)} is not accepted (use ${id.handshakeAlgs.join(' or ')})`));
+    }
+    let plaintext: Buffer;
+    try {
+      ({ plaintext } = decryptJwe(message, id.privateKey, { alg: id.handshakeAlgs, enc: ['A256GCM', 'A128GCM'] }));
+    } catch (e) {
+      throw new ChannelError(unauthenticated('the handshake could not be decrypted with the KMS static key', e));
+    }
+    const payload = safeJson(plaintext);
+    const requestId = peekRequestId(payload);
+    try {
+      const req = parseRequest(plaintext);
+      const { segments } = parseKmsUri(req.uri, deps.config.domain);
+      if (segments.length !== 1 || segments[0] !== 'ecdhe') throw badRequest('a message to the static key must create an ephemeral key (uri /ecdhe)');
+      if (req.method !== 'create' && req.method !== 'post') throw methodNotAllowed(`/ecdhe accepts create, not ${req.method}`);
+      const now = deps.clock();
+      const principal = await this.#auth.authenticate(req.credential, now);
+      const clientKey = this.#clientEcdhKey(req.body.jwk);
+      // -03 §4.6.1: a fresh KMS key on the client's curve. createECDH, not generateKeyPairSync+JWK export (a Node 20 hang).
+      const ecdh = createECDH('prime256v1');
+      const point = ecdh.generateKeys();
+      const key = deriveChannelKey(ecdh, clientKey);
+      const uuid = randomUUID();
+      const lifetime = deps.config.ephemeralLifetimeSec * 1000;
+      const record: EphemeralRecord = {
+        id: uuid,
+        uri: EPHEMERAL_PREFIX + uuid,
+        userId: principal.id,
+        clientId: req.clientId,
+        createDate: now.toISOString(),
+        expirationDate: new Date(now.getTime() + lifetime).toISOString(),
+        key: deps.sealer.seal(key, `ecdhe:${uuid}`),
+        jwk: { kty: 'EC', crv: 'P-256', x: b64u(point.subarray(1, 33)), y: b64u(point.subarray(33, 65)) },
+      };
+      key.fill(0);
+      await deps.state.putEphemeral(record);
+      const keyObject = {
+        uri: record.uri,
+        jwk: record.jwk,
+        userId: record.userId,
+        clientId: record.clientId,
+        createDate: record.createDate,
+        expirationDate: record.expirationDate,
+      };
+      this.#log?.info({ event: 'handshake', user: principal.id, ephemeralKey: record.uri }, 'ephemeral key created');
+      // protocol-notes §6 item 3: `key` (content rule, -02, node-kms) and the -03 example's `ephemeral-key`.
+      return deps.signAsKms(withRequestId({ status: 201, key: keyObject, 'ephemeral-key': keyObject }, requestId));
+    } catch (e) {
+      throw new ChannelError(this.#asKmsError(e), requestId);
+    }
+  }
+
+  #clientEcdhKey(jwk: unknown) {
+    if (!jwk || typeof jwk !== 'object') throw badRequest('jwk: the client\'s ephemeral public key is required');
+    const j = jwk as Record<string, unknown>;
+    // protocol-notes §6 item 5: P-256, the MTI curve, only.
+    if (j.kty !== 'EC' || j.crv !== 'P-256') throw unsupported('jwk: the ephemeral key must be EC P-256');
+    try {
+      return importPublicJwk(j); // private members, if any, are ignored
+    } catch (e) {
+      throw badRequest(`jwk: ${(e as Error).message}`, e);
+    }
+  }
+
+  // ---- the channel ----
+
+  async #onChannel(message: string, header: Record<string, unknown>): Promise<string> {
+    const { deps } = this;
+    const now = deps.clock();
+    const eph = await this.#ephemeralFor(header.kid, now);
+    const key = deps.sealer.open(eph.key, `ecdhe:${eph.id}`);
+    let requestId: string | number | undefined;
+    try {
+      let plaintext: Buffer;
+      try {
+        ({ plaintext } = decryptDir(message, key, ['A256GCM']));
+      } catch (e) {
+        throw badRequest('the message could not be decrypted under its ephemeral key', e);
+      }
+      requestId = peekRequestId(safeJson(plaintext));
+      const req = parseRequest(plaintext);
+      const principal = await this.#auth.authenticate(req.credential, now);
+      // protocol-notes §6 item 17: the channel belongs to the identity that made it.
+      if (principal.id !== eph.userId || req.clientId !== eph.clientId) {
+        throw unauthenticated('the credential is not the one this ephemeral key was made for');
+      }
+      const result = await this.#route({ deps, req, principal, ephemeral: eph, now, segments: [] });
+      const response = encryptDir(key, JSON.stringify(withRequestId({ status: result.status, ...(result.body ?? {}) }, req.requestId)), {
+        enc: 'A256GCM',
+        kid: eph.uri,
+      });
+      if (result.after) await result.after();
+      return response;
+    } catch (e) {
+      const err = this.#asKmsError(e);
+      return encryptDir(key, JSON.stringify(withRequestId({ status: err.status, reason: err.reason }, requestId)), {
+        enc: 'A256GCM',
+        kid: eph.uri,
+      });
+    } finally {
+      key.fill(0);
+    }
+  }
+
+  async #ephemeralFor(kid: unknown, now: Date): Promise<EphemeralRecord> {
+    if (typeof kid !== 'string') throw new ChannelError(unauthenticated('the message names no ephemeral key (kid)'));
+    let path = kid;
+    const abs = `kms://${this.deps.config.domain}`;
+    if (path.startsWith(abs)) path = path.slice(abs.length);
+    const id = path.startsWith(EPHEMERAL_PREFIX) ? path.slice(EPHEMERAL_PREFIX.length) : '';
+    const eph = /^[0-9a-f-]{36}$/.test(id) ? await this.deps.state.ephemeral(id) : undefined;
+    if (!eph) throw new ChannelError(unauthenticated(`unknown ephemeral key ${kid.slice(0, 100)}`));
+    // -03 §4.6.1: MUST reject messages under an expired ephemeral key.
+    if (Date.parse(eph.expirationDate) <= now.getTime()) throw new ChannelError(unauthenticated(`ephemeral key ${eph.uri} expired`));
+    return eph;
+  }
+
+  async #route(ctx: RequestContext): Promise<HandlerResult> {
+    const req: KmsRequest = ctx.req;
+    const { segments } = parseKmsUri(req.uri, this.deps.config.domain);
+    const [collection, ...rest] = segments;
+    const route = collection === undefined ? undefined : ROUTES[collection];
+    if (!route || rest.length > 1) throw notFound(`no such resource ${req.uri}`);
+    const onObject = rest.length === 1;
+    const handler = route[onObject ? 1 : 0][verbOf(req.method, onObject)];
+    if (!handler) {
+      if (collection === 'ecdhe' && !onObject) throw methodNotAllowed('a new ephemeral key is made by a handshake to the static key, not on a channel');
+      throw methodNotAllowed(`${req.uri} does not accept ${req.method}`);
+    }
+    return handler({ ...ctx, segments: rest });
+  }
+
+  // ---- errors ----
+
+  #asKmsError(e: unknown): KmsError {
+    return e instanceof KmsError ? e : this.#internal(e);
+  }
+
+  #internal(e: unknown): KmsError {
+    // Logged by type and message only: never the request, which may hold key material.
+    this.#log?.error({ event: 'internal-error', err: { name: (e as Error)?.name, message: (e as Error)?.message } }, 'unexpected failure');
+    return new KmsError('INTERNAL', 'internal error; nothing was changed');
+  }
+
+  #signedError(err: KmsError, requestId: string | number | undefined): string {
+    try {
+      return this.deps.signAsKms(withRequestId({ status: err.status, reason: err.reason }, requestId));
+    } catch {
+      return this.deps.signAsKms({ status: 500, reason: 'internal error' });
+    }
+  }
+}
+
+function withRequestId<T extends Record<string, unknown>>(payload: T, requestId: string | number | undefined): T {
+  return requestId === undefined ? payload : { ...payload, requestId };
+}
+
+function safeJson(b: Buffer): unknown {
+  try {
+    return JSON.parse(b.toString('utf8'));
+  } catch {
+    return undefined;
+  }
+}

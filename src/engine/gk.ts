@@ -1,0 +1,136 @@
+/**
+ * Group keys: create (-03 §4.6.6), bind (§4.6.7) and get (§4.6.8). The key material is sealed at
+ * rest and only ever leaves the KMS wrapped to an entity's registered public key, inside a GK
+ * signed by the KMS.
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { z } from 'zod';
+import { badRequest, conflict, forbidden, notFound } from '../protocol/errors.js';
+import { parseBody, sha256Hex } from '../protocol/messages.js';
+import { kmsIdentity, requireEntity } from '../protocol/entity.js';
+import { absoluteUri } from '../protocol/uri.js';
+import { encryptJwe } from '../crypto/jwe.js';
+import { encode as b64u } from '../crypto/base64url.js';
+import { isMemberAt, type GkRecord } from '../store/kms-state.js';
+import type { EngineDeps, HandlerResult, RequestContext } from './context.js';
+import { KeyedMutex } from '../util/mutex.js';
+import { resolveEntityKey } from './entity-keys.js';
+
+const createBody = z.looseObject({ block: sha256Hex.optional(), kid: z.string().max(128).optional() });
+const bindBody = z.looseObject({ block: sha256Hex, kid: z.string().max(128).optional() });
+const getBody = z.looseObject({ entity: z.string().min(1).max(3071), kid: z.string().max(128).optional() });
+
+const sealContext = (id: string) => `gk:${id}`;
+
+/** The block a hash names, and whether `owner` is a member at it; 404 / 403 otherwise. */
+async function requireMemberAtBlock(deps: EngineDeps, hash: string, entity: string): Promise<string> {
+  const ref = await deps.state.blockRef(hash);
+  if (!ref) throw notFound(`no block ${hash}`);
+  if (!isMemberAt(await deps.state.intervals(ref.chain, entity), ref.seq)) throw forbidden(`${entity} is not a member at block ${hash}`);
+  return hash.toLowerCase();
+}
+
+/** Builds the signed GK with its key wrapped for one entity key. */
+async function issue(deps: EngineDeps, gk: GkRecord, entity: string, kid: string | undefined): Promise<string> {
+  const key = await resolveEntityKey(deps, entity, kid);
+  const raw = deps.sealer.open(gk.key, sealContext(gk.id));
+  const jwk = JSON.stringify({ kty: 'oct', k: b64u(raw), alg: 'A256GCM', kid: gk.uri });
+  raw.fill(0);
+  // PCG-01 MTI and protocol-notes §6 item 8: a single-recipient compact JWE to the entity's key.
+  const wrapped = encryptJwe(deps.keyObject(key.kid, key.jwk), jwk, {
+    alg: key.jwk.kty === 'EC' ? 'ECDH-ES+A256KW' : 'RSA-OAEP',
+    enc: 'A256GCM',
+    kid: key.kid,
+  });
+  const payload: Record<string, unknown> = { uri: gk.uri, creator: kmsIdentity(deps.config.domain), created: gk.created };
+  if (gk.block) payload.block = gk.block;
+  payload.key = wrapped;
+  return deps.signAsKms(payload);
+}
+
+/** post /gks: a new GK, unbound or bound at once to a block; wrapped for the requester. */
+export async function createGk(ctx: RequestContext): Promise<HandlerResult> {
+  const { deps, principal } = ctx;
+  if (principal.kind !== 'user') throw forbidden('only users create group keys');
+  const body = parseBody(createBody, ctx.req.body);
+  const id = randomUUID();
+  const gk: GkRecord = {
+    id,
+    uri: absoluteUri(deps.config.domain, 'gks', id),
+    created: ctx.now.toISOString(),
+    owner: principal.id,
+    clientId: ctx.req.clientId,
+    key: '',
+  };
+  if (body.block !== undefined) gk.block = await requireMemberAtBlock(deps, body.block, principal.id);
+  const raw = randomBytes(32);
+  gk.key = deps.sealer.seal(raw, sealContext(id));
+  raw.fill(0);
+  // Wrap before storing: a requester without an entity key gets a 4xx and nothing is kept.
+  const signed = await issue(deps, gk, principal.id, body.kid);
+  await deps.state.putGk(gk);
+  return { status: 201, body: { gk: signed } };
+}
+
+const bindLocks = new KeyedMutex();
+
+async function requireGk(deps: EngineDeps, segments: string[]): Promise<GkRecord> {
+  const id = segments[0];
+  const gk = id === undefined ? undefined : await deps.state.gk(id);
+  if (!gk) throw notFound(`no group key ${id ?? ''}`);
+  return gk;
+}
+
+/** post <gk uri>: binds an unbound GK to a block; only its owner, at a block where the owner is a member. */
+export async function bindGk(ctx: RequestContext): Promise<HandlerResult> {
+  const { deps, principal } = ctx;
+  const body = parseBody(bindBody, ctx.req.body);
+  const found = await requireGk(deps, ctx.segments);
+  return bindLocks.run(found.id, async () => {
+    const gk = (await deps.state.gk(found.id))!;
+    if (gk.owner !== principal.id) throw forbidden(`only the owner may bind ${gk.uri}`);
+    const block = await requireMemberAtBlock(deps, body.block, principal.id);
+    if (gk.block !== undefined && gk.block !== block) throw conflict(`${gk.uri} is already bound to another block`);
+    const next: GkRecord = { ...gk, block };
+    const signed = await issue(deps, next, principal.id, body.kid);
+    if (gk.block === undefined) await deps.state.putGk(next);
+    return { status: 200, body: { gk: signed } };
+  });
+}
+
+/** get <gk uri>: the GK wrapped for `entity`, if the retrieval policy lets that entity have it (-03 §4.6.8). */
+export async function getGk(ctx: RequestContext): Promise<HandlerResult> {
+  const { deps, principal } = ctx;
+  const body = parseBody(getBody, ctx.req.body);
+  const entity = requireEntity(body.entity, 'entity');
+  // protocol-notes §6 item 14: users fetch for themselves; only trusted services act for others.
+  if (principal.kind === 'user' && entity !== principal.id) throw forbidden(`${principal.id} may not fetch keys for ${entity}`);
+  const gk = await requireGk(deps, ctx.segments);
+  if (gk.block === undefined) {
+    // An unbound GK is its owner's alone (-02's unbound keys; protocol-notes §6 item 15).
+    if (entity !== gk.owner) throw forbidden(`${gk.uri} is not bound and belongs to another user`);
+  } else if (!(await policyAllows(deps, gk.block, entity))) {
+    throw forbidden(`${entity} may not have ${gk.uri} under retrieval policy ${deps.config.policy}`);
+  }
+  if (body.kid !== undefined && body.kid.length === 0) throw badRequest('kid must not be empty');
+  return { status: 200, body: { gk: await issue(deps, gk, entity, body.kid) } };
+}
+
+/** -03 §4.6.8 policies: 1 member at the bound block; 2 member at the tail; 3 both. */
+async function policyAllows(deps: EngineDeps, block: string, entity: string): Promise<boolean> {
+  const ref = await deps.state.blockRef(block);
+  if (!ref) return false;
+  const chain = await deps.state.chain(ref.chain);
+  if (!chain) return false;
+  const intervals = await deps.state.intervals(ref.chain, entity);
+  const atBlock = isMemberAt(intervals, ref.seq);
+  const atTail = isMemberAt(intervals, chain.length - 1);
+  switch (deps.config.policy) {
+    case 1:
+      return atBlock;
+    case 2:
+      return atTail;
+    case 3:
+      return atBlock && atTail;
+  }
+}

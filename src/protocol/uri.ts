@@ -1,0 +1,49 @@
+/**
+ * KMS request URIs: relative (`/ecdhe/…`, `/ping`) or absolute (`kms://<domain>/blocks/…`) as
+ * the -03 examples mix both (protocol-notes §6 item 2). Routing uses the path only.
+ */
+import { badRequest, notFound } from './errors.js';
+
+/** The path segments of a request URI addressed to this KMS. */
+export interface ParsedUri {
+  /** e.g. ['blocks', '7f35c3eb-…'] */
+  segments: string[];
+}
+
+const SEGMENT = /^[A-Za-z0-9._~%@+-]{1,256}$/;
+
+/** Parses `uri` and checks that it is addressed to `domain`. */
+export function parseKmsUri(uri: string, domain: string): ParsedUri {
+  if (uri.length > 2048) throw badRequest('uri is too long');
+  let path: string;
+  if (uri.startsWith('kms://')) {
+    const rest = uri.slice('kms://'.length);
+    const slash = rest.indexOf('/');
+    const authority = (slash < 0 ? rest : rest.slice(0, slash)).toLowerCase();
+    if (authority !== domain) {
+      // -03 §3.3 federation: a foreign authority would be forwarded to its KMS. Not enabled.
+      throw notFound(`${uri} belongs to another KMS (kms://${authority}) and federation is not enabled`);
+    }
+    path = slash < 0 ? '/' : rest.slice(slash);
+  } else if (uri.startsWith('/')) {
+    path = uri;
+  } else {
+    throw badRequest('uri must be a path (/…) or a kms:// URI');
+  }
+  const q = path.search(/[?#]/);
+  if (q >= 0) path = path.slice(0, q);
+  const segments = path.split('/').filter((s) => s.length > 0);
+  for (const s of segments) {
+    if (!SEGMENT.test(s)) throw badRequest('uri has an invalid path segment');
+  }
+  try {
+    return { segments: segments.map((s) => decodeURIComponent(s)) };
+  } catch {
+    throw badRequest('uri has an invalid percent-encoding');
+  }
+}
+
+/** The absolute URI of an object of this KMS. */
+export function absoluteUri(domain: string, collection: string, id: string): string {
+  return `kms://${domain}/${collection}/${id}`;
+}

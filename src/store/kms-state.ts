@@ -1,0 +1,250 @@
+/**
+ * The KMS's records on a KvStore: chains, blocks, the hash index, membership intervals, group
+ * keys, entity keys and ephemeral keys. Each logical change is one atomic batch, and the indexes
+ * make "is X a member at block n" and "which block has this hash" single lookups that never
+ * replay the chain. Reads go through bounded caches; this process is the only writer (LevelDB
+ * takes an exclusive lock on its directory), so the caches are updated on every write.
+ *
+ * Key layout (all values JSON unless noted):
+ *   c!<chain>              ChainRecord
+ *   b!<chain>!<seq:10>     the block's compact JWS, exactly as received or signed
+ *   h!<hash>               BlockRef
+ *   m!<chain>!<entity>     Interval[]: the entity is a member at seq s iff from <= s < to
+ *   g!<gk>                 GkRecord (key material sealed)
+ *   k!<entity>!<kid>       EntityKeyRecord (public)
+ *   e!<ephemeral>          EphemeralRecord (key material sealed)
+ */
+import type { JsonWebKey } from 'node:crypto';
+import type { BatchOp, KvStore } from './kv.js';
+import { Lru } from '../util/lru.js';
+
+export interface ChainRecord {
+  id: string;
+  uri: string;
+  created: string;
+  /** Number of blocks, genesis included. */
+  length: number;
+  /** Hex SHA-256 of the last block's compact JWS. */
+  tail: string;
+}
+
+export interface BlockRef {
+  chain: string;
+  seq: number;
+}
+
+/** [from, to): to is null while the membership is open. */
+export type Interval = [number, number | null];
+
+export interface GkRecord {
+  id: string;
+  uri: string;
+  created: string;
+  /** The authenticated user that created it (-03 is silent; protocol-notes §6 item 15). */
+  owner: string;
+  clientId: string;
+  /** Sealed raw key bytes. */
+  key: string;
+  /** Hash of the block it is bound to, when bound. */
+  block?: string;
+}
+
+export interface EntityKeyRecord {
+  entity: string;
+  kid: string;
+  jwk: JsonWebKey;
+  created: string;
+  /** Registration order, so "the entity's newest key" needs no clock. */
+  seq: number;
+}
+
+export interface EphemeralRecord {
+  id: string;
+  uri: string;
+  userId: string;
+  clientId: string;
+  createDate: string;
+  expirationDate: string;
+  /** Sealed K_ephemeral. */
+  key: string;
+  /** The KMS's public half, as sent in the handshake response. */
+  jwk: JsonWebKey;
+}
+
+const pad = (n: number) => n.toString().padStart(10, '0');
+const chainKey = (id: string) => `c!${id}`;
+const blockKey = (chain: string, seq: number) => `b!${chain}!${pad(seq)}`;
+const hashKey = (hash: string) => `h!${hash.toLowerCase()}`;
+const memberKey = (chain: string, entity: string) => `m!${chain}!${entity}`;
+const gkKey = (id: string) => `g!${id}`;
+const entityKeyKey = (entity: string, kid: string) => `k!${entity}!${kid}`;
+const ephemeralKey = (id: string) => `e!${id}`;
+
+/** Is `intervals` open at seq s? */
+export function isMemberAt(intervals: readonly Interval[], seq: number): boolean {
+  for (const [from, to] of intervals) {
+    if (from <= seq && (to === null || seq < to)) return true;
+  }
+  return false;
+}
+
+/** The staged writes of one append (or genesis), applied in one batch by `commitBlocks`. */
+export interface BlockWrite {
+  chain: ChainRecord;
+  blocks: { seq: number; jws: string; hash: string }[];
+  members: Map<string, Interval[]>;
+}
+
+/** Typed, cached access to the KMS's records. */
+export class KmsState {
+  readonly kv: KvStore;
+  readonly #chains = new Lru<string, ChainRecord>(10_000);
+  readonly #hashes = new Lru<string, BlockRef>(100_000);
+  readonly #members = new Lru<string, Interval[]>(100_000);
+  readonly #gks = new Lru<string, GkRecord>(100_000);
+  readonly #entityKeys = new Lru<string, EntityKeyRecord[]>(50_000);
+  readonly #ephemeral = new Lru<string, EphemeralRecord>(50_000);
+
+  constructor(kv: KvStore) {
+    this.kv = kv;
+  }
+
+  async #json<T>(key: string): Promise<T | undefined> {
+    const v = await this.kv.get(key);
+    return v === undefined ? undefined : (JSON.parse(v) as T);
+  }
+
+  // ---- chains and blocks ----
+
+  async chain(id: string): Promise<ChainRecord | undefined> {
+    let c = this.#chains.get(id);
+    if (!c) {
+      c = await this.#json<ChainRecord>(chainKey(id));
+      if (c) this.#chains.set(id, c);
+    }
+    return c;
+  }
+
+  async blockRef(hash: string): Promise<BlockRef | undefined> {
+    const h = hash.toLowerCase();
+    let r = this.#hashes.get(h);
+    if (!r) {
+      r = await this.#json<BlockRef>(hashKey(h));
+      if (r) this.#hashes.set(h, r);
+    }
+    return r;
+  }
+
+  /** Blocks of `chain` with seq >= from, in order. */
+  async blocks(chain: string, from = 0): Promise<string[]> {
+    const out: string[] = [];
+    for await (const [, v] of this.kv.entries({ gte: blockKey(chain, from), lt: `b!${chain}!~` })) out.push(v);
+    return out;
+  }
+
+  async intervals(chain: string, entity: string): Promise<Interval[]> {
+    const k = memberKey(chain, entity);
+    let m = this.#members.get(k);
+    if (!m) {
+      m = (await this.#json<Interval[]>(k)) ?? [];
+      this.#members.set(k, m);
+    }
+    return m;
+  }
+
+  /** Writes a genesis or a run of appended blocks, the chain record and the touched memberships, atomically and durably. */
+  async commitBlocks(w: BlockWrite): Promise<void> {
+    const ops: BatchOp[] = [{ type: 'put', key: chainKey(w.chain.id), value: JSON.stringify(w.chain) }];
+    for (const b of w.blocks) {
+      ops.push({ type: 'put', key: blockKey(w.chain.id, b.seq), value: b.jws });
+      ops.push({ type: 'put', key: hashKey(b.hash), value: JSON.stringify({ chain: w.chain.id, seq: b.seq }) });
+    }
+    for (const [entity, iv] of w.members) {
+      ops.push({ type: 'put', key: memberKey(w.chain.id, entity), value: JSON.stringify(iv) });
+    }
+    await this.kv.batch(ops, { durable: true });
+    this.#chains.set(w.chain.id, w.chain);
+    for (const b of w.blocks) this.#hashes.set(b.hash, { chain: w.chain.id, seq: b.seq });
+    for (const [entity, iv] of w.members) this.#members.set(memberKey(w.chain.id, entity), iv);
+  }
+
+  // ---- group keys ----
+
+  async gk(id: string): Promise<GkRecord | undefined> {
+    let g = this.#gks.get(id);
+    if (!g) {
+      g = await this.#json<GkRecord>(gkKey(id));
+      if (g) this.#gks.set(id, g);
+    }
+    return g;
+  }
+
+  async putGk(g: GkRecord): Promise<void> {
+    await this.kv.batch([{ type: 'put', key: gkKey(g.id), value: JSON.stringify(g) }], { durable: true });
+    this.#gks.set(g.id, g);
+  }
+
+  // ---- entity keys ----
+
+  /** The entity's registered keys, oldest first. */
+  async entityKeys(entity: string): Promise<EntityKeyRecord[]> {
+    let list = this.#entityKeys.get(entity);
+    if (!list) {
+      list = [];
+      for await (const [, v] of this.kv.entries({ gte: `k!${entity}!`, lt: `k!${entity}!~` })) list.push(JSON.parse(v));
+      list.sort((a, b) => a.seq - b.seq);
+      this.#entityKeys.set(entity, list);
+    }
+    return list;
+  }
+
+  async putEntityKey(r: EntityKeyRecord): Promise<void> {
+    await this.kv.batch([{ type: 'put', key: entityKeyKey(r.entity, r.kid), value: JSON.stringify(r) }], { durable: true });
+    this.#entityKeys.delete(r.entity);
+  }
+
+  async deleteEntityKey(entity: string, kid: string): Promise<void> {
+    await this.kv.batch([{ type: 'del', key: entityKeyKey(entity, kid) }], { durable: true });
+    this.#entityKeys.delete(entity);
+  }
+
+  // ---- ephemeral keys ----
+
+  async ephemeral(id: string): Promise<EphemeralRecord | undefined> {
+    let e = this.#ephemeral.get(id);
+    if (!e) {
+      e = await this.#json<EphemeralRecord>(ephemeralKey(id));
+      if (e) this.#ephemeral.set(id, e);
+    }
+    return e;
+  }
+
+  /** Ephemeral keys are not written durably: losing one only costs the client a new handshake. */
+  async putEphemeral(e: EphemeralRecord): Promise<void> {
+    this.#ephemeral.set(e.id, e);
+    await this.kv.batch([{ type: 'put', key: ephemeralKey(e.id), value: JSON.stringify(e) }]);
+  }
+
+  async deleteEphemeral(id: string): Promise<void> {
+    this.#ephemeral.delete(id);
+    await this.kv.batch([{ type: 'del', key: ephemeralKey(id) }], { durable: true });
+  }
+
+  /** Deletes expired ephemeral keys; returns how many. */
+  async sweepEphemeral(now: Date): Promise<number> {
+    const ops: BatchOp[] = [];
+    for await (const [k, v] of this.kv.entries({ gte: 'e!', lt: 'e!~' })) {
+      const e = JSON.parse(v) as EphemeralRecord;
+      if (Date.parse(e.expirationDate) <= now.getTime()) {
+        ops.push({ type: 'del', key: k });
+        this.#ephemeral.delete(e.id);
+      }
+    }
+    await this.kv.batch(ops);
+    return ops.length;
+  }
+
+  async close(): Promise<void> {
+    await this.kv.close();
+  }
+}
