@@ -16,7 +16,7 @@ type CryptoKey = webcrypto.CryptoKey;
 export interface MintOptions {
   /** The user, a bare JID. */
   subject: string;
-  audience: string;
+  audience: string | string[];
   /** Lifetime in seconds (default one hour). */
   ttlSec?: number;
   /** Extra claims, e.g. to test how the KMS treats them. */
