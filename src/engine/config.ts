@@ -36,7 +36,9 @@ export const DEFAULT_LIMITS: EngineLimits = {
 };
 
 /** Defaults for everything but the domain. */
-export function engineConfig(domain: string, overrides: Partial<Omit<EngineConfig, 'domain'>> = {}): EngineConfig {
+export type EngineOverrides = Partial<Omit<EngineConfig, 'domain' | 'limits'>> & { limits?: Partial<EngineLimits> };
+
+export function engineConfig(domain: string, overrides: EngineOverrides = {}): EngineConfig {
   return {
     domain,
     policy: 1,

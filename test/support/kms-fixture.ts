@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { KmsEngine } from '../../src/engine/engine.js';
 import { EngineDeps } from '../../src/engine/context.js';
-import { engineConfig, type EngineConfig } from '../../src/engine/config.js';
+import { engineConfig, type EngineOverrides } from '../../src/engine/config.js';
 import { Authenticator } from '../../src/engine/credentials.js';
 import { makeIdentity, type StaticIdentity } from '../../src/engine/identity.js';
 import { createDevIdentity, type IdentityKeyType } from '../../src/crypto/x509.js';
@@ -39,7 +39,7 @@ export function sharedIdentity(keyType: IdentityKeyType) {
 
 export interface FixtureOptions {
   keyType?: IdentityKeyType;
-  config?: Partial<Omit<EngineConfig, 'domain'>>;
+  config?: EngineOverrides;
   /** 'memory' (default), 'disk' (a fresh temp dir), or a directory to (re)open. */
   storage?: 'memory' | 'disk' | { dir: string };
   masterKey?: Buffer;

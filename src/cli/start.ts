@@ -1,0 +1,166 @@
+/**
+ * The composition root: from a validated configuration to a running KMS (store, sealed keys,
+ * identity, token verification, engine) and, unless asked not to, its XMPP component. The CLI and
+ * the integration tests both start the KMS through here.
+ */
+import { randomBytes, X509Certificate } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { createLocalJWKSet, createRemoteJWKSet, type JWTVerifyGetKey } from 'jose';
+import type { KmsConfig } from './config.js';
+import { ConfigError } from './config.js';
+import { Sealer } from '../crypto/seal.js';
+import { loadIdentity, type StaticIdentity } from '../engine/identity.js';
+import { Authenticator } from '../engine/credentials.js';
+import { EngineDeps } from '../engine/context.js';
+import { engineConfig } from '../engine/config.js';
+import { KmsEngine } from '../engine/engine.js';
+import { KmsState } from '../store/kms-state.js';
+import { openLevelStore } from '../store/kv.js';
+import { LocalIssuer } from '../auth/local-issuer.js';
+import { KmsComponent } from '../xmpp/component.js';
+import type { Logger } from '../util/logger.js';
+
+export interface RunningKms {
+  config: KmsConfig;
+  engine: KmsEngine;
+  identity: StaticIdentity;
+  /** The local token issuer, when the KMS uses it (no outside identity provider configured). */
+  issuer?: LocalIssuer;
+  component?: KmsComponent;
+  /** Answers requests in flight, closes the XMPP stream and the store. */
+  stop(): Promise<void>;
+}
+
+/** Reads the master key from KMS_MASTER_KEY or its file, making the file on first start. */
+export async function masterKey(config: KmsConfig, env: NodeJS.ProcessEnv = process.env): Promise<Buffer> {
+  const fromEnv = env.KMS_MASTER_KEY;
+  if (fromEnv) {
+    const key = Buffer.from(fromEnv, 'base64url');
+    if (key.length !== 32) throw new ConfigError('KMS_MASTER_KEY: must be 32 bytes, base64url-encoded');
+    return key;
+  }
+  const file = resolve(config.masterKeyFile ?? join(config.dataDir, 'master.key'));
+  if (existsSync(file)) {
+    const key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64url');
+    if (key.length !== 32) throw new ConfigError(`masterKeyFile ${file}: must hold 32 bytes, base64url-encoded`);
+    return key;
+  }
+  await mkdir(resolve(config.dataDir), { recursive: true });
+  const key = randomBytes(32);
+  await writeFile(file, key.toString('base64url') + '\n', { mode: 0o600, flag: 'wx' });
+  return key;
+}
+
+/** Resolves the identity provider's keys: a JWKS file, a JWKS URL, or the local issuer. */
+async function tokenKeys(config: KmsConfig, sealer: Sealer): Promise<{ keys: JWTVerifyGetKey; issuer?: LocalIssuer }> {
+  const a = config.auth;
+  if (a.jwksFile) return { keys: createLocalJWKSet(JSON.parse(await readFile(a.jwksFile, 'utf8'))) };
+  if (a.jwksUrl) return { keys: createRemoteJWKSet(new URL(a.jwksUrl)) };
+  const issuer = await LocalIssuer.open(resolve(config.dataDir), a.issuer, sealer);
+  return { keys: issuer.keys(), issuer };
+}
+
+async function anchors(file: string | undefined): Promise<X509Certificate[]> {
+  if (!file) return [];
+  const pem = await readFile(file, 'utf8');
+  return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((p) => new X509Certificate(p));
+}
+
+/** Starts the KMS. With `xmpp: false` only the engine runs (tools, tests). */
+export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?: boolean } = {}): Promise<RunningKms> {
+  const dataDir = resolve(config.dataDir);
+  await mkdir(dataDir, { recursive: true });
+  const sealer = new Sealer(await masterKey(config));
+  const identity = await loadIdentity(
+    {
+      domain: config.domain,
+      keyType: config.identity.keyType,
+      rsaSigAlg: config.identity.rsaSigAlg,
+      dataDir,
+      ...(config.identity.keyFile ? { keyFile: config.identity.keyFile } : {}),
+      ...(config.identity.certFile ? { certFile: config.identity.certFile } : {}),
+      ...(process.env.KMS_IDENTITY_KEY_PASSPHRASE ? { keyPassphrase: process.env.KMS_IDENTITY_KEY_PASSPHRASE } : {}),
+    },
+    sealer,
+  );
+  const { keys, issuer } = await tokenKeys(config, sealer);
+  const kv = await openLevelStore(join(dataDir, 'db'));
+  const state = new KmsState(kv);
+  const deps = new EngineDeps({
+    config: engineConfig(config.domain, {
+      policy: config.policy,
+      chainReadPolicy: config.chainReadPolicy,
+      ephemeralLifetimeSec: config.ephemeralLifetimeSec,
+    }),
+    state,
+    sealer,
+    identity,
+  });
+  const authenticator = new Authenticator({
+    bearer: {
+      keys,
+      issuer: config.auth.issuer,
+      audience: config.auth.audience ?? `kms://${config.domain}`,
+      algorithms: config.auth.algorithms,
+      userClaim: config.auth.userClaim,
+      clockToleranceSec: config.auth.clockToleranceSec,
+    },
+    serviceAnchors: await anchors(config.auth.serviceAnchorsFile),
+    ...(config.auth.allowedDomains ? { allowedDomains: config.auth.allowedDomains } : {}),
+  });
+  const engine = new KmsEngine({ deps, authenticator, logger });
+  const swept = await state.sweepEphemeral(new Date());
+  const sweeper = setInterval(() => state.sweepEphemeral(new Date()).catch(() => undefined), 10 * 60_000);
+  sweeper.unref();
+  logger.info({ event: 'engine-ready', domain: config.domain, kid: identity.kid, keyType: identity.keyType, policy: config.policy, dataDir, sweptEphemeralKeys: swept }, 'KMS engine ready');
+
+  let component: KmsComponent | undefined;
+  if (opts.xmpp !== false) {
+    const x = config.xmpp;
+    component = new KmsComponent(
+      { handle: (m) => engine.handle(m), identity },
+      {
+        service: x.service,
+        domain: config.domain,
+        secret: x.secret,
+        keepaliveSec: x.keepaliveSec,
+        reconnect: { initialMs: x.reconnectInitialMs, maxMs: x.reconnectMaxMs },
+        drainMs: x.drainMs,
+        limits: {
+          maxMessagesPerIq: x.maxMessagesPerIq,
+          maxMessageBytes: x.maxMessageBytes,
+          maxStanzaBytes: x.maxStanzaBytes,
+          ratePerSec: x.ratePerSec,
+          rateBurst: x.rateBurst,
+        },
+      },
+      logger,
+    );
+    try {
+      await component.start();
+    } catch (e) {
+      clearInterval(sweeper);
+      await state.close();
+      throw e;
+    }
+  }
+  let stopped: Promise<void> | undefined;
+  return {
+    config,
+    engine,
+    identity,
+    ...(issuer ? { issuer } : {}),
+    ...(component ? { component } : {}),
+    stop() {
+      stopped ??= (async () => {
+        clearInterval(sweeper);
+        if (component) await component.stop();
+        await state.close();
+        logger.info({ event: 'stopped' }, 'KMS stopped');
+      })();
+      return stopped;
+    },
+  };
+}
