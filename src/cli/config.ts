@@ -28,7 +28,7 @@ export const configSchema = z
         rateBurst: positiveInt.default(400),
       })
       .strict()
-      .default({} as never),
+      .prefault({}),
     /** LevelDB store, sealed identity and local issuer live here. */
     dataDir: z.string().min(1).default('./data'),
     /** The master key: base64url of 32 bytes in KMS_MASTER_KEY, or a file holding it (made on first start when missing). */
@@ -42,7 +42,7 @@ export const configSchema = z
       })
       .strict()
       .refine((i) => (i.keyFile === undefined) === (i.certFile === undefined), 'keyFile and certFile go together')
-      .default({} as never),
+      .prefault({}),
     auth: z
       .object({
         /** Token issuer (iss). The local issuer's name by default. */
@@ -60,7 +60,7 @@ export const configSchema = z
       })
       .strict()
       .refine((a) => !(a.jwksFile && a.jwksUrl), 'give jwksFile or jwksUrl, not both')
-      .default({} as never),
+      .prefault({}),
     policy: z.number().int().min(1, 'must be 1, 2 or 3').max(3, 'must be 1, 2 or 3').default(1).transform((p) => p as 1 | 2 | 3),
     chainReadPolicy: z.enum(['ever', 'current']).default('ever'),
     ephemeralLifetimeSec: positiveInt.default(3600),

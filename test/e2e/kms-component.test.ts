@@ -1,0 +1,239 @@
+// The KMS component on a real Prosody and a real ejabberd: every KMS operation over real stanzas,
+// batches, the XMPP error table, hostile stanzas, and a server restart in the middle of traffic.
+import { expect } from 'chai';
+import { X509Certificate } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { xml, type Client } from '@xmpp/client';
+import type { Element } from '@xmpp/xml';
+import { connectClient, disconnect } from './harness/clients.js';
+import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
+import { loadConfig } from '../../src/cli/config.js';
+import { startKms, type RunningKms } from '../../src/cli/start.js';
+import { silentLogger } from '../../src/util/logger.js';
+import { fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo } from '../../src/client/xmpp.js';
+import { KmsSession } from '../../src/client/session.js';
+import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
+import { blockHash, signBlock, verifyChain } from '../../src/client/chain.js';
+import { importPublicJwk } from '../../src/crypto/keys.js';
+import { NS } from '../../src/xmpp/namespace.js';
+import { STANZA_ERRORS } from '../../src/xmpp/stanza-errors.js';
+
+const USERS = ['alice', 'bob', 'carol'].map((u) => ({ username: u, password: `${u}-pw` }));
+
+interface Person {
+  jid: string;
+  xmpp: Client;
+  session: KmsSession;
+  key: EntityKey;
+}
+
+for (const kind of serverKinds()) {
+  describe(`KMS component on ${kind}`, function () {
+    this.timeout(120_000);
+    let server: XmppServer;
+    let kms: RunningKms;
+    let dataDir: string;
+    let anchors: X509Certificate[];
+    let identity: KmsIdentityInfo;
+    const people: Person[] = [];
+
+    async function person(i: number): Promise<Person> {
+      const u = USERS[i]!;
+      const jid = `${u.username}@localhost`;
+      const xmpp = await connectClient(server, u);
+      const token = await kms.issuer!.mint({ subject: jid, audience: 'kms://kms.localhost' });
+      const session = new KmsSession({ kmsKid: identity.kid, kmsKey: identity.key, transport: xmppTransport(xmpp, 'kms.localhost'), bearer: () => token });
+      return { jid, xmpp, session, key: generateEntityKey() };
+    }
+
+    async function raw(p: Person, child: Element, type: 'get' | 'set' = 'set'): Promise<Element> {
+      return p.xmpp.iqCaller.request(xml('iq', { type, to: 'kms.localhost' }, child), 10_000);
+    }
+
+    async function stanzaErrorOf(p: Person, child: Element, type: 'get' | 'set' = 'set'): Promise<KmsStanzaError | Error> {
+      try {
+        await xmppTransport({ iqCaller: { request: () => raw(p, child, type) } }, 'kms.localhost')([]);
+      } catch (e) {
+        return e as Error;
+      }
+      throw new Error('expected a stanza error');
+    }
+
+    before(async () => {
+      server = await startServer(kind);
+      await server.registerUsers(USERS);
+      dataDir = await mkdtemp(join(tmpdir(), 'kms-e2e-'));
+      const config = loadConfig({
+        env: {
+          KMS_DOMAIN: 'kms.localhost',
+          KMS_XMPP_SERVICE: `xmpp://127.0.0.1:${server.componentPort}`,
+          KMS_XMPP_SECRET: server.componentSecret,
+          KMS_DATA_DIR: dataDir,
+          KMS_RATE_PER_SEC: '100',
+          KMS_LOG_LEVEL: 'silent',
+        },
+      });
+      config.xmpp.rateBurst = 200;
+      config.xmpp.reconnectInitialMs = 200;
+      config.xmpp.reconnectMaxMs = 1000;
+      kms = await startKms(config, silentLogger());
+      anchors = [new X509Certificate(await readFile(join(dataDir, 'trust-anchor.pem')))];
+      const first = await connectClient(server, USERS[0]!);
+      identity = await fetchKmsIdentity(first, 'kms.localhost', anchors);
+      await disconnect(first);
+      for (let i = 0; i < USERS.length; i++) people.push(await person(i));
+    });
+
+    after(async () => {
+      for (const p of people) await disconnect(p.xmpp).catch(() => undefined);
+      await kms?.stop();
+      await server?.stop();
+      if (dataDir) await rm(dataDir, { recursive: true, force: true });
+    });
+
+    it('answers disco#info with its identity, features and limits', async () => {
+      const reply = await raw(people[0]!, xml('query', { xmlns: 'http://jabber.org/protocol/disco#info' }), 'get');
+      const q = reply.getChild('query')!;
+      expect(q.getChild('identity')!.attrs).to.include({ category: 'component', type: 'generic' });
+      expect(q.getChildren('feature').map((f) => f.attrs.var)).to.include(NS);
+      expect(q.getChild('x')!.getChildren('field').find((f) => f.attrs.var === 'max-messages')!.getChildText('value')).to.equal('16');
+    });
+
+    it('publishes a static key that validates to the trust anchor, and refuses it without the anchor', async () => {
+      expect(identity.kid).to.equal('kms://kms.localhost');
+      let refused: Error | undefined;
+      try {
+        await fetchKmsIdentity(people[0]!.xmpp, 'kms.localhost', []);
+      } catch (e) {
+        refused = e as Error;
+      }
+      expect(refused?.message).to.match(/anchor/);
+    });
+
+    it('runs every KMS operation over real stanzas', async () => {
+      const [alice, bob, carol] = people as [Person, Person, Person];
+      for (const p of people) {
+        const eph = await p.session.handshake();
+        await p.session.request('post', '/entity-keys', { jwk: p.key.publicJwk, proof: registrationProof(p.key, p.jid, eph.uri) });
+      }
+      expect((await alice.session.request('update', '/ping')).status).to.equal(200);
+      const genesis = (await alice.session.request('post', 'kms://kms.localhost/blocks', {
+        blockPayload: { operations: [{ entity: alice.jid, optype: 'add' }, { entity: bob.jid, optype: 'add' }] },
+      })).block as string;
+      const chainUri = JSON.parse(Buffer.from(genesis.split('.')[1]!, 'base64url').toString()).uri as string;
+      const gk = openGk((await alice.session.request('post', 'kms://kms.localhost/gks')).gk as string, identity.key, alice.key);
+      const b1 = signBlock(alice.key, alice.jid, blockHash(genesis), [{ entity: carol.jid, optype: 'add' }]);
+      expect((await alice.session.request('post', chainUri, { blocks: [b1] })).status).to.equal(200);
+      const bound = openGk((await alice.session.request('post', gk.uri, { block: blockHash(b1) })).gk as string, identity.key, alice.key);
+      expect(bound.block).to.equal(blockHash(b1));
+      for (const p of [bob, carol]) {
+        const got = openGk((await p.session.request('get', gk.uri, { entity: p.jid })).gk as string, identity.key, p.key);
+        expect(got.key.equals(gk.key)).to.equal(true);
+      }
+      const blocks = (await carol.session.request('get', chainUri)).blocks as string[];
+      const keysOf = async (entity: string) =>
+        ((await carol.session.request('get', `/entity-keys/${entity}`)).entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({ kid: k.kid, key: importPublicJwk(k.jwk) }));
+      const verified = await verifyChain(blocks, { kmsKey: identity.key, kmsId: identity.kid, keysOf });
+      expect([...verified.members[1]!].sort()).to.deep.equal([alice.jid, bob.jid, carol.jid]);
+    });
+
+    it('answers a batch of several messages in one IQ, in order', async () => {
+      const res = await people[1]!.session.batch([
+        { method: 'update', uri: '/ping' },
+        { method: 'get', uri: 'kms://kms.localhost/gks/00000000-0000-0000-0000-000000000000', body: { entity: people[1]!.jid } },
+        { method: 'get', uri: '/nowhere' },
+      ]);
+      expect(res.map((r) => r.status)).to.deep.equal([200, 404, 404]);
+    });
+
+    it('refuses bad payloads with the stanza errors of the table', async () => {
+      const p = people[2]!;
+      const cases: [string, Element, 'get' | 'set'][] = [
+        ['unknown-payload', xml('query', { xmlns: 'urn:example:nothing' }), 'set'],
+        ['malformed-payload', xml('kms', { xmlns: NS }), 'set'],
+        ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'not jose at all')), 'set'],
+        ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'a.b.c')), 'get'],
+        ['malformed-payload', xml('identity', { xmlns: NS }), 'set'],
+        ['too-many-messages', xml('kms', { xmlns: NS }, ...Array.from({ length: 17 }, () => xml('message', {}, 'a.b.c'))), 'set'],
+        ['payload-too-large', xml('kms', { xmlns: NS }, xml('message', {}, 'a.' + 'b'.repeat(70_000) + '.c')), 'set'],
+      ];
+      for (const [key, child, type] of cases) {
+        const e = await stanzaErrorOf(p, child, type);
+        expect(e, key).to.be.instanceOf(KmsStanzaError);
+        expect((e as KmsStanzaError).key, key).to.equal(key);
+        expect((e as KmsStanzaError).condition, key).to.equal(STANZA_ERRORS[key as keyof typeof STANZA_ERRORS].condition);
+      }
+      // A KMS-level failure is a KMS response, not a stanza error.
+      const [signed] = await xmppTransport(p.xmpp, 'kms.localhost')(['eyJhbGciOiJub25lIn0.e30.']);
+      expect(signed!.split('.')).to.have.length(3);
+    });
+
+    it('survives hostile stanzas and rate-limits a flood from one sender', async () => {
+      // Hostile stanzas from a throwaway connection: the server may well close it for them.
+      const hostile = await person(2);
+      let nested = xml('x', { xmlns: 'urn:example:deep' });
+      for (let i = 0; i < 200; i++) nested = xml('x', {}, nested);
+      await raw(hostile, xml('kms', { xmlns: NS }, xml('message', {}, nested)), 'set').catch(() => undefined);
+      await raw(hostile, xml('kms', { xmlns: NS }, xml('message', {}, '\u0001\u0002junk\uFFFD')), 'set').catch(() => undefined);
+      await hostile.xmpp.write('<iq type="set" to="kms.localhost" id="junk"><kms xmlns="urn:xmpp:kms:0"><message>\u0000\u0007</message></kms></iq>').catch(() => undefined);
+      await disconnect(hostile.xmpp).catch(() => undefined);
+      const p = people[0]!;
+      // The flood: 20 IQs of 16 messages at once, over the 200-message burst.
+      const flood = await Promise.allSettled(
+        Array.from({ length: 20 }, () => xmppTransport(p.xmpp, 'kms.localhost')(Array.from({ length: 16 }, () => 'eyJhbGciOiJub25lIn0.e30.'))),
+      );
+      const limited = flood.filter((r) => r.status === 'rejected' && (r.reason as KmsStanzaError).key === 'rate-limited');
+      expect(limited.length).to.be.greaterThan(0);
+      expect(flood.filter((r) => r.status === 'fulfilled').length).to.be.greaterThan(0);
+      await new Promise((r) => setTimeout(r, 2500));
+      expect((await p.session.request('update', '/ping')).status).to.equal(200);
+    });
+
+    it('comes back after the server is killed and restarted, with every acknowledged request stored', async () => {
+      const alice = people[0]!;
+      const genesis = (await alice.session.request('post', 'kms://kms.localhost/blocks', {
+        blockPayload: { operations: [{ entity: alice.jid, optype: 'add' }] },
+      })).block as string;
+      const chainUri = JSON.parse(Buffer.from(genesis.split('.')[1]!, 'base64url').toString()).uri as string;
+      let tail = blockHash(genesis);
+      const acknowledged: string[] = [];
+      // Traffic while the server dies: appends in a loop until failures begin.
+      const traffic = (async () => {
+        for (let i = 0; i < 200; i++) {
+          const b = signBlock(alice.key, alice.jid, tail, [{ entity: `n${i}@localhost`, optype: 'add' }]);
+          try {
+            await alice.session.request('post', chainUri, { blocks: [b] });
+          } catch {
+            return;
+          }
+          acknowledged.push(b);
+          tail = blockHash(b);
+        }
+      })();
+      await new Promise((r) => setTimeout(r, 300));
+      await server.kill();
+      await traffic;
+      const t0 = Date.now();
+      await server.start();
+      // The component reconnects by itself; a fresh client sees it answer.
+      for (const p of people) await disconnect(p.xmpp).catch(() => undefined);
+      people.length = 0;
+      for (let i = 0; i < USERS.length; i++) people.push(await person(i));
+      let back = false;
+      while (!back && Date.now() - t0 < 15_000) {
+        try {
+          await people[0]!.session.request('update', '/ping');
+          back = true;
+        } catch {
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+      expect(back, 'component answers within 15 s of the restart').to.equal(true);
+      const blocks = (await people[0]!.session.request('get', chainUri)).blocks as string[];
+      expect(acknowledged.length).to.be.greaterThan(0);
+      expect(blocks.slice(1, 1 + acknowledged.length)).to.deep.equal(acknowledged);
+    });
+  });
+}
