@@ -79,24 +79,35 @@ async function chainOf(kms: KmsFixture, members: Member[], length: number) {
   return { uri, tail };
 }
 
-/** Per-op seconds of GK get (first fetches) and of single-block appends on a chain of `length`. */
-async function chainCosts(kms: KmsFixture, members: Member[], length: number, count: number) {
+interface ChainBench {
+  uri: string;
+  tail: string;
+  gks: string[];
+}
+
+/** A chain of `length` blocks with enough GKs bound to its tail for `count` first fetches. */
+async function prepareChain(kms: KmsFixture, members: Member[], length: number, count: number): Promise<ChainBench> {
   const { uri, tail } = await chainOf(kms, members, length);
-  const owner = members[0]!;
   const gks: string[] = [];
   for (let i = 0; i < Math.ceil(count / (members.length - 1)); i++) {
-    const gk = (await call(kms, owner.ch, 'post', `kms://${DOMAIN}/gks`, { block: tail })).gk as string;
+    const gk = (await call(kms, members[0]!.ch, 'post', `kms://${DOMAIN}/gks`, { block: tail })).gk as string;
     gks.push(JSON.parse(Buffer.from(gk.split('.')[1]!, 'base64url').toString()).uri);
   }
+  return { uri, tail, gks };
+}
+
+/** Per-op seconds of `count` GK first fetches and `count` single-block appends on a prepared chain. */
+async function chainCosts(kms: KmsFixture, members: Member[], c: ChainBench, count: number, round: number) {
+  const owner = members[0]!;
   const gets: string[] = [];
-  for (const gk of gks) for (const m of members.slice(1)) if (gets.length < count) gets.push(m.ch.seal('get', gk, { entity: m.jid }));
-  const getRate = await rate(gets, (m) => kms.engine.handle(m));
-  let t = tail;
+  for (const gk of c.gks) for (const m of members.slice(1)) gets.push(m.ch.seal('get', gk, { entity: m.jid }));
+  const slice = gets.slice(round * count, (round + 1) * count);
+  const getRate = await rate(slice, (m) => kms.engine.handle(m));
   const appends: string[] = [];
   for (let i = 0; i < count; i++) {
-    const b = signBlock(owner.key, owner.jid, t, [{ entity: `late${i}@example.com`, optype: 'add' }]);
-    appends.push(owner.ch.seal('post', uri, { blocks: [b] }));
-    t = blockHash(b);
+    const b = signBlock(owner.key, owner.jid, c.tail, [{ entity: `late${round}-${i}@example.com`, optype: 'add' }]);
+    appends.push(owner.ch.seal('post', c.uri, { blocks: [b] }));
+    c.tail = blockHash(b);
   }
   const appendRate = await rate(appends, async (m) => {
     const r = owner.ch.open(await kms.engine.handle(m));
@@ -178,9 +189,20 @@ async function main() {
   const append = await rate(appends, (m) => kms.engine.handle(m));
 
   // ---- cost on a 10-block chain vs a 10,000-block chain ----
-  const count = quick ? 100 : 600;
-  const small = await chainCosts(kms, members, 10, count);
-  const large = await chainCosts(kms, members, quick ? 2000 : 10_000, count);
+  const count = quick ? 100 : 500;
+  const rounds = 3;
+  const smallChain = await prepareChain(kms, members, 10, count * rounds);
+  const largeChain = await prepareChain(kms, members, quick ? 2000 : 10_000, count * rounds);
+  // Alternate small and large, best of three each, so machine noise hits both alike.
+  const small = { get: Infinity, append: Infinity };
+  const large = { get: Infinity, append: Infinity };
+  for (let r = 0; r < rounds; r++) {
+    for (const [c, best] of [[smallChain, small], [largeChain, large]] as const) {
+      const x = await chainCosts(kms, members, c, count, r);
+      best.get = Math.min(best.get, x.get);
+      best.append = Math.min(best.append, x.append);
+    }
+  }
 
   const result = {
     handshake_ops: Math.round(handshake),

@@ -198,7 +198,13 @@ export class KmsEngine {
     const { deps } = this;
     const now = deps.clock();
     const eph = await this.#ephemeralFor(header.kid, now);
-    const key = deps.sealer.open(eph.key, `ecdhe:${eph.id}`);
+    let key: Buffer;
+    try {
+      key = deps.sealer.open(eph.key, `ecdhe:${eph.id}`);
+    } catch {
+      // Sealed under another master key (a rotated KMS): as good as unknown, so the client handshakes again.
+      throw new ChannelError(unauthenticated(`unknown ephemeral key ${eph.uri}`));
+    }
     let requestId: string | number | undefined;
     try {
       let plaintext: Buffer;
@@ -249,7 +255,8 @@ export class KmsEngine {
     const req: KmsRequest = ctx.req;
     const { segments } = parseKmsUri(req.uri, this.deps.config.domain);
     const [collection, ...rest] = segments;
-    const route = collection === undefined ? undefined : ROUTES[collection];
+    // Own properties only: '/constructor' or '/__proto__' must be a 404, not Object's members.
+    const route = collection === undefined || !Object.hasOwn(ROUTES, collection) ? undefined : ROUTES[collection];
     if (!route || rest.length > 1) throw notFound(`no such resource ${req.uri}`);
     const onObject = rest.length === 1;
     const handler = route[onObject ? 1 : 0][verbOf(req.method, onObject)];

@@ -10,7 +10,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Sealer } from '../crypto/seal.js';
 import type { JwsAlg } from '../crypto/jws.js';
-import { publicJwk } from '../crypto/keys.js';
+import { importPrivateJwk, publicJwk } from '../crypto/keys.js';
 import { certificateMatchesHost, createDevIdentity, parseCertificate, validateChain, x5cOf, type IdentityKeyType } from '../crypto/x509.js';
 import { kmsIdentity } from '../protocol/entity.js';
 
@@ -44,7 +44,10 @@ export interface IdentityOptions {
 }
 
 /** Builds the identity object from a key and chain, checking that they belong together and to the domain. */
-export function makeIdentity(domain: string, privateKey: KeyObject, chainPem: string[], rsaSigAlg: 'PS256' | 'RS256' = 'PS256'): StaticIdentity {
+export function makeIdentity(domain: string, pemKey: KeyObject, chainPem: string[], rsaSigAlg: 'PS256' | 'RS256' = 'PS256'): StaticIdentity {
+  // Re-imported through src/crypto/keys so that an EC key gets its cached ECDH object: the
+  // handshake's ECDH-ES decryption then skips importing the sender's epk (about 95 us).
+  const privateKey = pemKey.asymmetricKeyType === 'ec' ? importPrivateJwk(pemKey.export({ format: 'jwk' })) : pemKey;
   const leaf = parseCertificate(chainPem[0] ?? '');
   const publicKey = createPublicKey(privateKey);
   if (!leaf.publicKey.equals(publicKey)) throw new Error('the certificate does not belong to the private key');

@@ -191,7 +191,11 @@ export class KmsState {
     let list = this.#entityKeys.get(entity);
     if (!list) {
       list = [];
-      for await (const [, v] of this.kv.entries({ gte: `k!${entity}!`, lt: `k!${entity}!~` })) list.push(JSON.parse(v));
+      for await (const [, v] of this.kv.entries({ gte: `k!${entity}!`, lt: `k!${entity}!~` })) {
+        // The range also holds the keys of an entity whose id extends this one ("a@b!x"): keep only this entity's.
+        const r = JSON.parse(v) as EntityKeyRecord;
+        if (r.entity === entity) list.push(r);
+      }
       list.sort((a, b) => a.seq - b.seq);
       this.#entityKeys.set(entity, list);
     }

@@ -48,6 +48,10 @@ export class LevelKvStore implements KvStore {
 
   async batch(ops: BatchOp[], options: { durable?: boolean } = {}): Promise<void> {
     if (ops.length === 0) return;
+    // Keys and values are strings: abstract-level would coerce a number or object key ('[object Object]') and write it.
+    for (const op of ops) {
+      if (typeof op.key !== 'string' || (op.type === 'put' && typeof op.value !== 'string')) throw new TypeError('batch: keys and values must be strings');
+    }
     // classic-level honours `sync`; memory-level ignores it.
     await this.#db.batch(ops, { sync: options.durable === true } as object);
   }

@@ -10,7 +10,7 @@
  */
 import { component, xml, type Component, type IncomingContext } from '@xmpp/component';
 import type { Element } from '@xmpp/xml';
-import { NS } from './namespace.js';
+import { NS, NS_STANZAS } from './namespace.js';
 import { stanzaError, type StanzaErrorKey } from './stanza-errors.js';
 import { RateLimiter } from './rate-limit.js';
 import type { Logger } from '../util/logger.js';
@@ -55,6 +55,9 @@ export const DEFAULT_COMPONENT_LIMITS: ComponentLimits = {
   ratePerSec: 200,
   rateBurst: 400,
 };
+
+/** An IQ payload outside our namespace. */
+class ForeignPayload extends Error {}
 
 class StanzaFailure extends Error {
   constructor(readonly key: StanzaErrorKey, text?: string) {
@@ -166,6 +169,7 @@ export class KmsComponent {
       reply = result(iq, await this.#dispatch(iq, child));
     } catch (e) {
       if (e instanceof StanzaFailure) reply = errorReply(iq, stanzaError(e.key, e.message === e.key ? undefined : e.message));
+      else if (e instanceof ForeignPayload) reply = errorReply(iq, xml('error', { type: 'cancel' }, xml('service-unavailable', { xmlns: NS_STANZAS })));
       else {
         this.#log.error({ event: 'internal-error', err: { name: (e as Error)?.name, message: (e as Error)?.message } }, 'unexpected failure');
         reply = errorReply(iq, stanzaError('internal-error'));
@@ -192,8 +196,10 @@ export class KmsComponent {
     const ns = child.getNS();
     if (ns === NS_DISCO_INFO && child.name === 'query' && type === 'get') return this.#discoInfo(child);
     if (ns === NS_PING && child.name === 'ping' && type === 'get') return undefined;
-    if (ns !== NS || (child.name !== 'kms' && child.name !== 'identity')) {
-      throw new StanzaFailure('unknown-payload', `this component does not handle <${child.name} xmlns='${ns ?? ''}'/>`);
+    // RFC 6120 §8.4: an IQ in a namespace we do not serve gets <service-unavailable/>.
+    if (ns !== NS) throw new ForeignPayload();
+    if (child.name !== 'kms' && child.name !== 'identity') {
+      throw new StanzaFailure('unknown-payload', `urn:xmpp:kms:0 has no <${child.name}/> request`);
     }
     if (this.#stopping) throw new StanzaFailure('shutting-down');
     if (child.name === 'identity') {

@@ -151,7 +151,7 @@ for (const kind of serverKinds()) {
     it('refuses bad payloads with the stanza errors of the table', async () => {
       const p = people[2]!;
       const cases: [string, Element, 'get' | 'set'][] = [
-        ['unknown-payload', xml('query', { xmlns: 'urn:example:nothing' }), 'set'],
+        ['unknown-payload', xml('bogus', { xmlns: NS }), 'set'],
         ['malformed-payload', xml('kms', { xmlns: NS }), 'set'],
         ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'not jose at all')), 'set'],
         ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'a.b.c')), 'get'],
@@ -165,6 +165,10 @@ for (const kind of serverKinds()) {
         expect((e as KmsStanzaError).key, key).to.equal(key);
         expect((e as KmsStanzaError).condition, key).to.equal(STANZA_ERRORS[key as keyof typeof STANZA_ERRORS].condition);
       }
+      // RFC 6120 §8.4: a namespace the component does not serve is service-unavailable.
+      const foreign = await stanzaErrorOf(p, xml('query', { xmlns: 'urn:example:nothing' }), 'set');
+      expect((foreign as KmsStanzaError).condition).to.equal('service-unavailable');
+      expect((foreign as KmsStanzaError).key).to.equal(undefined);
       // A KMS-level failure is a KMS response, not a stanza error.
       const [signed] = await xmppTransport(p.xmpp, 'kms.localhost')(['eyJhbGciOiJub25lIn0.e30.']);
       expect(signed!.split('.')).to.have.length(3);

@@ -1,0 +1,299 @@
+/**
+ * Keeps the protocol document honest: its examples are real fixtures (well-formed, parsed by
+ * @xmpp/xml, valid against the schema), the schema rejects what it should, the Markdown rendering
+ * is current, and the XEP's error tables match the code's registries in both directions.
+ */
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { expect } from 'chai';
+import { type Element, xml } from '@xmpp/xml';
+import parse from '@xmpp/xml/lib/parse.js';
+import { KMS_ERRORS } from '../../src/protocol/errors.js';
+import { NS, NS_STANZAS } from '../../src/xmpp/namespace.js';
+import {
+  STANZA_ERRORS,
+  type StanzaErrorKey,
+  isStanzaErrorKey,
+  parseStanzaError,
+  stanzaError,
+} from '../../src/xmpp/stanza-errors.js';
+import {
+  XEP_DIR,
+  descendants,
+  examplesOf,
+  loadXep,
+  renderMarkdown,
+  tableRows,
+  textOf,
+} from '../../xep/render.js';
+
+const EXAMPLES_DIR = resolve(XEP_DIR, 'examples');
+const SCHEMA = resolve(XEP_DIR, 'kms.xsd');
+const XEP_SOURCE = readFileSync(resolve(XEP_DIR, 'kms.xml'), 'utf8');
+const exampleFiles = readdirSync(EXAMPLES_DIR)
+  .filter((f) => f.endsWith('.xml'))
+  .sort();
+const exampleText = (file: string) => readFileSync(join(EXAMPLES_DIR, file), 'utf8').replace(/\s+$/, '');
+
+function xmllint(args: string[]): { ok: boolean; output: string } {
+  const run = spawnSync('xmllint', args, { encoding: 'utf8' });
+  if (run.error) throw new Error(`xmllint could not run (apt-get install libxml2-utils): ${run.error.message}`);
+  return { ok: run.status === 0, output: `${run.stdout}${run.stderr}` };
+}
+
+/** The elements of our namespace that are not inside another one, each with its namespace declared. */
+function kmsElements(el: Element): Element[] {
+  if (el.getNS() === NS) {
+    const copy = parse(el.toString());
+    copy.attrs.xmlns = NS;
+    return [copy];
+  }
+  return el.getChildElements().flatMap(kmsElements);
+}
+
+let work: string;
+let counter = 0;
+
+/** Validates a standalone document against xep/kms.xsd. */
+function validate(document: string): { ok: boolean; output: string } {
+  counter += 1;
+  const file = join(work, `doc-${counter}.xml`);
+  writeFileSync(file, document);
+  return xmllint(['--noout', '--schema', SCHEMA, file]);
+}
+
+// Hooks live inside this suite, not at the root, so that they do not run for the rest of the test suite.
+describe('xep (the protocol document, its schema and its error tables)', function () {
+  before(function () {
+    const version = xmllint(['--version']);
+    if (!version.ok) throw new Error(`xmllint is not usable: ${version.output}`);
+    work = mkdtempSync(join(tmpdir(), 'kms-xep-'));
+  });
+
+  after(function () {
+    if (work) rmSync(work, { recursive: true, force: true });
+  });
+
+  describe('xep/examples', function () {
+    it('are numbered 01, 02, ... without gaps and named', function () {
+      expect(exampleFiles.length).to.be.greaterThan(10);
+      exampleFiles.forEach((file, i) => {
+        expect(file).to.match(new RegExp(`^${String(i + 1).padStart(2, '0')}-[a-z0-9]+(-[a-z0-9]+)*\\.xml$`));
+      });
+    });
+
+    for (const file of exampleFiles) {
+      it(`${file} is well-formed XML and parses with @xmpp/xml`, function () {
+        const lint = xmllint(['--noout', join(EXAMPLES_DIR, file)]);
+        expect(lint.ok, lint.output).to.equal(true);
+        const el = parse(exampleText(file));
+        expect(['iq', 'message', 'envelope']).to.include(el.getName());
+      });
+    }
+
+    for (const file of exampleFiles) {
+      it(`${file}: every element in ${NS} validates against kms.xsd`, function () {
+        for (const el of kmsElements(parse(exampleText(file)))) {
+          const result = validate(el.toString());
+          expect(result.ok, `${el.getName()} in ${file}: ${result.output}`).to.equal(true);
+        }
+      });
+    }
+
+    it('exercise the schema: identity, kms, encrypted and error conditions occur in them', function () {
+      const names = new Set(exampleFiles.flatMap((f) => kmsElements(parse(exampleText(f))).map((e) => e.getName())));
+      for (const name of ['identity', 'kms', 'encrypted', 'unknown-payload', 'malformed-payload', 'too-many-messages', 'rate-limited']) {
+        expect(names, name).to.include(name);
+      }
+    });
+
+    it('error examples carry the type and condition that STANZA_ERRORS gives their key', function () {
+      const errors = exampleFiles.filter((f) => f.includes('-error-'));
+      expect(errors).to.not.be.empty;
+      for (const file of errors) {
+        const parsed = parseStanzaError(parse(exampleText(file)));
+        expect(parsed, file).to.not.equal(undefined);
+        const entry = STANZA_ERRORS[parsed!.key];
+        expect({ type: parsed!.type, condition: parsed!.condition }, file).to.deep.equal({
+          type: entry.type,
+          condition: entry.condition,
+        });
+        expect(file).to.include(parsed!.key);
+      }
+    });
+  });
+
+  describe('xep/kms.xml', function () {
+    const root = loadXep();
+
+    it('has the header of a ProtoXEP named "Key Management Service over XMPP"', function () {
+      const header = root.getChild('header')!;
+      expect(textOf(header.getChild('title')!)).to.equal('Key Management Service over XMPP');
+      expect(textOf(header.getChild('status')!)).to.equal('ProtoXEP');
+      expect(textOf(header.getChild('shortname')!)).to.equal('kms');
+      const specs = header.getChild('dependencies')!.getChildren('spec').map((s) => textOf(s));
+      for (const spec of ['XMPP Core', 'XEP-0030', 'XEP-0045', 'XEP-0114', 'XEP-0313', 'XEP-0334', 'XEP-0380', 'XEP-0420', 'RFC 7515', 'RFC 7516', 'RFC 7517', 'RFC 7518', 'draft-abiggs-saag-key-management-service-03', 'draft-abiggs-saag-primitives-for-conf-group-comms-01']) {
+        expect(specs).to.include(spec);
+      }
+    });
+
+    it('has the sections of the XEP template, in order', function () {
+      expect(root.getChildren('section1').map((s) => s.attrs.topic)).to.deep.equal([
+        'Introduction',
+        'Requirements',
+        'Glossary',
+        'Use Cases',
+        'Business Rules',
+        'Implementation Notes',
+        'Security Considerations',
+        'IANA Considerations',
+        'XMPP Registrar Considerations',
+        'XML Schema',
+      ]);
+    });
+
+    it('links only to anchors it defines', function () {
+      const anchors = new Set(
+        ['section1', 'section2', 'section3', 'section4'].flatMap((n) => descendants(root, n).map((s) => s.attrs.anchor)),
+      );
+      for (const link of descendants(root, 'link')) {
+        const url = link.attrs.url ?? '';
+        if (url.startsWith('#')) expect(anchors, url).to.include(url.slice(1));
+      }
+    });
+
+    it('contains exactly the example files as its examples, in order', function () {
+      expect(examplesOf(root).map((e) => e.text)).to.deep.equal(exampleFiles.map(exampleText));
+    });
+
+    it('includes each example file verbatim in a CDATA section', function () {
+      for (const file of exampleFiles) {
+        expect(XEP_SOURCE.includes(`<![CDATA[\n${exampleText(file)}\n]]></example>`), file).to.equal(true);
+      }
+    });
+
+    it('includes xep/kms.xsd verbatim as its schema', function () {
+      const schema = descendants(root.getChildren('section1').find((s) => s.attrs.anchor === 'schema')!, 'code');
+      expect(schema).to.have.length(1);
+      expect(schema[0]!.getText().trim()).to.equal(readFileSync(SCHEMA, 'utf8').trim());
+    });
+
+    it('lists the same XMPP stanza errors as STANZA_ERRORS, in both directions', function () {
+      const [head, ...rows] = tableRows(root, 'XMPP stanza errors');
+      expect(head).to.deep.equal(['Application condition', 'Type', 'Defined condition', 'When']);
+      const documented = Object.fromEntries(rows.map(([key, type, condition]) => [key, { type, condition }]));
+      const registry = Object.fromEntries(
+        Object.entries(STANZA_ERRORS).map(([key, e]) => [key, { type: e.type, condition: e.condition }]),
+      );
+      expect(rows).to.have.length(Object.keys(registry).length);
+      expect(documented).to.deep.equal(registry);
+    });
+
+    it('lists the same KMS error codes and statuses as KMS_ERRORS, in both directions', function () {
+      const [head, ...rows] = tableRows(root, 'KMS error codes');
+      expect(head).to.deep.equal(['Code', 'Status', 'Meaning']);
+      const documented = Object.fromEntries(rows.map(([code, status]) => [code, Number(status)]));
+      const registry = Object.fromEntries(Object.entries(KMS_ERRORS).map(([code, e]) => [code, e.status]));
+      expect(rows).to.have.length(Object.keys(registry).length);
+      expect(documented).to.deep.equal(registry);
+    });
+  });
+
+  describe('xep/kms.md', function () {
+    const markdown = readFileSync(resolve(XEP_DIR, 'kms.md'), 'utf8');
+
+    it('is the current rendering of kms.xml (run node --import tsx xep/render.ts)', function () {
+      expect(markdown === renderMarkdown(loadXep()), 'xep/kms.md is out of date').to.equal(true);
+    });
+
+    it('contains every example file verbatim', function () {
+      for (const file of exampleFiles) expect(markdown.includes(`\n${exampleText(file)}\n`), file).to.equal(true);
+    });
+  });
+
+  describe('xep/kms.xsd', function () {
+    const JWE = 'eyJhbGciOiJkaXIifQ..aXZpdml2aXZpdg.Y2lwaGVy.dGFndGFn';
+
+    it('accepts a minimal valid request (so that the rejections below mean something)', function () {
+      const result = validate(`<kms xmlns='${NS}'><message>${JWE}</message><message>a.b.c</message></kms>`);
+      expect(result.ok, result.output).to.equal(true);
+    });
+
+    const rejected: Array<[string, string]> = [
+      ['a <kms/> with no <message/>', `<kms xmlns='${NS}'/>`],
+      ['a <kms/> with an unknown child', `<kms xmlns='${NS}'><message>${JWE}</message><note>hi</note></kms>`],
+      ['a <kms/> with a child in another namespace', `<kms xmlns='${NS}'><message xmlns='jabber:client'>${JWE}</message></kms>`],
+      ['a <message/> with whitespace inside', `<kms xmlns='${NS}'><message> ${JWE} </message></kms>`],
+      ['a <message/> with base64 (not base64url) characters', `<kms xmlns='${NS}'><message>ab+c.d/e.f=</message></kms>`],
+      ['a <message/> with four parts', `<kms xmlns='${NS}'><message>a.b.c.d</message></kms>`],
+      ['an empty <message/>', `<kms xmlns='${NS}'><message/></kms>`],
+      ['an <encrypted/> without a gk', `<encrypted xmlns='${NS}' kms='kms.example.com' chain='kms://kms.example.com/blocks/1'>${JWE}</encrypted>`],
+      ['an <encrypted/> holding a JWS', `<encrypted xmlns='${NS}' gk='kms://kms.example.com/gks/1' kms='kms.example.com' chain='kms://kms.example.com/blocks/1'>a.b.c</encrypted>`],
+      ['an <identity/> with an unknown child', `<identity xmlns='${NS}'><key/></identity>`],
+      ['an <x5c/> that is not base64', `<identity xmlns='${NS}'><x5c>not base64!</x5c></identity>`],
+      ['an error condition with content', `<rate-limited xmlns='${NS}'>soon</rate-limited>`],
+    ];
+    for (const [what, document] of rejected) {
+      it(`rejects ${what}`, function () {
+        expect(validate(document).ok).to.equal(false);
+      });
+    }
+  });
+
+  describe('src/xmpp/stanza-errors', function () {
+    const keys = Object.keys(STANZA_ERRORS) as StanzaErrorKey[];
+
+    it('builds <error/> with the defined condition, a text, then the application condition', function () {
+      const el = stanzaError('too-many-messages');
+      expect(el.getName()).to.equal('error');
+      expect(el.attrs.type).to.equal('modify');
+      expect(el.getChildElements().map((c) => [c.getName(), c.getNS()])).to.deep.equal([
+        ['policy-violation', NS_STANZAS],
+        ['text', NS_STANZAS],
+        ['too-many-messages', NS],
+      ]);
+      expect(el.getChildText('text', NS_STANZAS)).to.equal(STANZA_ERRORS['too-many-messages'].text);
+    });
+
+    it('uses a given text instead of the default', function () {
+      expect(stanzaError('rate-limited', 'slow down').getChildText('text', NS_STANZAS)).to.equal('slow down');
+    });
+
+    it('builds errors that validate against kms.xsd in their application condition', function () {
+      for (const key of keys) {
+        const result = validate(stanzaError(key).getChild(key, NS)!.toString());
+        expect(result.ok, `${key}: ${result.output}`).to.equal(true);
+      }
+    });
+
+    for (const key of keys) {
+      it(`round-trips ${key} through an IQ error reply`, function () {
+        const iq = xml('iq', { type: 'error', id: 'x', from: 'kms.example.com' }, stanzaError(key, 'why'));
+        const reparsed = parse(iq.toString());
+        expect(parseStanzaError(reparsed)).to.deep.equal({
+          key,
+          type: STANZA_ERRORS[key].type,
+          condition: STANZA_ERRORS[key].condition,
+          text: 'why',
+        });
+        expect(parseStanzaError(reparsed.getChild('error')!)?.key).to.equal(key);
+      });
+    }
+
+    it('returns undefined for an error without a condition of ours, or no error at all', function () {
+      const serverError = parse(
+        `<iq type='error' id='y'><error type='wait'><remote-server-timeout xmlns='${NS_STANZAS}'/></error></iq>`,
+      );
+      expect(parseStanzaError(serverError)).to.equal(undefined);
+      expect(parseStanzaError(parse(`<iq type='result' id='z'/>`))).to.equal(undefined);
+    });
+
+    it('recognises only its own keys', function () {
+      expect(isStanzaErrorKey('rate-limited')).to.equal(true);
+      expect(isStanzaErrorKey('toString')).to.equal(false);
+      expect(isStanzaErrorKey('bad-request')).to.equal(false);
+    });
+  });
+});
