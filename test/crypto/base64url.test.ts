@@ -1,18 +1,8 @@
 import { expect } from 'chai';
 import { randomBytes } from 'node:crypto';
 import { decode, decodeJsonObject, encode } from '../../src/crypto/base64url.js';
-import { JoseError, type JoseErrorCode } from '../../src/crypto/errors.js';
+import { expectJoseError } from '../support/jose-assert.js';
 
-function expectJoseError(fn: () => unknown, code: JoseErrorCode): JoseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(JoseError);
-    expect((err as JoseError).code).to.equal(code);
-    return err as JoseError;
-  }
-  return expect.fail(`expected ${code}`);
-}
 
 describe('crypto/base64url', () => {
   it('encodes bytes and strings (UTF-8) without padding', () => {

@@ -2,8 +2,8 @@ import { expect } from 'chai';
 import { createECDH, createPrivateKey, diffieHellman, hkdfSync, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { deriveChannelKey } from '../../src/crypto/channel.js';
-import { JoseError, type JoseErrorCode } from '../../src/crypto/errors.js';
 import { generateEcKeyPair, importPrivateJwk, importPublicJwk } from '../../src/crypto/keys.js';
+import { expectJoseError } from '../support/jose-assert.js';
 
 interface ChannelVector {
   source: string;
@@ -16,16 +16,6 @@ const { vectors } = JSON.parse(readFileSync(new URL('../vectors/ecdhe-hkdf.json'
   vectors: ChannelVector[];
 };
 
-function expectJoseError(fn: () => unknown, code: JoseErrorCode): JoseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(JoseError);
-    expect((err as JoseError).code).to.equal(code);
-    return err as JoseError;
-  }
-  return expect.fail(`expected ${code}`);
-}
 
 describe('crypto/channel', () => {
   it('has vectors to check', () => {

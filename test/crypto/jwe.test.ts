@@ -1,6 +1,6 @@
 import { expect } from 'chai';
 import { createPrivateKey, createSecretKey, randomBytes, type JsonWebKey, type KeyObject } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import * as jose from 'jose';
 import { DECRYPTION_FAILED_MESSAGE, JoseError, type JoseErrorCode } from '../../src/crypto/errors.js';
 import {
@@ -17,13 +17,8 @@ import {
   type JweEnc,
 } from '../../src/crypto/jwe.js';
 import { generateEcKeyPair, importPrivateJwk, importPublicJwk } from '../../src/crypto/keys.js';
+import { vector, VECTORS } from '../support/jose-assert.js';
 
-const VECTORS = new URL('../vectors/rfc7520/', import.meta.url);
-function vector(section: string): any {
-  const file = readdirSync(VECTORS).find((f) => f.startsWith(`${section}.`));
-  if (!file) throw new Error(`no RFC 7520 vector ${section}`);
-  return JSON.parse(readFileSync(new URL(file, VECTORS), 'utf8'));
-}
 
 function expectJoseError(fn: () => unknown, code: JoseErrorCode): JoseError {
   try {

@@ -1,28 +1,11 @@
 import { expect } from 'chai';
 import { createHmac, sign as nodeSign, type JsonWebKey, type KeyObject } from 'node:crypto';
-import { readFileSync, readdirSync } from 'node:fs';
 import * as jose from 'jose';
-import { JoseError, type JoseErrorCode } from '../../src/crypto/errors.js';
 import { decodeCompactJws, signCompact, verifyCompact, type JwsAlg } from '../../src/crypto/jws.js';
 import { generateEcKeyPair, importPrivateJwk, importPublicJwk, publicJwk } from '../../src/crypto/keys.js';
+import { expectJoseError, vector } from '../support/jose-assert.js';
 
-const VECTORS = new URL('../vectors/rfc7520/', import.meta.url);
-function vector(section: string): any {
-  const file = readdirSync(VECTORS).find((f) => f.startsWith(`${section}.`));
-  if (!file) throw new Error(`no RFC 7520 vector ${section}`);
-  return JSON.parse(readFileSync(new URL(file, VECTORS), 'utf8'));
-}
 
-function expectJoseError(fn: () => unknown, code: JoseErrorCode): JoseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(JoseError);
-    expect((err as JoseError).code).to.equal(code);
-    return err as JoseError;
-  }
-  return expect.fail(`expected ${code}`);
-}
 
 const b64 = (b: Uint8Array | string) => Buffer.from(b).toString('base64url');
 const unb64 = (s: string) => Buffer.from(s, 'base64url');

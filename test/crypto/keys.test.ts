@@ -2,7 +2,6 @@ import { expect } from 'chai';
 import { createPrivateKey, sign, verify, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as jose from 'jose';
-import { JoseError, type JoseErrorCode } from '../../src/crypto/errors.js';
 import {
   ecRawPublic,
   generateEcKeyPair,
@@ -12,6 +11,7 @@ import {
   thumbprint,
   type EcCurve,
 } from '../../src/crypto/keys.js';
+import { expectJoseError } from '../support/jose-assert.js';
 
 const VECTORS = new URL('../vectors/rfc7520/', import.meta.url);
 const load = (file: string): JsonWebKey => JSON.parse(readFileSync(new URL(file, VECTORS), 'utf8'));
@@ -23,16 +23,6 @@ const RSA_4096_PRIVATE = JSON.parse(
   readFileSync(new URL('5_2.key_encryption_using_rsa-oaep_with_aes-gcm.json', VECTORS), 'utf8'),
 ).input.key as JsonWebKey;
 
-function expectJoseError(fn: () => unknown, code: JoseErrorCode): JoseError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).to.be.instanceOf(JoseError);
-    expect((err as JoseError).code).to.equal(code);
-    return err as JoseError;
-  }
-  return expect.fail(`expected ${code}`);
-}
 
 const b64 = (b: Buffer) => b.toString('base64url');
 const unb64 = (s: unknown) => Buffer.from(s as string, 'base64url');

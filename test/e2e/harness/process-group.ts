@@ -69,7 +69,13 @@ async function groupMembers(pgid: number): Promise<number[]> {
     }
     // pid (comm) state ppid pgrp ...; comm may contain spaces and parentheses.
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    if (Number(fields[2]) === pgid && fields[0] !== 'Z') members.push(Number(entry));
+    if (Number(fields[2]) !== pgid) continue;
+    // A killed multi-threaded process (beam.smp) shows its leader as a zombie while its other
+    // threads are still exiting, and its sockets (a listening port!) stay open until the last one
+    // has gone: only a zombie with a single task left is really gone.
+    if (fields[0] !== 'Z' || (await readdir(`/proc/${entry}/task`).catch(() => [])).length > 1) {
+      members.push(Number(entry));
+    }
   }
   return members;
 }
