@@ -88,3 +88,36 @@ describe('Authenticator: bearer tokens, cross-checked against jose.jwtVerify', (
     await auth.authenticate({ bearer: wrongAud }, now).then(() => expect.fail(), (e) => expect(e.reason).to.match(/aud/));
   });
 });
+
+describe('Authenticator: jwk credentials of trusted services (x5c to a trust anchor)', () => {
+  it('accepts a key certified by a trusted CA as the service named by the certificate, and refuses the rest', async () => {
+    const { X509Certificate, createPublicKey } = await import('node:crypto');
+    const { createDevIdentity, x5cOf } = await import('../../src/crypto/x509.js');
+    const { publicJwk } = await import('../../src/crypto/keys.js');
+    const peer = await createDevIdentity({ domain: 'peer.example.com', keyType: 'EC' });
+    const stranger = await createDevIdentity({ domain: 'peer.example.com', keyType: 'EC' });
+    const issuer = await LocalIssuer.ephemeral(ISS);
+    const auth = new Authenticator({
+      bearer: { keys: issuer.keys(), issuer: ISS, audience: AUD, algorithms: ['ES256'], userClaim: 'sub', clockToleranceSec: 30 },
+      serviceAnchors: [new X509Certificate(peer.caCertPem)],
+    });
+    const jwk = { ...publicJwk(createPublicKey(peer.privateKey)), x5c: x5cOf(peer.chainPem) } as Record<string, unknown> & { x5c: string[] };
+    const p = await auth.authenticate({ jwk }, new Date());
+    expect(p).to.include({ id: 'kms://peer.example.com', kind: 'service' });
+
+    const reject = async (cred: Record<string, unknown> & { x5c: string[] }, reason: RegExp) => {
+      const e = await auth.authenticate({ jwk: cred }, new Date()).then(() => undefined, (err: KmsError) => err);
+      expect(e, String(reason)).to.be.instanceOf(KmsError);
+      expect(e!.status).to.equal(401);
+      expect(e!.reason).to.match(reason);
+    };
+    // A chain to a CA this KMS does not trust.
+    await reject({ ...publicJwk(createPublicKey(stranger.privateKey)), x5c: x5cOf(stranger.chainPem) }, /trust anchor/);
+    // A trusted certificate presented with another key.
+    await reject({ ...publicJwk(createPublicKey(stranger.privateKey)), x5c: x5cOf(peer.chainPem) }, /not the certificate's key/);
+    // Without anchors, no service credential is accepted at all.
+    const closed = new Authenticator({ bearer: { keys: issuer.keys(), issuer: ISS, audience: AUD, algorithms: ['ES256'], userClaim: 'sub', clockToleranceSec: 30 }, serviceAnchors: [] });
+    const e = await closed.authenticate({ jwk }, new Date()).then(() => undefined, (err: KmsError) => err);
+    expect(e?.reason).to.match(/not accepted/);
+  });
+});
