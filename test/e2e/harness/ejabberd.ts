@@ -141,6 +141,11 @@ export class EjabberdServer extends ManagedServer {
   async #register(users: UserAccount[]): Promise<void> {
     await mapLimit(users, 8, async ({ username, password }) => {
       let reply = await this.#api('register', { user: username, host: this.domain, password });
+      // Right after a (re)start ejabberd's HTTP API may answer before its commands are registered.
+      for (let i = 0; i < 50 && reply.status === 400 && reply.text.includes('unknown_command'); i++) {
+        await new Promise((r) => setTimeout(r, 200));
+        reply = await this.#api('register', { user: username, host: this.domain, password });
+      }
       if (reply.status === 409) {
         reply = await this.#api('change_password', { user: username, host: this.domain, newpass: password });
       }
