@@ -10,9 +10,23 @@ import { cachedEcdh, ecCurveOf, ecRawPublic } from './keys.js';
 const EMPTY = Buffer.alloc(0);
 
 /** Derives the channel key from our private key (KeyObject or ECDH) and the peer's EC public key. */
-export function deriveChannelKey(ownPrivate: KeyObject | ECDH, peerPublic: KeyObject, length = 32): Buffer {
+export function deriveChannelKey(ownPrivate: KeyObject | ECDH, peerPublic: KeyObject | Buffer, length = 32): Buffer {
   // RFC 5869 §2.3: L <= 255 * HashLen.
   if (!Number.isInteger(length) || length < 1 || length > 255 * 32) throw new RangeError('bad channel key length');
+  if (Buffer.isBuffer(peerPublic)) {
+    // The peer's uncompressed point: OpenSSL's EC_POINT_oct2point rejects a point off our curve,
+    // and the handshake skips importing the client's JWK as a KeyObject (about 95 us).
+    if (!(ownPrivate instanceof ECDH)) throw keyInvalid('a raw peer point needs an ECDH object');
+    let z: Buffer;
+    try {
+      z = ownPrivate.computeSecret(peerPublic);
+    } catch {
+      throw keyInvalid('the peer point is not on our curve');
+    }
+    const key = Buffer.from(hkdfSync('sha256', z, EMPTY, EMPTY, length));
+    z.fill(0);
+    return key;
+  }
   if (!(peerPublic instanceof KeyObject) || peerPublic.type !== 'public') throw keyInvalid('the peer key must be an EC public key');
   const peerCurve = ecCurveOf(peerPublic);
   let z: Buffer;

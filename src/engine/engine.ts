@@ -14,9 +14,8 @@ import { KmsError, badRequest, methodNotAllowed, notFound, tooLarge, unauthentic
 import { parseRequest, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
 import { parseKmsUri } from '../protocol/uri.js';
 import { decryptDir, decryptJwe, encryptDir, readJweHeader } from '../crypto/jwe.js';
-import { importPublicJwk } from '../crypto/keys.js';
 import { deriveChannelKey } from '../crypto/channel.js';
-import { encode as b64u } from '../crypto/base64url.js';
+import { decode as b64uDecode, encode as b64u } from '../crypto/base64url.js';
 import type { EphemeralRecord } from '../store/kms-state.js';
 import type { Authenticator } from './credentials.js';
 import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
@@ -149,7 +148,12 @@ export class KmsEngine {
       // -03 §4.6.1: a fresh KMS key on the client's curve. createECDH, not generateKeyPairSync+JWK export (a Node 20 hang).
       const ecdh = createECDH('prime256v1');
       const point = ecdh.generateKeys();
-      const key = deriveChannelKey(ecdh, clientKey);
+      let key: Buffer;
+      try {
+        key = deriveChannelKey(ecdh, clientKey);
+      } catch (e) {
+        throw badRequest('jwk: not a point on P-256', e);
+      }
       const uuid = randomUUID();
       const lifetime = deps.config.ephemeralLifetimeSec * 1000;
       const record: EphemeralRecord = {
@@ -185,11 +189,17 @@ export class KmsEngine {
     const j = jwk as Record<string, unknown>;
     // protocol-notes §6 item 5: P-256, the MTI curve, only.
     if (j.kty !== 'EC' || j.crv !== 'P-256') throw unsupported('jwk: the ephemeral key must be EC P-256');
+    // Only x and y are read: private members, if any, are ignored.
+    let x: Buffer;
+    let y: Buffer;
     try {
-      return importPublicJwk(j); // private members, if any, are ignored
+      x = b64uDecode(String(j.x));
+      y = b64uDecode(String(j.y));
     } catch (e) {
-      throw badRequest(`jwk: ${(e as Error).message}`, e);
+      throw badRequest('jwk: x and y must be base64url', e);
     }
+    if (x.length !== 32 || y.length !== 32) throw badRequest('jwk: P-256 coordinates are 32 bytes');
+    return Buffer.concat([Buffer.of(4), x, y]);
   }
 
   // ---- the channel ----
