@@ -3,15 +3,13 @@
  * defines validity (KMS signature on the genesis, every antecedent, every signer a member before
  * its block, every signature), so that a client need not trust the KMS's word about membership.
  */
-import { createHash, type KeyObject } from 'node:crypto';
+import type { KeyObject } from 'node:crypto';
+import { blockHash } from '../protocol/block-hash.js';
 import { decodeCompactJws, signCompact, verifyCompact, type JwsAlg } from '../crypto/jws.js';
 
 export type Operation = { entity: string; optype: 'add' | 'remove' };
 
-/** hex(SHA-256(compact JWS)): how blocks are named (antecedents, GK bindings). */
-export function blockHash(jws: string): string {
-  return createHash('sha256').update(jws, 'ascii').digest('hex');
-}
+export { blockHash };
 
 /** An entity's signing key: its private key, the RFC 7638 thumbprint the KMS knows it by, and the alg. */
 export interface SigningKey {

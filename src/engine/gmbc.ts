@@ -2,7 +2,8 @@
  * Group membership block chains: post genesis (-03 §4.6.3), append (§4.6.4), get (§4.6.5), with
  * the chain rules of draft-abiggs-saag-primitives-for-conf-group-comms-01 (PCG-01).
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
+import { blockHash } from '../protocol/block-hash.js';
 import { z } from 'zod';
 import { badRequest, conflict, forbidden, notFound, tooLarge } from '../protocol/errors.js';
 import { parseBody, dateTime, sha256Hex } from '../protocol/messages.js';
@@ -13,10 +14,7 @@ import { isMemberAt, type ChainRecord, type Interval, type KmsState } from '../s
 import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
 import { KeyedMutex } from '../util/mutex.js';
 
-/** hex(SHA-256(compact JWS as stored)): the block hash of protocol-notes §2.2. */
-export function blockHash(jws: string): string {
-  return createHash('sha256').update(jws, 'ascii').digest('hex');
-}
+export { blockHash };
 
 const operationSchema = z.looseObject({ entity: z.string().min(1).max(3071), optype: z.enum(['add', 'remove']) });
 export type Operation = { entity: string; optype: 'add' | 'remove' };
@@ -234,9 +232,4 @@ function parseJsonOr400(payload: Buffer, where: string): unknown {
   } catch {
     throw badRequest(`${where}: the payload is not JSON`);
   }
-}
-
-/** Is `entity` a member of `chain` at block seq? (Used by the GK policies.) */
-export async function memberAt(state: KmsState, chain: string, entity: string, seq: number): Promise<boolean> {
-  return isMemberAt(await state.intervals(chain, entity), seq);
 }

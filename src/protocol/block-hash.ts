@@ -1,0 +1,6 @@
+/** hex(SHA-256(compact JWS as stored)): how blocks are named (protocol-notes §2.2), for antecedents and GK bindings. */
+import { createHash } from 'node:crypto';
+
+export function blockHash(jws: string): string {
+  return createHash('sha256').update(jws, 'ascii').digest('hex');
+}
