@@ -27,6 +27,10 @@ export class Lru<K, V> {
     this.#map.delete(key);
   }
 
+  values(): IterableIterator<V> {
+    return this.#map.values();
+  }
+
   clear(): void {
     this.#map.clear();
   }

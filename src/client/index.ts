@@ -1,0 +1,20 @@
+/**
+ * The client library (`xmpp-kms/client`): what an XMPP client needs to use a KMS over XMPP and to
+ * chat in end-to-end encrypted rooms. Start with KmsClient.connect and EncryptedRoom.
+ */
+export { KmsClient, withRetry, isTransient, type KmsClientOptions, type RetryOptions, type ChainView } from './kms-client.js';
+export { EncryptedRoom, type RoomOptions, type RoomMessage, type Undecryptable } from './room.js';
+export {
+  encryptRoomMessage,
+  readEncrypted,
+  openRoomMessage,
+  UndecryptableError,
+  FALLBACK_BODY,
+  type EncryptedRef,
+  type OpenedMessage,
+} from './muc.js';
+export { KmsSession, type Transport, type CredentialSource, type KmsResponse, type EphemeralKeyInfo, type SessionOptions } from './session.js';
+export { fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
+export { generateEntityKey, entityKeyFromJwk, registrationProof, openGk, type EntityKey, type GroupKey } from './keys.js';
+export { signBlock, verifyChain, blockHash, type Operation, type VerifiedChain, type SigningKey } from './chain.js';
+export { KmsResponseError } from './errors.js';

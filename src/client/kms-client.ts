@@ -1,0 +1,278 @@
+/**
+ * The KMS as one client sees it: discovery and validation of the KMS's static key, the secure
+ * channel (KmsSession), the client's entity key, chains it can verify itself, and group keys
+ * fetched once and cached. This is the API an XMPP client uses; room.ts builds the encrypted
+ * multi-user chat on it.
+ */
+import type { KeyObject, X509Certificate } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { KmsSession, type CredentialSource, type KmsResponse, type Transport } from './session.js';
+import { fetchKmsIdentity, KmsStanzaError, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
+import { generateEntityKey, openGk, registrationProof, type EntityKey, type GroupKey } from './keys.js';
+import { blockHash, signBlock, verifyChain, type Operation, type VerifiedChain } from './chain.js';
+import { KmsResponseError } from './errors.js';
+import { importPublicJwk } from '../crypto/keys.js';
+import { Lru } from '../util/lru.js';
+
+export interface RetryOptions {
+  /** Attempts after the first one (default 2). */
+  retries?: number;
+  /** Delay before the first retry; doubled each time, with jitter (default 250 ms). */
+  backoffMs?: number;
+  /** Longest delay between two attempts (default 5 s). */
+  maxBackoffMs?: number;
+}
+
+export interface KmsClientOptions extends RetryOptions {
+  /** The client's XMPP connection (an @xmpp/client instance, online). */
+  xmpp?: XmppEntity;
+  /** The KMS component's JID, e.g. kms.example.com. */
+  kms: string;
+  /** Trust anchors for the KMS certificate: the client's own configuration, never the server's word. */
+  anchors: X509Certificate[];
+  /** The user's access token for the KMS; called again at every handshake, so it may refresh. */
+  bearer: CredentialSource;
+  /** The entity key of this device (default: a new one, registered at connect). */
+  entityKey?: EntityKey;
+  /** How long one IQ may take before it is retried (default 10 s). */
+  timeoutMs?: number;
+  /** Renew the ephemeral key this long before it expires (default 60 s). */
+  renewBeforeMs?: number;
+  /** How many group keys to keep (default 10,000). */
+  gkCacheSize?: number;
+  /** Tests: a transport other than XMPP, and the identity it would have discovered. */
+  transport?: Transport;
+  identity?: KmsIdentityInfo;
+}
+
+/** Is this failure worth another attempt? Timeouts, a lost connection and 'wait' errors are; refusals are not. */
+export function isTransient(e: unknown): boolean {
+  if (e instanceof KmsStanzaError) return e.type === 'wait';
+  if (e instanceof KmsResponseError) return false;
+  const name = (e as Error | undefined)?.name;
+  return name === 'TimeoutError' || name === 'AbortError' || /socket|connection|offline|disconnect/i.test(String((e as Error)?.message ?? ''));
+}
+
+/** Wraps a transport so that transient failures are retried with exponential backoff and jitter. */
+export function withRetry(transport: Transport, o: RetryOptions = {}): Transport {
+  const retries = o.retries ?? 2;
+  const base = o.backoffMs ?? 250;
+  const max = o.maxBackoffMs ?? 5000;
+  return async (messages) => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await transport(messages);
+      } catch (e) {
+        if (attempt >= retries || !isTransient(e)) throw e;
+        const delay = Math.min(max, base * 2 ** attempt);
+        await sleep(delay / 2 + Math.random() * (delay / 2));
+      }
+    }
+  };
+}
+
+/** A chain as the client last verified it, with its blocks. */
+export interface ChainView extends VerifiedChain {
+  blocks: string[];
+}
+
+/** One user's (one device's) access to one KMS. */
+export class KmsClient {
+  readonly session: KmsSession;
+  readonly kmsJid: string;
+  readonly kmsId: string;
+  readonly kmsKey: KeyObject;
+  readonly entityKey: EntityKey;
+  #entity = '';
+  readonly #gks: Lru<string, GroupKey>;
+  readonly #gkInFlight = new Map<string, Promise<GroupKey>>();
+  readonly #chains = new Map<string, ChainView>();
+  readonly #entityKeys = new Map<string, { kid: string; key: KeyObject }[]>();
+
+  private constructor(o: KmsClientOptions, identity: KmsIdentityInfo, transport: Transport) {
+    this.kmsJid = o.kms;
+    this.kmsId = identity.kid;
+    this.kmsKey = identity.key;
+    this.entityKey = o.entityKey ?? generateEntityKey();
+    this.#gks = new Lru(o.gkCacheSize ?? 10_000);
+    this.session = new KmsSession({
+      kmsKid: identity.kid,
+      kmsKey: identity.key,
+      transport,
+      bearer: o.bearer,
+      ...(o.renewBeforeMs !== undefined ? { renewBeforeMs: o.renewBeforeMs } : {}),
+    });
+  }
+
+  /**
+   * Validates the KMS's static key (certificate chain to `anchors`, certificate for the kid's
+   * host), makes a channel and registers this device's entity key.
+   */
+  static async connect(o: KmsClientOptions): Promise<KmsClient> {
+    let identity = o.identity;
+    let transport = o.transport;
+    if (!identity || !transport) {
+      if (!o.xmpp) throw new Error('KmsClient.connect: give an XMPP connection (xmpp) or a transport and identity');
+      identity ??= await fetchKmsIdentity(o.xmpp, o.kms, o.anchors, o.timeoutMs ?? 10_000);
+      transport ??= xmppTransport(o.xmpp, o.kms, o.timeoutMs ?? 10_000);
+    }
+    const client = new KmsClient(o, identity, withRetry(transport, o));
+    await client.#register();
+    return client;
+  }
+
+  /** The user's bare JID as the KMS authenticated it. */
+  get entity(): string {
+    return this.#entity;
+  }
+
+  async #register(): Promise<void> {
+    const eph = await this.session.handshake();
+    this.#entity = eph.userId;
+    await this.session.request('post', '/entity-keys', {
+      jwk: this.entityKey.publicJwk,
+      proof: registrationProof(this.entityKey, eph.userId, eph.uri),
+    });
+  }
+
+  #abs(path: string): string {
+    return `${this.kmsId}${path}`;
+  }
+
+  async ping(): Promise<KmsResponse> {
+    return this.session.request('update', '/ping');
+  }
+
+  // ---- chains ----
+
+  /** Creates a chain whose genesis adds this user and `members`; returns it verified. */
+  async createChain(members: string[]): Promise<ChainView> {
+    const entities = [...new Set([this.entity, ...members.map((m) => m.toLowerCase())])];
+    const res = await this.session.request('post', this.#abs('/blocks'), {
+      blockPayload: { operations: entities.map((entity) => ({ entity, optype: 'add' })) },
+    });
+    const genesis = res.block as string;
+    const view = await this.#verify([genesis]);
+    this.#chains.set(view.uri, view);
+    return view;
+  }
+
+  /** The chain, brought up to date (only blocks after the known tail are fetched) and verified here. */
+  async chain(uri: string): Promise<ChainView> {
+    const known = this.#chains.get(uri);
+    const res = await this.session.request('get', uri, known ? { antecedent: known.tail } : undefined);
+    const fresh = res.blocks as string[];
+    if (known && fresh.length === 0) return known;
+    const view = await this.#verify(known ? [...known.blocks, ...fresh] : fresh);
+    if (view.uri !== uri) throw new KmsResponseError(502, `the KMS returned chain ${view.uri} for ${uri}`);
+    this.#chains.set(uri, view);
+    return view;
+  }
+
+  /** The chain as last verified, without asking the KMS. */
+  knownChain(uri: string): ChainView | undefined {
+    return this.#chains.get(uri);
+  }
+
+  async #verify(blocks: string[]): Promise<ChainView> {
+    const opts = { kmsKey: this.kmsKey, kmsId: this.kmsId, keysOf: (e: string) => this.#keysOf(e) };
+    try {
+      return { ...(await verifyChain(blocks, opts)), blocks };
+    } catch {
+      // A member may have registered a key since we cached theirs: fetch again, verify once more.
+      this.#entityKeys.clear();
+      return { ...(await verifyChain(blocks, opts)), blocks };
+    }
+  }
+
+  async #keysOf(entity: string): Promise<{ kid: string; key: KeyObject }[]> {
+    let keys = this.#entityKeys.get(entity);
+    if (!keys) {
+      const res = await this.session.request('get', `/entity-keys/${encodeURIComponent(entity)}`);
+      keys = (res.entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({ kid: k.kid, key: importPublicJwk(k.jwk) }));
+      this.#entityKeys.set(entity, keys);
+    }
+    return keys;
+  }
+
+  /**
+   * Appends one block with `operations`, signed by this device's key. When another member
+   * appended first (409), the chain is fetched again and the block re-signed on the new tail.
+   */
+  async append(uri: string, operations: Operation[], attempts = 3): Promise<ChainView> {
+    for (let i = 0; ; i++) {
+      const chain = await this.chain(uri);
+      const block = signBlock(this.entityKey, this.entity, chain.tail, operations);
+      try {
+        await this.session.request('post', uri, { blocks: [block] });
+      } catch (e) {
+        if (!(e instanceof KmsResponseError && e.status === 409) || i + 1 >= attempts) throw e;
+        continue;
+      }
+      const after = await this.chain(uri);
+      if (after.tail !== blockHash(block) && !after.hashes.includes(blockHash(block))) {
+        throw new KmsResponseError(502, 'the appended block is not in the chain the KMS returns');
+      }
+      return after;
+    }
+  }
+
+  addMembers(uri: string, entities: string[]): Promise<ChainView> {
+    return this.append(uri, entities.map((entity) => ({ entity: entity.toLowerCase(), optype: 'add' })));
+  }
+
+  removeMembers(uri: string, entities: string[]): Promise<ChainView> {
+    return this.append(uri, entities.map((entity) => ({ entity: entity.toLowerCase(), optype: 'remove' })));
+  }
+
+  // ---- group keys ----
+
+  /** A new group key, bound at once to `block` (a block hash) when given. */
+  async createGk(block?: string): Promise<GroupKey> {
+    const res = await this.session.request('post', this.#abs('/gks'), block ? { block, kid: this.entityKey.kid } : { kid: this.entityKey.kid });
+    const gk = openGk(res.gk as string, this.kmsKey, this.entityKey);
+    this.#gks.set(gk.uri, gk);
+    return gk;
+  }
+
+  /** Binds an unbound group key of this user's to a block. */
+  async bindGk(uri: string, block: string): Promise<GroupKey> {
+    const res = await this.session.request('post', uri, { block, kid: this.entityKey.kid });
+    const gk = openGk(res.gk as string, this.kmsKey, this.entityKey);
+    this.#gks.set(gk.uri, gk);
+    return gk;
+  }
+
+  /**
+   * The group key `uri`: from the cache, or fetched from the KMS once however many callers ask
+   * at the same time. A refusal (403: not a member under the policy) is thrown to every caller.
+   */
+  async gk(uri: string): Promise<GroupKey> {
+    const cached = this.#gks.get(uri);
+    if (cached) return cached;
+    let p = this.#gkInFlight.get(uri);
+    if (!p) {
+      p = (async () => {
+        const res = await this.session.request('get', uri, { entity: this.entity, kid: this.entityKey.kid });
+        const gk = openGk(res.gk as string, this.kmsKey, this.entityKey);
+        if (gk.uri !== uri) throw new KmsResponseError(502, `the KMS returned ${gk.uri} for ${uri}`);
+        this.#gks.set(uri, gk);
+        return gk;
+      })().finally(() => this.#gkInFlight.delete(uri));
+      this.#gkInFlight.set(uri, p);
+    }
+    return p;
+  }
+
+  /** Is this group key cached (no KMS request needed)? */
+  hasGk(uri: string): boolean {
+    return this.#gks.get(uri) !== undefined;
+  }
+
+  /** Deletes the ephemeral key on the KMS and wipes cached key material. */
+  async close(): Promise<void> {
+    for (const gk of this.#gks.values()) gk.key.fill(0);
+    this.#gks.clear();
+    await this.session.close().catch(() => undefined);
+  }
+}
