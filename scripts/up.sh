@@ -2,7 +2,7 @@
 # Brings the system up on the embedded defaults and shows the KMS answering:
 #   1. installs what a fresh Debian 12 machine lacks (Prosody from Debian's packages; npm packages),
 #   2. starts a local Prosody from prosody-config/prosody.test.cfg.lua on loopback ports,
-#   3. registers the demo users alice and bob,
+#   3. registers the demo users alice, bob, carol and dave (password: <name>-password),
 #   4. starts the KMS component (LevelDB in ./data, self-signed identity, local token issuer),
 #   5. runs `kms demo`: both users share a group key through the KMS over XMPP.
 # Then it keeps running until Ctrl-C (or exits at once with --exit-after-demo).
@@ -39,8 +39,8 @@ for _ in $(seq 1 100); do
   (exec 3<>"/dev/tcp/127.0.0.1/$PROSODY_TEST_COMPONENT_PORT") 2>/dev/null && break
   sleep 0.1
 done
-for u in alice bob; do prosodyctl --config "$CFG" register "$u" localhost "$u-password" >/dev/null 2>&1; done
-echo "users: alice@localhost / alice-password, bob@localhost / bob-password"
+for u in alice bob carol dave; do prosodyctl --config "$CFG" register "$u" localhost "$u-password" >/dev/null 2>&1; done
+echo "users: alice, bob, carol and dave @localhost, each with the password <name>-password"
 
 step "KMS component kms.localhost (data in ./data)"
 export KMS_XMPP_SERVICE="xmpp://127.0.0.1:$PROSODY_TEST_COMPONENT_PORT" KMS_XMPP_SECRET="$PROSODY_TEST_COMPONENT_SECRET"
