@@ -7,7 +7,7 @@
 import type { KeyObject, X509Certificate } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KmsSession, type CredentialSource, type KmsResponse, type Transport } from './session.js';
-import { fetchKmsIdentity, KmsStanzaError, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
+import { discoverKms, fetchKmsIdentity, KmsStanzaError, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
 import { generateEntityKey, openGk, registrationProof, type EntityKey, type GroupKey } from './keys.js';
 import { blockHash, signBlock, verifyChain, type Operation, type VerifiedChain } from './chain.js';
 import { KmsResponseError } from './errors.js';
@@ -26,8 +26,8 @@ export interface RetryOptions {
 export interface KmsClientOptions extends RetryOptions {
   /** The client's XMPP connection (an @xmpp/client instance, online). */
   xmpp?: XmppEntity;
-  /** The KMS component's JID, e.g. kms.example.com. */
-  kms: string;
+  /** The KMS component's JID, e.g. kms.example.com; found with disco on the user's domain when omitted. */
+  kms?: string;
   /** Trust anchors for the KMS certificate: the client's own configuration, never the server's word. */
   anchors: X509Certificate[];
   /** The user's access token for the KMS; called again at every handshake, so it may refresh. */
@@ -89,7 +89,7 @@ export class KmsClient {
   readonly #chains = new Map<string, ChainView>();
   readonly #entityKeys = new Map<string, { kid: string; key: KeyObject }[]>();
 
-  private constructor(o: KmsClientOptions, identity: KmsIdentityInfo, transport: Transport) {
+  private constructor(o: KmsClientOptions & { kms: string }, identity: KmsIdentityInfo, transport: Transport) {
     this.kmsJid = o.kms;
     this.kmsId = identity.kid;
     this.kmsKey = identity.key;
@@ -111,12 +111,21 @@ export class KmsClient {
   static async connect(o: KmsClientOptions): Promise<KmsClient> {
     let identity = o.identity;
     let transport = o.transport;
+    let kms = o.kms;
     if (!identity || !transport) {
-      if (!o.xmpp) throw new Error('KmsClient.connect: give an XMPP connection (xmpp) or a transport and identity');
-      identity ??= await fetchKmsIdentity(o.xmpp, o.kms, o.anchors, o.timeoutMs ?? 10_000);
-      transport ??= xmppTransport(o.xmpp, o.kms, o.timeoutMs ?? 10_000);
+      const xmpp = o.xmpp as (XmppEntity & { jid?: { domain?: string } | null }) | undefined;
+      if (!xmpp) throw new Error('KmsClient.connect: give an XMPP connection (xmpp) or a transport and identity');
+      if (!kms) {
+        const domain = xmpp.jid?.domain;
+        if (!domain) throw new Error('KmsClient.connect: the XMPP connection is not online; cannot discover the KMS');
+        kms = await discoverKms(xmpp, domain, o.timeoutMs ?? 10_000);
+        if (!kms) throw new Error(`no KMS found on ${domain} (no disco item with the feature urn:xmpp:kms:0)`);
+      }
+      identity ??= await fetchKmsIdentity(xmpp, kms, o.anchors, o.timeoutMs ?? 10_000);
+      transport ??= xmppTransport(xmpp, kms, o.timeoutMs ?? 10_000);
     }
-    const client = new KmsClient(o, identity, withRetry(transport, o));
+    if (!kms) throw new Error('KmsClient.connect: name the KMS (kms) when giving a transport');
+    const client = new KmsClient({ ...o, kms }, identity, withRetry(transport, o));
     await client.#register();
     return client;
   }

@@ -43,6 +43,31 @@ function rethrow(e: unknown): never {
   throw e;
 }
 
+const NS_DISCO_ITEMS = 'http://jabber.org/protocol/disco#items';
+const NS_DISCO_INFO = 'http://jabber.org/protocol/disco#info';
+
+/**
+ * Finds a KMS on an XMPP domain (xep/kms.xml, Discovering the KMS): the domain's disco#items,
+ * then disco#info of each item until one has the feature urn:xmpp:kms:0. By feature, never by
+ * name or identity. Returns the component's JID, or undefined when the domain offers none.
+ */
+export async function discoverKms(entity: XmppEntity, domain: string, timeoutMs = 10_000): Promise<string | undefined> {
+  let items: Element;
+  try {
+    items = await entity.iqCaller.request(xml('iq', { type: 'get', to: domain }, xml('query', { xmlns: NS_DISCO_ITEMS })), timeoutMs);
+  } catch (e) {
+    rethrow(e);
+  }
+  const jids = (items.getChild('query', NS_DISCO_ITEMS)?.getChildren('item') ?? []).map((i) => i.attrs.jid).filter((j): j is string => !!j);
+  for (const jid of jids) {
+    const info = await entity.iqCaller
+      .request(xml('iq', { type: 'get', to: jid }, xml('query', { xmlns: NS_DISCO_INFO })), timeoutMs)
+      .catch(() => undefined);
+    if (info?.getChild('query', NS_DISCO_INFO)?.getChildren('feature').some((f) => f.attrs.var === NS)) return jid;
+  }
+  return undefined;
+}
+
 export interface KmsIdentityInfo {
   kid: string;
   key: KeyObject;

@@ -90,7 +90,9 @@ for (const kind of serverKinds()) {
         async function device(name: Name, label: string = name): Promise<Device> {
           const xmpp = await connectClient(tapped, USERS[NAMES.indexOf(name)]!);
           const token = await kms.issuer!.mint({ subject: jidOf(name), audience: 'kms://kms.localhost' });
-          const client = await KmsClient.connect({ xmpp, kms: 'kms.localhost', anchors, bearer: () => token });
+          // Alice names her KMS; everyone else finds it with disco on their domain, by its feature.
+          const client = await KmsClient.connect({ xmpp, ...(name === 'alice' ? { kms: 'kms.localhost' } : {}), anchors, bearer: () => token });
+          expect(client.kmsJid).to.equal('kms.localhost');
           secrets.keys.set(`entity key of ${label}`, privateScalar(client.entityKey.privateKey));
           const room = new EncryptedRoom({ xmpp, kms: client, room: roomJid, nick: label });
           const d: Device = { name, xmpp, kms: client, room, messages: [], refused: [] };
