@@ -3,7 +3,8 @@
  * the record's identity as additional authenticated data so that a sealed value cannot be moved
  * to another record. Format: `s1.<base64url(iv ‖ ciphertext ‖ tag)>`.
  */
-import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { randomBytes } from './random.js';
 
 const PREFIX = 's1.';
 

@@ -8,7 +8,7 @@ import type { StaticIdentity } from './identity.js';
 import type { KmsRequest } from '../protocol/messages.js';
 import type { Principal } from './principal.js';
 import type { JwsAlg } from '../crypto/jws.js';
-import { signCompact } from '../crypto/jws.js';
+import { compactSigner } from '../crypto/jws.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { Lru } from '../util/lru.js';
 
@@ -21,6 +21,8 @@ export class EngineDeps {
   readonly clock: () => Date;
   /** Imported public keys by RFC 7638 thumbprint: importing costs more than using. */
   readonly #keyObjects = new Lru<string, KeyObject>(50_000);
+  /** The static key's signer, header encoded once. */
+  #sign: ((payload: string) => string) | undefined;
 
   constructor(d: { config: EngineConfig; state: KmsState; sealer: Sealer; identity: StaticIdentity; clock?: () => Date }) {
     this.config = d.config;
@@ -42,7 +44,8 @@ export class EngineDeps {
 
   /** Signs a JSON payload with the KMS's static key (-03: genesis blocks, GKs, handshake responses, channel-less errors). */
   signAsKms(payload: unknown): string {
-    return signCompact(this.identity.privateKey, this.identity.sigAlg, JSON.stringify(payload), { kid: this.identity.kid });
+    this.#sign ??= compactSigner(this.identity.privateKey, this.identity.sigAlg, { kid: this.identity.kid });
+    return this.#sign(JSON.stringify(payload));
   }
 
   /** The signature algorithms accepted from an entity key of this type. */

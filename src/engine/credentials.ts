@@ -9,7 +9,7 @@ import { unauthenticated, forbidden, type KmsError } from '../protocol/errors.js
 import { normalizeEntity } from '../protocol/entity.js';
 import type { KmsRequest } from '../protocol/messages.js';
 import { importPublicJwk } from '../crypto/keys.js';
-import { decodeCompactJws, verifyCompact, type JwsAlg } from '../crypto/jws.js';
+import { decodeCompactJws, verifyDecoded, type JwsAlg } from '../crypto/jws.js';
 import { checkClaims, ClaimError } from './jwt-claims.js';
 import { validateChain } from '../crypto/x509.js';
 import { Lru } from '../util/lru.js';
@@ -72,7 +72,7 @@ export class Authenticator {
       const alg = decoded.header.alg;
       if (typeof alg !== 'string' || !b.algorithms.includes(alg)) throw new joseErrors.JOSEAlgNotAllowed('"alg" (Algorithm) Header Parameter value not allowed');
       const key = await this.#verificationKey(decoded.header);
-      verifyCompact(token, key, [alg as JwsAlg]);
+      verifyDecoded(decoded, key, [alg as JwsAlg]);
       payload = JSON.parse(decoded.payload.toString('utf8')) as Record<string, unknown>;
       checkClaims(payload, { issuer: b.issuer, audience: b.audience, now, clockToleranceSec: b.clockToleranceSec, required: [b.userClaim] });
     } catch (e) {

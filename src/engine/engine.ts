@@ -11,9 +11,9 @@
  */
 import { createECDH, randomUUID } from 'node:crypto';
 import { KmsError, badRequest, methodNotAllowed, notFound, tooLarge, unauthenticated, unsupported } from '../protocol/errors.js';
-import { parseRequest, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
+import { parseRequestValue, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
 import { parseKmsUri } from '../protocol/uri.js';
-import { decryptDir, decryptJwe, encryptDir, readJweHeader } from '../crypto/jwe.js';
+import { decryptDirParsed, decryptJweParsed, encryptDir, parseCompactJwe, type ParsedJwe } from '../crypto/jwe.js';
 import { deriveChannelKey } from '../crypto/channel.js';
 import { decode as b64uDecode, encode as b64u } from '../crypto/base64url.js';
 import type { EphemeralRecord } from '../store/kms-state.js';
@@ -105,23 +105,27 @@ export class KmsEngine {
 
   async #handle(message: string): Promise<string> {
     if (typeof message !== 'string') throw new ChannelError(badRequest('the message must be a string'));
-    if (Buffer.byteLength(message, 'utf8') > this.deps.config.limits.maxMessageBytes) {
-      throw new ChannelError(tooLarge(`the message exceeds ${this.deps.config.limits.maxMessageBytes} bytes`));
+    const max = this.deps.config.limits.maxMessageBytes;
+    // UTF-8 takes at most 3 bytes per UTF-16 code unit: short messages need no byte count.
+    if (message.length > max || (message.length * 3 > max && Buffer.byteLength(message, 'utf8') > max)) {
+      throw new ChannelError(tooLarge(`the message exceeds ${max} bytes`));
     }
-    let header;
+    // Parsed once: the header routes, the same parse is then decrypted.
+    let parsed: ParsedJwe;
     try {
-      header = readJweHeader(message);
+      parsed = parseCompactJwe(message);
     } catch (e) {
       throw new ChannelError(badRequest('the message is not a compact JWE', e));
     }
-    if (header.alg === 'dir') return this.#onChannel(message, header);
-    return this.#handshake(message, header);
+    if (parsed.header.alg === 'dir') return this.#onChannel(parsed);
+    return this.#handshake(parsed);
   }
 
   // ---- the handshake (-03 §4.6.1) ----
 
-  async #handshake(message: string, header: Record<string, unknown>): Promise<string> {
+  async #handshake(parsed: ParsedJwe): Promise<string> {
     const { deps } = this;
+    const header = parsed.header;
     const id = deps.identity;
     if (header.kid !== undefined && header.kid !== id.kid) {
       throw new ChannelError(unauthenticated(`the handshake is addressed to ${String(header.kid)}, not ${id.kid}`));
@@ -131,14 +135,14 @@ export class KmsEngine {
     }
     let plaintext: Buffer;
     try {
-      ({ plaintext } = decryptJwe(message, id.privateKey, { alg: id.handshakeAlgs, enc: ['A256GCM', 'A128GCM'] }));
+      ({ plaintext } = decryptJweParsed(parsed, id.privateKey, { alg: id.handshakeAlgs, enc: ['A256GCM', 'A128GCM'] }));
     } catch (e) {
       throw new ChannelError(unauthenticated('the handshake could not be decrypted with the KMS static key', e));
     }
     const payload = safeJson(plaintext);
     const requestId = peekRequestId(payload);
     try {
-      const req = parseRequest(plaintext);
+      const req = parseJsonRequest(payload);
       const { segments } = parseKmsUri(req.uri, deps.config.domain);
       if (segments.length !== 1 || segments[0] !== 'ecdhe') throw badRequest('a message to the static key must create an ephemeral key (uri /ecdhe)');
       if (req.method !== 'create' && req.method !== 'post') throw methodNotAllowed(`/ecdhe accepts create, not ${req.method}`);
@@ -167,7 +171,6 @@ export class KmsEngine {
         jwk: { kty: 'EC', crv: 'P-256', x: b64u(point.subarray(1, 33)), y: b64u(point.subarray(33, 65)) },
       };
       key.fill(0);
-      await deps.state.putEphemeral(record);
       const keyObject = {
         uri: record.uri,
         jwk: record.jwk,
@@ -176,9 +179,13 @@ export class KmsEngine {
         createDate: record.createDate,
         expirationDate: record.expirationDate,
       };
-      this.#log?.info({ event: 'handshake', user: principal.id, ephemeralKey: record.uri }, 'ephemeral key created');
       // protocol-notes §6 item 3: `key` (content rule, -02, node-kms) and the -03 example's `ephemeral-key`.
-      return deps.signAsKms(withRequestId({ status: 201, key: keyObject, 'ephemeral-key': keyObject }, requestId));
+      // Signed before the key is stored, so that a failure here stores nothing.
+      const response = deps.signAsKms(withRequestId({ status: 201, key: keyObject, 'ephemeral-key': keyObject }, requestId));
+      // Written behind (KmsState.putEphemeral): readable at once, on disk within milliseconds.
+      await deps.state.putEphemeral(record);
+      this.#log?.info({ event: 'handshake', user: principal.id, ephemeralKey: record.uri }, 'ephemeral key created');
+      return response;
     } catch (e) {
       throw new ChannelError(this.#asKmsError(e), requestId);
     }
@@ -204,8 +211,9 @@ export class KmsEngine {
 
   // ---- the channel ----
 
-  async #onChannel(message: string, header: Record<string, unknown>): Promise<string> {
+  async #onChannel(parsed: ParsedJwe): Promise<string> {
     const { deps } = this;
+    const header = parsed.header;
     const now = deps.clock();
     const eph = await this.#ephemeralFor(header.kid, now);
     let key: Buffer;
@@ -219,12 +227,13 @@ export class KmsEngine {
     try {
       let plaintext: Buffer;
       try {
-        ({ plaintext } = decryptDir(message, key, ['A256GCM']));
+        ({ plaintext } = decryptDirParsed(parsed, key, ['A256GCM']));
       } catch (e) {
         throw badRequest('the message could not be decrypted under its ephemeral key', e);
       }
-      requestId = peekRequestId(safeJson(plaintext));
-      const req = parseRequest(plaintext);
+      const payload = safeJson(plaintext);
+      requestId = peekRequestId(payload);
+      const req = parseJsonRequest(payload);
       const principal = await this.#auth.authenticate(req.credential, now);
       // protocol-notes §6 item 17: the channel belongs to the identity that made it.
       if (principal.id !== eph.userId || req.clientId !== eph.clientId) {
@@ -302,10 +311,19 @@ function withRequestId<T extends Record<string, unknown>>(payload: T, requestId:
   return requestId === undefined ? payload : { ...payload, requestId };
 }
 
+/** The payload parsed from JSON, or NOT_JSON. */
 function safeJson(b: Buffer): unknown {
   try {
     return JSON.parse(b.toString('utf8'));
   } catch {
-    return undefined;
+    return NOT_JSON;
   }
+}
+
+const NOT_JSON = Symbol('not JSON');
+
+/** parseRequest on the payload safeJson returned: JSON is parsed once per message. */
+function parseJsonRequest(payload: unknown): KmsRequest {
+  if (payload === NOT_JSON) throw badRequest('the payload is not JSON');
+  return parseRequestValue(payload);
 }

@@ -56,6 +56,11 @@ export function parseRequest(json: Buffer | string): KmsRequest {
   } catch {
     throw badRequest('the payload is not JSON');
   }
+  return parseRequestValue(payload);
+}
+
+/** `parseRequest` on a payload already parsed from JSON. */
+export function parseRequestValue(payload: unknown): KmsRequest {
   const r = requestSchema.safeParse(payload);
   if (!r.success) {
     const issue = r.error.issues[0]!;

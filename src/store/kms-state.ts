@@ -104,6 +104,8 @@ export class KmsState {
   readonly #gks = new Lru<string, GkRecord>(100_000);
   readonly #entityKeys = new Lru<string, EntityKeyRecord[]>(50_000);
   readonly #ephemeral = new Lru<string, EphemeralRecord>(50_000);
+  /** Recently deleted ephemeral keys (ids are random UUIDs, never reused): a read racing a delete must not re-cache one. */
+  readonly #deletedEphemeral = new Lru<string, true>(10_000);
 
   constructor(kv: KvStore) {
     this.kv = kv;
@@ -217,19 +219,28 @@ export class KmsState {
   async ephemeral(id: string): Promise<EphemeralRecord | undefined> {
     let e = this.#ephemeral.get(id);
     if (!e) {
+      if (this.#deletedEphemeral.get(id)) return undefined;
       e = await this.#json<EphemeralRecord>(ephemeralKey(id));
-      if (e) this.#ephemeral.set(id, e);
+      // Deleted while it was being read: it must not come back through the cache.
+      if (e && !this.#deletedEphemeral.get(id)) this.#ephemeral.set(id, e);
+      else e = undefined;
     }
     return e;
   }
 
-  /** Ephemeral keys are not written durably: losing one only costs the client a new handshake. */
+  /**
+   * Ephemeral keys are written behind (KvStore `deferred`): readable at once, on disk within
+   * milliseconds, in batches. Losing one in a crash only costs the client a new handshake (its
+   * next request gets the signed 401 "unknown ephemeral key").
+   */
   async putEphemeral(e: EphemeralRecord): Promise<void> {
     this.#ephemeral.set(e.id, e);
-    await this.kv.batch([{ type: 'put', key: ephemeralKey(e.id), value: JSON.stringify(e) }]);
+    await this.kv.batch([{ type: 'put', key: ephemeralKey(e.id), value: JSON.stringify(e) }], { deferred: true });
   }
 
+  /** Deletes durably: the delete lands after the key's deferred put, so the key never comes back. */
   async deleteEphemeral(id: string): Promise<void> {
+    this.#deletedEphemeral.set(id, true);
     this.#ephemeral.delete(id);
     await this.kv.batch([{ type: 'del', key: ephemeralKey(id) }], { durable: true });
   }
@@ -241,6 +252,7 @@ export class KmsState {
       const e = JSON.parse(v) as EphemeralRecord;
       if (Date.parse(e.expirationDate) <= now.getTime()) {
         ops.push({ type: 'del', key: k });
+        this.#deletedEphemeral.set(e.id, true);
         this.#ephemeral.delete(e.id);
       }
     }
@@ -248,6 +260,12 @@ export class KmsState {
     return ops.length;
   }
 
+  /** Writes every deferred record (ephemeral keys) to the store. */
+  async flush(): Promise<void> {
+    await this.kv.flush();
+  }
+
+  /** Flushes the deferred writes, then closes the store. */
   async close(): Promise<void> {
     await this.kv.close();
   }

@@ -19,44 +19,142 @@ export interface RangeOptions {
   limit?: number;
 }
 
+/** Options of `batch`. */
+export interface BatchOptions {
+  /** Waits for the write to reach the disk (fsync). */
+  durable?: boolean;
+  /**
+   * Write-behind: the batch is visible to every read of this store at once, but it is written
+   * later, coalesced with other deferred batches (within `flushMs`, or sooner when many are
+   * queued), always before a later batch on one of its keys, before a range read that covers one
+   * of its keys, and on `flush()`/`close()`. A crash may lose it (all of it or none of it).
+   * Meant for records that may be lost (the ephemeral keys); never combined with `durable`.
+   */
+  deferred?: boolean;
+}
+
 /** What the engine needs from storage, and nothing more. */
 export interface KvStore {
   get(key: string): Promise<string | undefined>;
   getMany(keys: string[]): Promise<(string | undefined)[]>;
-  /** Applies every op or none. `durable` waits for the write to reach the disk (fsync). */
-  batch(ops: BatchOp[], options?: { durable?: boolean }): Promise<void>;
+  /** Applies every op or none. See BatchOptions for `durable` and `deferred`. */
+  batch(ops: BatchOp[], options?: BatchOptions): Promise<void>;
   entries(range: RangeOptions): AsyncIterable<[string, string]>;
+  /** Writes every deferred batch queued so far; rejects if that write fails. */
+  flush(): Promise<void>;
+  /** Flushes, then closes. */
   close(): Promise<void>;
+}
+
+/** Tuning of the write-behind queue. */
+export interface WriteBehindOptions {
+  /** Longest a deferred batch waits before it is written (ms). */
+  flushMs?: number;
+  /** A flush starts at once when this many deferred ops are queued. */
+  maxQueued?: number;
+}
+
+const DEFAULT_FLUSH_MS = 20;
+const DEFAULT_MAX_QUEUED = 256;
+
+/** Characters where UTF-16 order (JS `<`) and UTF-8 byte order (LevelDB's) can disagree. */
+const ORDER_SENSITIVE = /[\uD800-\uFFFF]/;
+
+function inRangeBy(key: string, r: RangeOptions, cmp: (a: string, b: string) => number): boolean {
+  return (r.gte === undefined || cmp(key, r.gte) >= 0) && (r.lt === undefined || cmp(key, r.lt) < 0);
+}
+
+const jsOrder = (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+const byteOrder = (a: string, b: string) => Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+
+/**
+ * Whether `key` may lie in `range`. Tested in both orders when they can differ, so the answer is
+ * never a false "no"; a false "yes" only costs an early flush.
+ */
+function mayBeInRange(key: string, r: RangeOptions): boolean {
+  if (inRangeBy(key, r, jsOrder)) return true;
+  const sensitive = ORDER_SENSITIVE.test(key) || (r.gte !== undefined && ORDER_SENSITIVE.test(r.gte)) || (r.lt !== undefined && ORDER_SENSITIVE.test(r.lt));
+  return sensitive && inRangeBy(key, r, byteOrder);
 }
 
 /** A KvStore on any abstract-level database with string keys and values. */
 export class LevelKvStore implements KvStore {
   readonly #db: AbstractLevel<string | Buffer | Uint8Array, string, string>;
+  readonly #flushMs: number;
+  readonly #maxQueued: number;
+  /** Deferred ops not yet handed to the database, in call order. */
+  #queued: BatchOp[] = [];
+  /** The newest deferred op per key, queued or being written: what reads must see. */
+  readonly #overlay = new Map<string, BatchOp>();
+  /** The write of deferred ops in progress, if any (one at a time, so they land in order). */
+  #writing: Promise<void> | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  /** The last failure of a background flush (reported by the next flush() or close()). */
+  #error: unknown;
 
-  constructor(db: AbstractLevel<string | Buffer | Uint8Array, string, string>) {
+  constructor(db: AbstractLevel<string | Buffer | Uint8Array, string, string>, opts: WriteBehindOptions = {}) {
     this.#db = db;
+    this.#flushMs = opts.flushMs ?? DEFAULT_FLUSH_MS;
+    this.#maxQueued = opts.maxQueued ?? DEFAULT_MAX_QUEUED;
   }
 
   async get(key: string): Promise<string | undefined> {
+    const o = this.#overlay.get(key);
+    if (o !== undefined) return o.type === 'put' ? o.value : undefined;
     return (await this.#db.get(key)) ?? undefined;
   }
 
   async getMany(keys: string[]): Promise<(string | undefined)[]> {
     if (keys.length === 0) return [];
-    return (await this.#db.getMany(keys)).map((v) => v ?? undefined);
+    // The overlay is read before the database: an op that leaves it has been written by then.
+    const pending = this.#overlay.size === 0 ? undefined : keys.map((k) => this.#overlay.get(k));
+    const values = (await this.#db.getMany(keys)).map((v) => v ?? undefined);
+    if (pending === undefined) return values;
+    return values.map((v, i) => {
+      const o = pending[i];
+      return o === undefined ? v : o.type === 'put' ? o.value : undefined;
+    });
   }
 
-  async batch(ops: BatchOp[], options: { durable?: boolean } = {}): Promise<void> {
+  async batch(ops: BatchOp[], options: BatchOptions = {}): Promise<void> {
     if (ops.length === 0) return;
     // Keys and values are strings: abstract-level would coerce a number or object key ('[object Object]') and write it.
     for (const op of ops) {
-      if (typeof op.key !== 'string' || (op.type === 'put' && typeof op.value !== 'string')) throw new TypeError('batch: keys and values must be strings');
+      if (
+        op === null ||
+        typeof op !== 'object' ||
+        (op.type !== 'put' && op.type !== 'del') ||
+        typeof op.key !== 'string' ||
+        (op.type === 'put' && typeof op.value !== 'string')
+      ) {
+        throw new TypeError('batch: keys and values must be strings');
+      }
     }
+    if (options.deferred) {
+      if (options.durable) throw new TypeError('batch: a deferred batch cannot be durable');
+      for (const op of ops) {
+        this.#queued.push(op);
+        this.#overlay.set(op.key, op);
+      }
+      if (this.#queued.length >= this.#maxQueued) void this.#startFlush();
+      else this.#timer ??= setTimeout(() => this.#startFlush(), this.#flushMs).unref();
+      return;
+    }
+    // A deferred op on one of these keys lands first, so that this batch wins (e.g. a delete).
+    if (this.#overlay.size > 0 && ops.some((op) => this.#overlay.has(op.key))) await this.#startFlush();
     // classic-level honours `sync`; memory-level ignores it.
     await this.#db.batch(ops, { sync: options.durable === true } as object);
   }
 
   async *entries(range: RangeOptions): AsyncIterable<[string, string]> {
+    if (this.#overlay.size > 0) {
+      for (const k of this.#overlay.keys()) {
+        if (mayBeInRange(k, range)) {
+          await this.#startFlush();
+          break;
+        }
+      }
+    }
     const opts: Record<string, unknown> = {};
     if (range.gte !== undefined) opts.gte = range.gte;
     if (range.lt !== undefined) opts.lt = range.lt;
@@ -65,21 +163,61 @@ export class LevelKvStore implements KvStore {
     for await (const [k, v] of this.#db.iterator(opts)) yield [k, v];
   }
 
+  /** Starts writing the queued deferred ops (after the write in progress); never rejects. */
+  #startFlush(): Promise<void> {
+    if (this.#timer !== undefined) {
+      clearTimeout(this.#timer);
+      this.#timer = undefined;
+    }
+    if (this.#queued.length === 0) return this.#writing ?? Promise.resolve();
+    const ops = this.#queued;
+    this.#queued = [];
+    const previous = this.#writing;
+    const write = (async () => {
+      if (previous) await previous;
+      try {
+        await this.#db.batch(ops, { sync: false } as object);
+      } catch (e) {
+        // Lost, as in a crash: the records vanish from reads too. Reported by flush()/close().
+        this.#error = e;
+      }
+      for (const op of ops) if (this.#overlay.get(op.key) === op) this.#overlay.delete(op.key);
+    })();
+    this.#writing = write;
+    void write.then(() => {
+      if (this.#writing === write) this.#writing = undefined;
+    });
+    return write;
+  }
+
+  async flush(): Promise<void> {
+    await this.#startFlush();
+    if (this.#error !== undefined) {
+      const e = this.#error;
+      this.#error = undefined;
+      throw e;
+    }
+  }
+
   async close(): Promise<void> {
-    await this.#db.close();
+    try {
+      await this.flush();
+    } finally {
+      await this.#db.close();
+    }
   }
 }
 
 /** Opens (creating if needed) a LevelDB store in `dir`. */
-export async function openLevelStore(dir: string): Promise<KvStore> {
+export async function openLevelStore(dir: string, opts?: WriteBehindOptions): Promise<KvStore> {
   const db = new Level<string, string>(dir, { keyEncoding: 'utf8', valueEncoding: 'utf8' });
   await db.open();
-  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>);
+  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, opts);
 }
 
 /** Opens an in-memory store (tests). */
-export async function openMemoryStore(): Promise<KvStore> {
+export async function openMemoryStore(opts?: WriteBehindOptions): Promise<KvStore> {
   const db = new MemoryLevel<string, string>({ keyEncoding: 'utf8', valueEncoding: 'utf8' });
   await db.open();
-  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>);
+  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, opts);
 }

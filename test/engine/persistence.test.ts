@@ -37,9 +37,8 @@ function encodings(secret: Buffer): Buffer[] {
 function findOnDisk(files: { path: string; data: Buffer }[], secrets: Map<string, Buffer>): string[] {
   const hits: string[] = [];
   for (const [name, secret] of secrets) {
-    for (const enc of encodings(secret)) {
-      for (const f of files) if (f.data.includes(enc)) hits.push(`${name} in ${f.path}`);
-    }
+    // One hit per secret and file, whichever encodings match (base64 and base64url can coincide).
+    for (const f of files) if (encodings(secret).some((enc) => f.data.includes(enc))) hits.push(`${name} in ${f.path}`);
   }
   return hits;
 }
