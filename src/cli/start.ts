@@ -37,7 +37,7 @@ export interface RunningKms {
 export async function masterKey(config: KmsConfig, env: NodeJS.ProcessEnv = process.env): Promise<Buffer> {
   const fromEnv = env.KMS_MASTER_KEY;
   if (fromEnv) {
-    const key = Buffer.from(fromEnv, 'base64url');
+    const key = Buffer.from(fromEnv.trim(), 'base64url');
     if (key.length !== 32) throw new ConfigError('KMS_MASTER_KEY: must be 32 bytes, base64url-encoded');
     return key;
   }
@@ -68,8 +68,11 @@ async function anchors(file: string | undefined): Promise<X509Certificate[]> {
   return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((p) => new X509Certificate(p));
 }
 
-/** Starts the KMS. With `xmpp: false` only the engine runs (tools, tests). */
-export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?: boolean } = {}): Promise<RunningKms> {
+/**
+ * Starts the KMS. With `xmpp: false` only the engine runs (tools, tests). `signal` aborts a start
+ * that is still waiting for the XMPP server: the store is closed and the promise rejects.
+ */
+export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?: boolean; signal?: AbortSignal } = {}): Promise<RunningKms> {
   const dataDir = resolve(config.dataDir);
   await mkdir(dataDir, { recursive: true });
   const sealer = new Sealer(await masterKey(config));
@@ -138,12 +141,19 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?:
       },
       logger,
     );
+    const c = component;
+    const abort = () => void c.stop();
+    opts.signal?.addEventListener('abort', abort, { once: true });
     try {
+      if (opts.signal?.aborted) throw new Error('stopped before the component came online');
       await component.start();
     } catch (e) {
       clearInterval(sweeper);
+      await component.stop().catch(() => undefined);
       await state.close();
       throw e;
+    } finally {
+      opts.signal?.removeEventListener('abort', abort);
     }
   }
   let stopped: Promise<void> | undefined;

@@ -8,7 +8,7 @@
  * with exponential backoff, a whitespace keepalive keeps idle links open, and `stop` answers the
  * requests in flight before closing.
  */
-import { component, xml, type Component, type IncomingContext } from '@xmpp/component';
+import { component, xml, type Component } from '@xmpp/component';
 import type { Element } from '@xmpp/xml';
 import { NS, NS_STANZAS } from './namespace.js';
 import { stanzaError, type StanzaErrorKey } from './stanza-errors.js';
@@ -76,6 +76,14 @@ export class KmsComponent {
   #stopping = false;
   #keepalive: NodeJS.Timeout | undefined;
   #backoff: number;
+  /** Whether the stream is online now, and whether it ever was (start() succeeded). */
+  #online = false;
+  #started = false;
+  /** The last error the connection reported, quoted in the retry log lines. */
+  #lastError: string | undefined;
+  #stopped: Promise<void> | undefined;
+  #stopRequested!: () => void;
+  readonly #stopSignal = new Promise<void>((r) => (this.#stopRequested = r));
 
   constructor(kms: KmsBackend, settings: ComponentSettings, logger: Logger) {
     this.#kms = kms;
@@ -85,43 +93,96 @@ export class KmsComponent {
     this.#backoff = settings.reconnect.initialMs;
     this.xmpp = component({ service: settings.service, domain: settings.domain, password: settings.secret });
     this.xmpp.reconnect.delay = settings.reconnect.initialMs;
-    this.xmpp.on('error', (err) => this.#log.warn({ event: 'xmpp-error', err: { message: err.message, condition: err.condition } }, 'XMPP error'));
-    this.xmpp.on('offline', () => this.#log.info({ event: 'offline' }, 'component offline'));
+    // start() retries the first connection itself; @xmpp/reconnect takes over once online.
+    this.xmpp.reconnect.stop();
+    this.xmpp.on('error', (err) => {
+      this.#lastError = err.condition ? `${err.condition}${err.message && err.message !== err.condition ? `: ${err.message}` : ''}` : err.message;
+      // While not online, the retry lines (start(), 'disconnect') quote the error instead.
+      if (this.#online) this.#log.warn({ event: 'xmpp-error', reason: err.message, condition: err.condition }, `XMPP error: ${this.#lastError}`);
+    });
+    this.xmpp.on('offline', () => {
+      if (this.#started) this.#log.info({ event: 'offline' }, 'component offline');
+    });
     this.xmpp.on('disconnect', () => {
-      if (this.#stopping) return;
-      this.#log.warn({ event: 'disconnect', retryInMs: this.xmpp.reconnect.delay }, 'lost the server; reconnecting');
-      // Exponential backoff for the next attempt, reset once online.
+      const wasOnline = this.#online;
+      this.#online = false;
+      if (this.#stopping || !this.#started) return;
+      const retryInMs = this.xmpp.reconnect.delay;
+      if (wasOnline) {
+        this.#log.warn({ event: 'disconnect', service: settings.service, retryInMs }, `lost the XMPP server at ${settings.service}; reconnecting in ${retryInMs} ms`);
+      } else {
+        this.#log.warn(
+          { event: 'reconnect-failed', service: settings.service, reason: this.#lastError, retryInMs },
+          `cannot reach the XMPP server at ${settings.service} (${this.#lastError ?? 'connection closed'}); retrying in ${retryInMs} ms`,
+        );
+      }
+    });
+    // Exponential backoff: each attempt doubles the wait before the next one (the wait just logged
+    // is the one @xmpp/reconnect scheduled); reset once online.
+    this.xmpp.reconnect.on('reconnecting', () => {
       this.#backoff = Math.min(this.#backoff * 2, this.#s.reconnect.maxMs);
       this.xmpp.reconnect.delay = this.#backoff;
     });
     this.xmpp.on('online', () => {
+      this.#online = true;
+      this.#lastError = undefined;
       this.#backoff = this.#s.reconnect.initialMs;
       this.xmpp.reconnect.delay = this.#backoff;
-      this.#log.info({ event: 'online', domain: settings.domain, service: settings.service }, 'component online');
+      this.#log.info({ event: 'online', domain: settings.domain, service: settings.service }, `component ${settings.domain} online at ${settings.service}`);
     });
-    this.xmpp.middleware.use((ctx, next) => this.#onStanza(ctx, next));
+    // IQ requests come to us before @xmpp/component's middleware. Its chain starts with iqCallee,
+    // which answers every IQ get/set that no later middleware *returns* a reply for; we send our
+    // replies ourselves (after the engine, tracked for draining), so each request also drew a
+    // second reply, a service-unavailable error carrying the whole request back through the
+    // server. Everything else (IQ results for iqCaller, stream errors, messages) still goes
+    // through the middleware.
+    const middleware = this.xmpp.listeners('element') as ((el: Element) => void)[];
+    this.xmpp.removeAllListeners('element');
+    this.xmpp.on('element', (el: Element) => {
+      if (el.name === 'iq' && (el.attrs.type === 'get' || el.attrs.type === 'set')) this.#onIq(el);
+      else for (const l of middleware) l.call(this.xmpp, el);
+    });
   }
 
-  /** Connects, retrying with backoff while the server is not up (or until `stop`). */
+  /**
+   * Connects, retrying with backoff while the server is not up. Rejects when the server refuses
+   * the component (wrong secret or name: retrying cannot help) or when `stop` is called first.
+   */
   async start(): Promise<void> {
+    const service = this.#s.service;
     let delay = this.#s.reconnect.initialMs;
-    for (;;) {
+    this.#log.info({ event: 'connecting', service, domain: this.#s.domain }, `connecting to the XMPP server at ${service} as ${this.#s.domain}`);
+    for (let attempt = 1; ; attempt++) {
+      if (this.#stopping) throw new Error('stopped before the component came online');
       try {
-        await this.xmpp.start();
+        const connecting = this.xmpp.start().then(() => 'online' as const);
+        // When stop() wins the race, the attempt still settles later: never as an unhandled rejection.
+        connecting.catch(() => undefined);
+        const outcome = await Promise.race([connecting, this.#stopSignal.then(() => 'stopped' as const)]);
+        if (outcome === 'stopped') throw new Error('stopped before the component came online');
         break;
       } catch (e) {
         const err = e as Error & { condition?: string };
+        if (this.#stopping) throw new Error('stopped before the component came online');
         // A refused secret or a name already taken will not fix itself: fail loudly.
         if (err.condition === 'not-authorized' || err.condition === 'conflict' || err.condition === 'host-unknown') {
+          await this.xmpp.stop().catch(() => undefined);
           throw new Error(`the server refused the component ${this.#s.domain}: ${err.condition} (check the component name and secret)`);
         }
-        if (this.#stopping) throw new Error('stopped before the component came online');
-        this.#log.warn({ event: 'connect-failed', reason: err.message, retryInMs: delay }, 'server not reachable yet; retrying');
-        await new Promise((r) => setTimeout(r, delay));
+        const reason = err.condition ?? err.message;
+        this.#log.warn(
+          { event: 'connect-failed', service, attempt, reason, retryInMs: delay },
+          `cannot reach the XMPP server at ${service} (${reason}); retrying in ${delay} ms`,
+        );
+        // A failed attempt leaves the connection half-open ("connecting", "opening"): close it so
+        // that the next start() begins from "offline".
+        await this.xmpp.stop().catch(() => undefined);
+        await Promise.race([new Promise((r) => setTimeout(r, delay)), this.#stopSignal]);
         delay = Math.min(delay * 2, this.#s.reconnect.maxMs);
-        // xmpp.js leaves the entity "offline" after a failed start; start() may be called again.
       }
     }
+    this.#started = true;
+    this.xmpp.reconnect.start();
     if (this.#s.keepaliveSec > 0) {
       this.#keepalive = setInterval(() => {
         if (this.xmpp.status === 'online') this.xmpp.write(' ').catch(() => undefined);
@@ -130,13 +191,24 @@ export class KmsComponent {
     }
   }
 
-  /** Stops taking requests, answers those in flight (up to drainMs), then closes the stream. */
-  async stop(): Promise<void> {
+  /** Stops taking requests, answers those in flight (up to drainMs), then closes the stream. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopped ??= this.#stop();
+    return this.#stopped;
+  }
+
+  async #stop(): Promise<void> {
     this.#stopping = true;
+    this.#stopRequested();
     if (this.#keepalive) clearInterval(this.#keepalive);
     this.xmpp.reconnect.stop();
+    const inFlight = this.#inFlight.size;
     const drain = Promise.allSettled([...this.#inFlight]);
-    await Promise.race([drain, new Promise((r) => setTimeout(r, this.#s.drainMs).unref())]);
+    const drained = await Promise.race([drain.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), this.#s.drainMs).unref())]);
+    if (inFlight > 0) {
+      if (drained) this.#log.info({ event: 'drained', answered: inFlight }, `answered the ${inFlight} request(s) in flight`);
+      else this.#log.warn({ event: 'drain-timeout', drainMs: this.#s.drainMs, unanswered: this.#inFlight.size }, `${this.#inFlight.size} request(s) still unanswered after ${this.#s.drainMs} ms`);
+    }
     try {
       await this.xmpp.stop();
     } catch {
@@ -149,17 +221,12 @@ export class KmsComponent {
     return this.#inFlight.size;
   }
 
-  async #onStanza(ctx: IncomingContext, next: () => Promise<unknown>): Promise<unknown> {
-    const { stanza } = ctx;
-    if (stanza.name !== 'iq' || (stanza.attrs.type !== 'get' && stanza.attrs.type !== 'set')) return next();
-    const task = this.#answer(stanza);
+  /** An IQ get or set: answered exactly once, tracked until the reply is written. */
+  #onIq(iq: Element): void {
+    const task: Promise<void> = this.#answer(iq)
+      .catch((e) => this.#log.error({ event: 'internal-error', err: { message: (e as Error)?.message } }, 'unanswered request'))
+      .finally(() => this.#inFlight.delete(task));
     this.#inFlight.add(task);
-    try {
-      await task;
-    } finally {
-      this.#inFlight.delete(task);
-    }
-    return undefined;
   }
 
   async #answer(iq: Element): Promise<void> {

@@ -1,0 +1,225 @@
+// Configuration validation, in process (loadConfig) and as an operator meets it: `kms check-config`
+// and `kms run --check-config` as child processes. A good file passes with its secrets hidden; every
+// kind of bad setting stops with exit code 2 and a message that names the setting.
+import { expect } from 'chai';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ConfigError, loadConfig } from '../../src/cli/config.js';
+
+const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+const KMS = join(ROOT, 'bin', 'kms.js');
+
+/** The parent's environment without any KMS_* variable, so that a developer's shell cannot change the outcome. */
+function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('KMS_')) env[k] = v;
+  return { ...env, ...extra };
+}
+
+interface Run {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs `kms <args>` to completion (killed after 20 s). */
+function kms(args: string[], env: Record<string, string>, cwd: string): Promise<Run> {
+  return new Promise((resolvePromise, reject) => {
+    const child = spawn(process.execPath, [KMS, ...args], { cwd, env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolvePromise({ code, stdout, stderr });
+    });
+  });
+}
+
+/** The ConfigError loadConfig throws for this file content and environment. */
+function problem(file: unknown, env: Record<string, string>, dir: string, name = 'bad.json'): Promise<ConfigError> {
+  return (async () => {
+    let path: string | undefined;
+    if (file !== undefined) {
+      path = join(dir, name);
+      await writeFile(path, typeof file === 'string' ? file : JSON.stringify(file));
+    }
+    try {
+      loadConfig({ ...(path ? { file: path } : {}), env });
+    } catch (e) {
+      expect(e).to.be.instanceOf(ConfigError);
+      return e as ConfigError;
+    }
+    throw new Error(`accepted: ${JSON.stringify(file)} ${JSON.stringify(env)}`);
+  })();
+}
+
+const SECRET = `component-secret-${randomBytes(12).toString('hex')}`;
+const MASTER_KEY = randomBytes(32).toString('base64url');
+
+/** Each kind of bad setting: the file (or none), the environment, what the message must say. */
+const BAD: { what: string; file?: unknown; env?: Record<string, string>; expect: RegExp[] }[] = [
+  { what: 'a wrong type in the file', file: { xmpp: { keepaliveSec: '60' } }, expect: [/setting xmpp\.keepaliveSec/, /expected number/] },
+  { what: 'a list that is not a list', file: { auth: { algorithms: 'ES256' } }, expect: [/setting auth\.algorithms/, /expected array/] },
+  { what: 'an out-of-range port', env: { KMS_XMPP_SERVICE: 'xmpp://127.0.0.1:70000' }, expect: [/setting xmpp\.service \(from KMS_XMPP_SERVICE\)/, /port must be a number from 1 to 65535/, /70000/] },
+  { what: 'a port that is not a number', file: { xmpp: { service: 'xmpp://127.0.0.1:abc' } }, expect: [/setting xmpp\.service \(in .*bad\.json\)/, /port/] },
+  { what: 'a TLS service the component cannot use', env: { KMS_XMPP_SERVICE: 'xmpps://xmpp.example.org:5347' }, expect: [/setting xmpp\.service/, /xmpp:\/\//] },
+  { what: 'a service that is no URL', env: { KMS_XMPP_SERVICE: '127.0.0.1:5347' }, expect: [/setting xmpp\.service/, /xmpp:\/\/host:port/] },
+  { what: 'an unknown retrieval policy', file: { policy: 4 }, expect: [/setting policy/, /1, 2 or 3/] },
+  { what: 'an unknown retrieval policy from the environment', env: { KMS_POLICY: '7' }, expect: [/setting policy \(from KMS_POLICY\)/, /1, 2 or 3/] },
+  { what: 'an unknown chain read policy', file: { chainReadPolicy: 'sometimes' }, expect: [/setting chainReadPolicy/, /ever|current/] },
+  { what: 'an unknown log level', env: { KMS_LOG_LEVEL: 'verbose' }, expect: [/setting logLevel \(from KMS_LOG_LEVEL\)/] },
+  { what: 'a JWKS URL that is no URL', env: { KMS_AUTH_JWKS_URL: 'not a url', KMS_AUTH_ISSUER: 'https://idp.example.org' }, expect: [/setting auth\.jwksUrl \(from KMS_AUTH_JWKS_URL\)/, /http/] },
+  { what: 'a JWKS URL of another scheme', file: { auth: { jwksUrl: 'ftp://idp.example.org/jwks', issuer: 'https://idp.example.org' } }, expect: [/setting auth\.jwksUrl/, /http:\/\/ or https:\/\//] },
+  { what: 'a missing identity certificate', env: { KMS_IDENTITY_KEY_FILE: '/etc/kms/key.pem' }, expect: [/setting identity\.certFile/, /missing/] },
+  { what: "a missing issuer for an outside identity provider", env: { KMS_AUTH_JWKS_URL: 'https://idp.example.org/jwks' }, expect: [/setting auth\.issuer/, /missing/] },
+  { what: 'an empty secret', file: { xmpp: { secret: '' } }, expect: [/setting xmpp\.secret/, /empty/] },
+  { what: 'an empty file path', file: { masterKeyFile: '' }, expect: [/setting masterKeyFile/, /empty/] },
+  { what: 'a domain that is no domain name', env: { KMS_DOMAIN: 'kms..localhost' }, expect: [/setting domain \(from KMS_DOMAIN\)/, /domain name/] },
+  { what: 'an unknown key at the top', file: { domian: 'kms.example.org' }, expect: [/setting domian/, /unknown setting/] },
+  { what: 'an unknown key in a section', file: { xmpp: { port: 5347 } }, expect: [/setting xmpp\.port/, /unknown setting/] },
+  { what: 'a reconnect delay above its maximum', file: { xmpp: { reconnectInitialMs: 5000, reconnectMaxMs: 1000 } }, expect: [/setting xmpp\.reconnectInitialMs/, /reconnectMaxMs/] },
+  { what: 'a number variable that is not a number', env: { KMS_KEEPALIVE_SEC: 'abc' }, expect: [/KMS_KEEPALIVE_SEC/, /setting xmpp\.keepaliveSec/, /whole number/] },
+  { what: 'a number variable with a fraction', env: { KMS_RATE_PER_SEC: '1.5' }, expect: [/KMS_RATE_PER_SEC/, /whole number/] },
+  { what: 'an unknown KMS_ variable (a typo)', env: { KMS_XMPP_PORT: 'abc' }, expect: [/KMS_XMPP_PORT/, /unknown environment variable/] },
+  { what: 'a master key of the wrong size', env: { KMS_MASTER_KEY: 'dG9vLXNob3J0' }, expect: [/KMS_MASTER_KEY/, /32 bytes/] },
+];
+
+describe('configuration', function () {
+  this.timeout(60_000);
+  let dir: string;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'kms-config-'));
+  });
+
+  after(async () => {
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  describe('loadConfig', () => {
+    it('runs on the embedded defaults with no file and no variables', () => {
+      const c = loadConfig({ env: {} });
+      expect(c.domain).to.equal('kms.localhost');
+      expect(c.xmpp.service).to.equal('xmpp://127.0.0.1:5347');
+      expect(c.policy).to.equal(1);
+      expect(c.auth.issuer).to.equal('urn:kms:local-issuer');
+      expect(c.dataDir).to.equal('./data');
+    });
+
+    it('reads a file and lets KMS_* variables override it', async () => {
+      const file = join(dir, 'good.json');
+      await writeFile(file, JSON.stringify({ domain: 'kms.example.org', policy: 2, xmpp: { service: 'xmpp://[::1]:5347', keepaliveSec: 30 }, auth: { jwksUrl: 'https://idp.example.org/jwks', issuer: 'https://idp.example.org' } }));
+      const c = loadConfig({ file, env: { KMS_POLICY: '3', KMS_XMPP_SECRET: SECRET, KMS_AUTH_ALLOWED_DOMAINS: 'example.org, example.net', KMS_TEST_SERVER_KINDS: 'prosody', KMS_CHAT_PASSWORD: 'not-a-setting' } });
+      expect(c.domain).to.equal('kms.example.org');
+      expect(c.policy).to.equal(3);
+      expect(c.xmpp.service).to.equal('xmpp://[::1]:5347');
+      expect(c.xmpp.keepaliveSec).to.equal(30);
+      expect(c.xmpp.secret).to.equal(SECRET);
+      expect(c.auth.allowedDomains).to.deep.equal(['example.org', 'example.net']);
+      expect(c.auth.issuer).to.equal('https://idp.example.org');
+      // KMS_CONFIG names the file when no file is given.
+      expect(loadConfig({ env: { KMS_CONFIG: file } }).domain).to.equal('kms.example.org');
+      // A service without a port is accepted (@xmpp/component defaults to 5347).
+      expect(loadConfig({ env: { KMS_XMPP_SERVICE: 'xmpp://xmpp.example.org' } }).xmpp.service).to.equal('xmpp://xmpp.example.org');
+    });
+
+    for (const bad of BAD) {
+      it(`refuses ${bad.what}, naming the setting`, async () => {
+        const e = await problem(bad.file, bad.env ?? {}, dir);
+        for (const re of bad.expect) expect(e.message).to.match(re);
+      });
+    }
+
+    it('reports every problem at once, each with its setting', async () => {
+      const e = await problem({ policy: 9, xmpp: { drainMs: -1 } }, { KMS_LOG_LEVEL: 'loud', KMS_KEEPALIVE_SEC: 'x' }, dir);
+      expect(e.message).to.match(/^4 configuration problems/);
+      for (const re of [/setting policy/, /setting xmpp\.drainMs/, /setting logLevel/, /KMS_KEEPALIVE_SEC/]) expect(e.message).to.match(re);
+    });
+
+    it('never echoes the master key or the secret in a message', async () => {
+      const e = await problem({ xmpp: { secret: 12345 } }, { KMS_MASTER_KEY: 'c2VjcmV0LW1hc3Rlci1rZXktdGhhdC1pcy1zaG9ydA' }, dir);
+      expect(e.message).to.match(/KMS_MASTER_KEY/);
+      expect(e.message).to.match(/setting xmpp\.secret/);
+      expect(e.message).not.to.include('c2VjcmV0LW1hc3Rlci1rZXktdGhhdC1pcy1zaG9ydA');
+      expect(e.message).not.to.include('12345');
+    });
+
+    it('says clearly when the config file is missing, unreadable or not a JSON object', async () => {
+      const missing = join(dir, 'nowhere.json');
+      expect(() => loadConfig({ file: missing, env: {} })).to.throw(ConfigError, new RegExp(`config file ${missing}: no such file`));
+      expect(() => loadConfig({ env: { KMS_CONFIG: missing } })).to.throw(ConfigError, /no such file/);
+      expect(() => loadConfig({ file: dir, env: {} })).to.throw(ConfigError, /is a directory/);
+      expect((await problem('{"domain": ', {}, dir, 'broken.json')).message).to.match(/config file .*broken\.json: not valid JSON/);
+      expect((await problem('[1, 2]', {}, dir, 'array.json')).message).to.match(/config file .*array\.json: must hold a JSON object/);
+    });
+  });
+
+  describe('kms check-config and kms run --check-config (processes)', () => {
+    let good: string;
+
+    before(async () => {
+      good = join(dir, 'kms.json');
+      await writeFile(good, JSON.stringify({ domain: 'kms.example.org', xmpp: { service: 'xmpp://127.0.0.1:5347', secret: SECRET }, dataDir: join(dir, 'data-never-made'), policy: 2 }));
+    });
+
+    for (const args of [['check-config'], ['run', '--check-config']]) {
+      it(`kms ${args.join(' ')}: a valid file passes with exit 0, secrets hidden, nothing started`, async () => {
+        const r = await kms([...args, '--config', good], { KMS_MASTER_KEY: MASTER_KEY, KMS_LOG_LEVEL: 'debug' }, dir);
+        expect(r.code, r.stderr).to.equal(0);
+        expect(r.stdout).to.include('configuration OK');
+        expect(r.stdout).to.include('"domain": "kms.example.org"');
+        expect(r.stdout).to.include('"policy": 2');
+        expect(r.stdout).to.include('[hidden]');
+        for (const secret of [SECRET, MASTER_KEY]) {
+          expect(r.stdout).not.to.include(secret);
+          expect(r.stderr).not.to.include(secret);
+        }
+        // Only checked: no data directory, no master key file, no connection attempt.
+        expect(existsSync(join(dir, 'data-never-made'))).to.equal(false);
+        expect(r.stderr).not.to.match(/connect/);
+      });
+    }
+
+    /** The process cases: a subset of BAD covering each kind, plus the file itself going wrong. */
+    const processCases = [
+      ...BAD.filter((b) =>
+        ['a wrong type in the file', 'an out-of-range port', 'an unknown retrieval policy', 'a JWKS URL that is no URL', 'a missing identity certificate', 'an unknown key in a section', 'a number variable that is not a number', 'an unknown KMS_ variable (a typo)', 'a master key of the wrong size'].includes(b.what),
+      ),
+      { what: 'a missing config file', file: undefined, missingFile: true, expect: [/config file .*nowhere\.json: no such file/] },
+    ] as { what: string; file?: unknown; env?: Record<string, string>; missingFile?: boolean; expect: RegExp[] }[];
+
+    it('has a process case for every kind of bad setting', () => {
+      expect(processCases).to.have.length(10);
+    });
+
+    // Each case as one command, in turn (every process start costs about 1.5 s of CPU): the three
+    // commands share the path from the configuration to exit code 2, each is seen several times.
+    const COMMANDS = [['check-config'], ['run', '--check-config'], ['run']];
+    processCases.forEach((bad, i) => {
+      const command = COMMANDS[i % COMMANDS.length]!;
+      it(`kms ${command.join(' ')}: refuses ${bad.what} with exit code 2 and the setting's name`, async () => {
+        const file = bad.missingFile ? join(dir, 'nowhere.json') : join(dir, `bad-${randomBytes(4).toString('hex')}.json`);
+        if (!bad.missingFile) await writeFile(file, JSON.stringify({ xmpp: { secret: SECRET }, dataDir: join(dir, 'data-never-made'), ...((bad.file as object) ?? {}) }));
+        const env = { KMS_LOG_LEVEL: 'info', ...(bad.env ?? {}) };
+        // The file by --config, or (for a real start) by KMS_CONFIG.
+        const r = command.length === 1 && command[0] === 'run' ? await kms(command, { ...env, KMS_CONFIG: file }, dir) : await kms([...command, '--config', file], env, dir);
+        expect(r.code, `${bad.what}: ${r.stderr}`).to.equal(2);
+        expect(r.stdout).not.to.include('configuration OK');
+        for (const re of bad.expect) expect(r.stderr).to.match(re);
+        expect(r.stderr).to.match(/^kms: /);
+        expect(r.stderr).not.to.include(SECRET);
+        // Even a real start stops before it touches anything.
+        expect(existsSync(join(dir, 'data-never-made'))).to.equal(false);
+      });
+    });
+  });
+});
