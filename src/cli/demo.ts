@@ -34,7 +34,11 @@ export async function login(service: string, domain: string, username: string, p
     domain,
     resource: `kms-${randomUUID().slice(0, 8)}`,
     credentials: async (authenticate, mechanisms) => {
-      const mechanism = mechanisms.includes('PLAIN') ? 'PLAIN' : mechanisms[0]!;
+      // PLAIN (fast; SCRAM is computed in JavaScript) only where the password cannot be overheard:
+      // on loopback or over TLS. Elsewhere the strongest mechanism offered.
+      const host = new URL(service).hostname;
+      const safe = service.startsWith('xmpps:') || host === 'localhost' || host === '::1' || host === '[::1]' || host.startsWith('127.');
+      const mechanism = safe && mechanisms.includes('PLAIN') ? 'PLAIN' : (mechanisms.find((m) => m !== 'PLAIN') ?? mechanisms[0]!);
       await authenticate({ username, password }, mechanism, xml('user-agent', { id: randomUUID() }));
     },
   });

@@ -7,11 +7,13 @@ import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { loadConfig, ConfigError, ENV_SETTINGS, type KmsConfig } from './config.js';
+import { showConfig, settingsHelp } from './config.js';
 import { startKms, masterKey } from './start.js';
 import { createLogger } from '../util/logger.js';
 import { Sealer } from '../crypto/seal.js';
 import { LocalIssuer } from '../auth/local-issuer.js';
 import { runDemo } from './demo.js';
+import { openInspector, listChains, describeChain, listGks, describeGk, render, type Inspector } from './inspect.js';
 
 function configFrom(opts: { config?: string }): KmsConfig {
   return loadConfig(opts.config ? { file: opts.config } : {});
@@ -27,34 +29,58 @@ program
   .description('run the KMS component: connect to the XMPP server and serve KMS requests until SIGTERM/SIGINT')
   .option('-c, --config <file>', 'JSON configuration file (or KMS_CONFIG); KMS_* environment variables override it')
   .option('--check-config', 'validate the configuration, print it (secrets hidden) and exit')
+  .addHelpText('after', () => settingsHelp())
   .action(async (opts: { config?: string; checkConfig?: boolean }) => {
     const config = configFrom(opts);
     if (opts.checkConfig) {
-      console.log(JSON.stringify({ ...config, xmpp: { ...config.xmpp, secret: '[hidden]' } }, null, 2));
+      console.log(showConfig(config));
       console.log('configuration OK');
       return;
     }
     const logger = createLogger({ level: config.logLevel });
-    const kms = await startKms(config, logger);
-    let stopping = false;
-    const stop = async (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      logger.info({ event: 'signal', signal }, 'stopping: answering requests in flight');
-      await kms.stop();
+    // Signals are handled from the start: a KMS still waiting for its XMPP server stops cleanly too.
+    const abort = new AbortController();
+    let kms: Awaited<ReturnType<typeof startKms>> | undefined;
+    const finish = async (running: NonNullable<typeof kms>) => {
+      try {
+        await running.stop();
+      } catch (e) {
+        logger.error({ event: 'stop-failed', reason: (e as Error).message }, `could not stop cleanly: ${(e as Error).message}`);
+        process.exit(1);
+      }
       process.exit(0);
     };
-    process.on('SIGTERM', () => void stop('SIGTERM'));
-    process.on('SIGINT', () => void stop('SIGINT'));
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (abort.signal.aborted) {
+        logger.info({ event: 'signal', signal }, `${signal}: already stopping`);
+        return;
+      }
+      const inFlight = kms?.component?.inFlight ?? 0;
+      logger.info({ event: 'signal', signal, inFlight }, `${signal}: stopping; answering the ${inFlight} request(s) in flight`);
+      abort.abort();
+      if (kms) void finish(kms);
+    };
+    process.on('SIGTERM', onSignal);
+    process.on('SIGINT', onSignal);
+    try {
+      kms = await startKms(config, logger, { signal: abort.signal });
+    } catch (e) {
+      if (abort.signal.aborted) {
+        logger.info({ event: 'stopped' }, 'KMS stopped before it came online');
+        process.exit(0);
+      }
+      throw e;
+    }
+    if (abort.signal.aborted) void finish(kms);
   });
 
 program
   .command('check-config')
   .description('validate the configuration and print it (secrets hidden)')
-  .option('-c, --config <file>', 'JSON configuration file')
+  .option('-c, --config <file>', 'JSON configuration file (or KMS_CONFIG); KMS_* environment variables override it')
   .action((opts: { config?: string }) => {
     const config = configFrom(opts);
-    console.log(JSON.stringify({ ...config, xmpp: { ...config.xmpp, secret: '[hidden]' } }, null, 2));
+    console.log(showConfig(config));
     console.log('configuration OK');
   });
 
@@ -73,6 +99,36 @@ program
     console.log(await issuer.mint({ subject: opts.user, audience: config.auth.audience ?? `kms://${config.domain}`, ttlSec }));
   });
 
+const inspect = program
+  .command('inspect')
+  .description('an operator\'s read-only view of the store: chains, blocks, members and group keys (never key material); run it while the component is stopped');
+const inspectAction =
+  <A extends unknown[]>(fn: (i: Inspector, ...args: A) => Promise<unknown>, show: (v: never) => string) =>
+  // commander calls an action with (...arguments, options, command).
+  async (...args: unknown[]) => {
+    const opts = args[args.length - 2] as { config?: string; json?: boolean };
+    const i = await openInspector(configFrom(opts));
+    try {
+      const v = await fn(i, ...(args.slice(0, -2) as A));
+      console.log(opts.json ? JSON.stringify(v, null, 2) : show(v as never));
+    } finally {
+      await i.close();
+    }
+  };
+for (const [name, args, description, fn, show] of [
+  ['chains', '', 'list the chains with their current members', listChains, render.chains],
+  ['chain', '<uri-or-id>', 'one chain: every block, who signed it, what it changed, the members after it', describeChain, render.chain],
+  ['gks', '', 'list the group keys with owner and binding', listGks, render.gks],
+  ['gk', '<uri-or-id>', 'one group key: owner, creation, the block and chain it is bound to', describeGk, render.gk],
+] as const) {
+  inspect
+    .command(`${name}${args ? ` ${args}` : ''}`)
+    .description(description)
+    .option('-c, --config <file>', 'JSON configuration file (the component\'s)')
+    .option('--json', 'print JSON instead of text')
+    .action(inspectAction(fn as (i: Inspector, ...a: string[]) => Promise<unknown>, show as (v: never) => string));
+}
+
 program
   .command('demo')
   .description('a short demonstration against a running component: two users share a group key through the KMS over XMPP')
@@ -90,6 +146,9 @@ program
     });
     await runDemo({ config, service: opts.xmpp, domain: opts.xmppDomain, users, anchors: [new X509Certificate(anchorPem)], log: (s: string) => console.log(s) });
   });
+
+// `kms chat`: an end-to-end encrypted terminal chat in a MUC room (src/cli/chat.ts).
+program.addCommand((await import('./chat.js')).chatCommand());
 
 program.addHelpText(
   'after',

@@ -47,6 +47,8 @@ export interface Undecryptable {
   code: UndecryptableError['code'];
   reason: string;
   archived: boolean;
+  /** When it was received, or its archive (<delay/>) stamp. */
+  at: Date;
 }
 
 export interface RoomOptions {
@@ -70,6 +72,8 @@ export interface EncryptedRoom {
   on(event: 'undecryptable', listener: (u: Undecryptable) => void): this;
   on(event: 'membership', listener: (chain: ChainView) => void): this;
   on(event: 'occupant', listener: (o: { nick: string; jid?: string; available: boolean }) => void): this;
+  /** The room bounced a message we sent (a stanza error): the message did not reach the room. */
+  on(event: 'refused', listener: (r: { id?: string; condition: string; text?: string }) => void): this;
 }
 
 export class EncryptedRoom extends EventEmitter {
@@ -238,6 +242,12 @@ export class EncryptedRoom extends EventEmitter {
       this.emit('occupant', { nick, ...(jid ? { jid: bare(jid) } : {}), available });
       return;
     }
+    if (el.is('message') && el.attrs.type === 'error') {
+      const cond = el.getChild('error')?.children.find((c) => typeof c !== 'string') as Element | undefined;
+      const text = el.getChild('error')?.getChildText('text', 'urn:ietf:params:xml:ns:xmpp-stanzas');
+      this.emit('refused', { id: el.attrs.id, condition: cond?.name ?? 'undefined-condition', ...(text ? { text } : {}) });
+      return;
+    }
     if (!el.is('message') || el.attrs.type !== 'groupchat') return;
     const delay = el.getChild('delay', NS_DELAY)?.attrs.stamp;
     const r = await this.#read(el, nick, this.#occupants.get(nick), delay ? new Date(delay) : new Date(), false);
@@ -260,6 +270,7 @@ export class EncryptedRoom extends EventEmitter {
           code: u?.code ?? (k ? 'key-refused' : 'malformed'),
           reason: k ? `the KMS refused: ${k.message}` : (e as Error).message,
           archived,
+          at,
         },
       };
     };
@@ -273,8 +284,16 @@ export class EncryptedRoom extends EventEmitter {
       const gk = await this.#o.kms.gk(ref.gk);
       if (!gk.block) throw new UndecryptableError('key-mismatch', 'the group key is not bound to a block');
       const opened = openRoomMessage(ref, gk, { room: this.room, at, ...(this.#o.maxSkewMs !== undefined ? { maxSkewMs: this.#o.maxSkewMs } : {}) });
-      let chain = this.#o.kms.knownChain(ref.chain);
-      if (!chain || !chain.hashes.includes(gk.block)) chain = await this.#o.kms.chain(ref.chain);
+      const known = this.#o.kms.knownChain(ref.chain);
+      let chain = known;
+      if (!chain || !chain.hashes.includes(gk.block)) {
+        chain = await this.#o.kms.chain(ref.chain);
+        // Someone else changed the membership: say so, and send with a key bound to the new tail.
+        if (known && chain.tail !== known.tail) {
+          if (this.#sendKey && this.#sendKey.block !== chain.tail) this.#sendKey = undefined;
+          this.emit('membership', chain);
+        }
+      }
       const at_ = chain.hashes.indexOf(gk.block);
       if (at_ < 0) throw new UndecryptableError('key-mismatch', 'the group key is not bound to a block of the announced chain');
       if (!chain.members[at_]!.has(opened.from)) {

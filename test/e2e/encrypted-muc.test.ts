@@ -31,6 +31,8 @@ interface Device {
   room: EncryptedRoom;
   messages: RoomMessage[];
   refused: Undecryptable[];
+  /** Members after each membership change the device learnt of. */
+  memberships: string[][];
 }
 
 /** Every plaintext sent, and every key whose bytes must never cross the server. */
@@ -95,7 +97,8 @@ for (const kind of serverKinds()) {
           expect(client.kmsJid).to.equal('kms.localhost');
           secrets.keys.set(`entity key of ${label}`, privateScalar(client.entityKey.privateKey));
           const room = new EncryptedRoom({ xmpp, kms: client, room: roomJid, nick: label });
-          const d: Device = { name, xmpp, kms: client, room, messages: [], refused: [] };
+          const d: Device = { name, xmpp, kms: client, room, messages: [], refused: [], memberships: [] };
+          room.on('membership', (c) => d.memberships.push([...c.members[c.members.length - 1]!].sort()));
           room.on('message', (m) => d.messages.push(m));
           room.on('undecryptable', (u) => d.refused.push(u));
           devices.set(label, d);
@@ -173,6 +176,8 @@ for (const kind of serverKinds()) {
           expect(after.block).to.equal(chain.tail);
           const m = await received(dev('bob'), `p${policy}: carol is no longer on the project`);
           expect(m.gk).to.equal(after.uri);
+          // Bob learnt of the change from the message itself (a key bound to a block he had not seen).
+          expect(dev('bob').memberships.at(-1)).to.deep.equal(['alice@localhost', 'bob@localhost']);
           const [refusal] = await refusedCount(dev('carol'), 1);
           expect(refusal!.code).to.equal('key-refused');
           expect(refusal!.reason).to.match(/carol@localhost may not have/);

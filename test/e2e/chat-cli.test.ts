@@ -1,0 +1,283 @@
+// `kms chat` as people use it, in terminals: three `node bin/kms.js chat` processes in a detached
+// tmux session (a private tmux server on its own socket), typed into with `tmux send-keys` and read
+// with `tmux capture-pane`, on a real Prosody and a real ejabberd with the KMS in process. Alice
+// creates the room's chain with Bob and Carol; Bob and Carol read her message; she removes Carol
+// and writes again: Bob reads it, Carol's terminal says why it cannot be decrypted.
+import { expect } from 'chai';
+import { execFile, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
+import { loadConfig } from '../../src/cli/config.js';
+import { startKms, type RunningKms } from '../../src/cli/start.js';
+import { silentLogger } from '../../src/util/logger.js';
+
+const run = promisify(execFile);
+const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+const KMS_BIN = join(ROOT, 'bin', 'kms.js');
+const NAMES = ['alice', 'bob', 'carol'] as const;
+type Name = (typeof NAMES)[number];
+const USERS = NAMES.map((u) => ({ username: u, password: `${u}-pw` }));
+/** Starting a chat process compiles the sources with tsx first (1-2 s, more when three start at once). */
+const START_TIMEOUT_MS = 45_000;
+const STEP_TIMEOUT_MS = 20_000;
+
+/** The parent's environment without KMS_* variables (a developer's shell must not change the outcome). */
+function cleanEnv(): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('KMS_')) env[k] = v;
+  return env;
+}
+
+function shellQuote(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+function tmuxInstalled(): boolean {
+  const r = spawnSync('tmux', ['-V'], { encoding: 'utf8' });
+  return r.status === 0 && /tmux/.test(r.stdout);
+}
+
+/** A private tmux server (its own socket, so it cannot clash with anyone else's tmux) and one session. */
+class Tmux {
+  readonly socket = `kms-chat-test-${process.pid}-${randomBytes(4).toString('hex')}`;
+  readonly session = 'chat';
+  #conf = '';
+  #started = false;
+
+  async exec(...args: string[]): Promise<string> {
+    const { stdout } = await run('tmux', ['-L', this.socket, ...(this.#conf ? ['-f', this.#conf] : []), ...args], {
+      env: cleanEnv(),
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    return stdout;
+  }
+
+  /** Opens a window named `name` running `argv` in the repository, with `env` added to its environment. */
+  async open(dir: string, name: string, argv: string[], env: Record<string, string>): Promise<void> {
+    if (!this.#conf) {
+      this.#conf = join(dir, 'tmux.conf');
+      // Dead panes stay (their last output can be read), wide enough not to wrap much.
+      await writeFile(this.#conf, 'set -g remain-on-exit on\nset -g history-limit 20000\nset -g default-size 200x50\n');
+    }
+    // The shell prints the exit status into the pane: tmux 3.3 sometimes leaves a dead pane's
+    // process unreaped (no #{pane_dead_status}) until another child of its server exits.
+    const command = `${argv.map(shellQuote).join(' ')}; echo "[exited with status $?]"`;
+    const envArgs = Object.entries(env).flatMap(([k, v]) => ['-e', `${k}=${v}`]);
+    if (!this.#started) {
+      await this.exec('new-session', '-d', '-s', this.session, '-n', name, '-x', '200', '-y', '50', '-c', ROOT, ...envArgs, command);
+      this.#started = true;
+    } else {
+      await this.exec('new-window', '-d', '-t', `${this.session}:`, '-n', name, '-c', ROOT, ...envArgs, command);
+    }
+  }
+
+  target(name: string): string {
+    return `${this.session}:${name}`;
+  }
+
+  /** Types `text` (literally) and Enter. */
+  async type(name: string, text: string): Promise<void> {
+    await this.exec('send-keys', '-t', this.target(name), '-l', text);
+    await this.exec('send-keys', '-t', this.target(name), 'Enter');
+  }
+
+  /** Everything the pane shows and has scrolled off, wrapped lines joined. */
+  async capture(name: string): Promise<string> {
+    return this.exec('capture-pane', '-p', '-J', '-S', '-', '-E', '-', '-t', this.target(name));
+  }
+
+  /** Polls the pane until `pattern` matches; on timeout the error shows the whole pane. */
+  async waitFor(name: string, pattern: RegExp, timeoutMs = STEP_TIMEOUT_MS): Promise<RegExpMatchArray> {
+    const end = Date.now() + timeoutMs;
+    let text = '';
+    for (;;) {
+      text = await this.capture(name).catch((e: Error) => `(capture failed: ${e.message})`);
+      const m = text.match(pattern);
+      if (m) return m;
+      if (Date.now() > end) {
+        throw new Error(
+          `timed out after ${timeoutMs} ms waiting for ${pattern} in ${name}'s pane; the pane:\n` +
+            `----- ${name} -----\n${text.replace(/\n+$/, '')}\n-------------------`,
+        );
+      }
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  }
+
+  /** How many times `pattern` (global) matches in the pane now. */
+  async count(name: string, pattern: RegExp): Promise<number> {
+    return (await this.capture(name)).match(pattern)?.length ?? 0;
+  }
+
+  /** Waits until the pane's process has exited; its exit status. */
+  async exited(name: string, timeoutMs = STEP_TIMEOUT_MS): Promise<number> {
+    const m = await this.waitFor(name, /^\[exited with status (\d+)\]$/m, timeoutMs);
+    return Number(m[1]);
+  }
+
+  killSync(): void {
+    spawnSync('tmux', ['-L', this.socket, 'kill-server'], { stdio: 'ignore' });
+  }
+
+  async kill(): Promise<void> {
+    await this.exec('kill-server').catch(() => undefined);
+  }
+}
+
+/** Tmux servers still running when the test process exits (a crash, a Ctrl-C) are killed too. */
+const tmuxes = new Set<Tmux>();
+process.on('exit', () => {
+  for (const t of tmuxes) t.killSync();
+});
+
+const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+describe('kms chat --help', function () {
+  this.timeout(30_000);
+  it('exits 0 and lists every option', async function () {
+    const { stdout } = await run(process.execPath, [KMS_BIN, 'chat', '--help'], { cwd: ROOT, env: cleanEnv() });
+    for (const option of ['--xmpp <url>', '--domain', '--user <name>', '--password', 'KMS_CHAT_PASSWORD', '--room <jid>', '--nick', '--kms <jid>', '--anchor', '--token', '-c, --config', '--create', '--chain', '/add', '/remove', '/members', '/history', '/quit']) {
+      expect(stdout, option).to.contain(option);
+    }
+  });
+
+  it('is listed by kms --help', async function () {
+    const { stdout } = await run(process.execPath, [KMS_BIN, '--help'], { cwd: ROOT, env: cleanEnv() });
+    expect(stdout).to.match(/^\s+chat \[options\]/m);
+  });
+});
+
+for (const kind of serverKinds()) {
+  describe(`kms chat in tmux on ${kind}`, function () {
+    this.timeout(180_000);
+    let server: XmppServer;
+    let kms: RunningKms;
+    let dataDir: string;
+    let tmux: Tmux;
+    const room = `chat-cli-${Date.now().toString(36)}@conference.localhost`;
+    const first = `hello from alice on ${kind}, in the clear only in our terminals`;
+    const second = `carol has left the project (${kind})`;
+
+    async function startChat(name: Name, extra: string[] = []): Promise<void> {
+      const token = await kms.issuer!.mint({ subject: `${name}@localhost`, audience: 'kms://kms.localhost' });
+      const argv = [
+        process.execPath, KMS_BIN, 'chat',
+        '--xmpp', `xmpp://127.0.0.1:${server.c2sPort}`,
+        '--user', name,
+        '--room', room,
+        '--anchor', join(dataDir, 'trust-anchor.pem'),
+        '--token', token,
+        ...extra,
+      ];
+      // The password goes by the environment, so that it is not in `ps`.
+      await tmux.open(dataDir, name, argv, { KMS_CHAT_PASSWORD: `${name}-pw` });
+    }
+
+    before(async function () {
+      if (!tmuxInstalled()) {
+        throw new Error('tmux is not installed: this test drives `kms chat` in tmux; run scripts/install-system-deps.sh (as root)');
+      }
+      server = await startServer(kind);
+      await server.registerUsers(USERS);
+      dataDir = await mkdtemp(join(tmpdir(), 'kms-chat-cli-'));
+      const config = loadConfig({
+        env: {
+          KMS_DOMAIN: 'kms.localhost',
+          KMS_XMPP_SERVICE: `xmpp://127.0.0.1:${server.componentPort}`,
+          KMS_XMPP_SECRET: server.componentSecret,
+          KMS_DATA_DIR: dataDir,
+          KMS_LOG_LEVEL: 'silent',
+        },
+      });
+      config.policy = 1;
+      kms = await startKms(config, silentLogger());
+      tmux = new Tmux();
+      tmuxes.add(tmux);
+    });
+
+    after(async function () {
+      if (process.env.KMS_TEST_DEBUG && tmux) {
+        for (const name of NAMES) console.error(`----- ${name} on ${kind} -----\n${(await tmux.capture(name).catch(() => '')).replace(/\n+$/, '')}`);
+      }
+      await tmux?.kill();
+      if (tmux) tmuxes.delete(tmux);
+      await kms?.stop();
+      await server?.stop();
+      if (dataDir) await rm(dataDir, { recursive: true, force: true });
+    });
+
+    it('Alice logs in, validates the KMS key, joins and creates the chain with Bob and Carol', async function () {
+      await startChat('alice', ['--create', 'bob@localhost,carol@localhost']);
+      await tmux.waitFor('alice', /✓ logged in as alice@localhost/, START_TIMEOUT_MS);
+      await tmux.waitFor('alice', /✓ KMS key validated: kms:\/\/kms\.localhost/);
+      await tmux.waitFor('alice', new RegExp(`✓ joined ${escape(room)} as alice`));
+      await tmux.waitFor('alice', /✓ chain created with members alice@localhost, bob@localhost, carol@localhost/);
+    });
+
+    it('Bob and Carol join; Alice sees them in the room', async function () {
+      await Promise.all([startChat('bob'), startChat('carol')]);
+      for (const name of ['bob', 'carol'] as const) await tmux.waitFor(name, new RegExp(`✓ joined ${escape(room)} as ${name}`), START_TIMEOUT_MS);
+      await tmux.waitFor('alice', /\* bob \(bob@localhost\) is in the room/);
+      await tmux.waitFor('alice', /\* carol \(carol@localhost\) is in the room/);
+    });
+
+    it('Alice sends a line: Bob and Carol read it decrypted, with her verified JID', async function () {
+      await tmux.type('alice', first);
+      await tmux.waitFor('alice', /\(to: alice@localhost, bob@localhost, carol@localhost\)/);
+      for (const name of ['bob', 'carol'] as const) {
+        await tmux.waitFor(name, new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] alice \\(alice@localhost\\) \\[verified\\]: ${escape(first)}$`, 'm'));
+      }
+    });
+
+    it('Alice removes Carol and sends again: Bob reads it, Carol cannot decrypt it', async function () {
+      await tmux.type('alice', '/remove carol@localhost');
+      await tmux.waitFor('alice', /✓ removed carol@localhost; members now alice@localhost, bob@localhost$/m);
+      await tmux.type('alice', second);
+      await tmux.waitFor('alice', /\(to: alice@localhost, bob@localhost\)$/m);
+      await tmux.waitFor('bob', new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] alice \\(alice@localhost\\) \\[verified\\]: ${escape(second)}$`, 'm'));
+      await tmux.waitFor('carol', /^\[\d\d:\d\d:\d\d\] alice: \[cannot decrypt: the KMS refused: .*carol@localhost may not have.*\]$/m);
+      expect(await tmux.capture('carol')).to.not.contain(second);
+    });
+
+    it('/members in Alice\'s terminal lists Alice and Bob only', async function () {
+      await tmux.type('alice', '/members');
+      await tmux.waitFor('alice', /^members \(2\): alice@localhost, bob@localhost$/m);
+    });
+
+    it('/history in Carol\'s terminal reads what she may and says why not for the rest', async function () {
+      // The archive may lag a little behind the live messages: ask again until it holds both.
+      const end = Date.now() + STEP_TIMEOUT_MS;
+      for (let asked = 1; ; asked++) {
+        await tmux.type('carol', '/history');
+        await tmux.waitFor('carol', new RegExp(`(--- end of history ---[\\s\\S]*){${asked}}`));
+        const pane = await tmux.capture('carol');
+        const last = pane.slice(pane.lastIndexOf('--- history of'));
+        if (/: 2 message\(s\) ---/.test(last)) {
+          expect(last).to.match(new RegExp(`\\] alice \\(alice@localhost\\)( \\[verified\\])?: ${escape(first)}`));
+          expect(last).to.match(/\] alice: \[cannot decrypt: the KMS refused: .*carol@localhost may not have/);
+          expect(last).to.not.contain(second);
+          break;
+        }
+        if (Date.now() > end) throw new Error(`the archive never held both messages; Carol's pane:\n${pane}`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    });
+
+    it('/quit (Alice, Bob) and Ctrl-C (Carol) leave, close the KMS session and exit 0', async function () {
+      await tmux.type('alice', '/quit');
+      await tmux.type('bob', '/quit');
+      await tmux.exec('send-keys', '-t', tmux.target('carol'), 'C-c');
+      await tmux.waitFor('carol', /^interrupted$/m);
+      for (const name of NAMES) {
+        expect(await tmux.exited(name), `${name}'s exit status`).to.equal(0);
+        await tmux.waitFor(name, /^bye$/m);
+        expect(await tmux.count(name, /kms chat:|\bat .*\.ts:\d+/g), `${name}'s pane shows an error or a stack trace`).to.equal(0);
+      }
+    });
+  });
+}
