@@ -6,15 +6,13 @@
 import { expect } from 'chai';
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
-import { loadConfig } from '../../src/cli/config.js';
-import { startKms, type RunningKms } from '../../src/cli/start.js';
-import { silentLogger } from '../../src/util/logger.js';
+import { startTestKms } from './harness/kms.js';
+import type { RunningKms } from '../../src/cli/start.js';
 
 const run = promisify(execFile);
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -184,18 +182,7 @@ for (const kind of serverKinds()) {
       }
       server = await startServer(kind);
       await server.registerUsers(USERS);
-      dataDir = await mkdtemp(join(tmpdir(), 'kms-chat-cli-'));
-      const config = loadConfig({
-        env: {
-          KMS_DOMAIN: 'kms.localhost',
-          KMS_XMPP_SERVICE: `xmpp://127.0.0.1:${server.componentPort}`,
-          KMS_XMPP_SECRET: server.componentSecret,
-          KMS_DATA_DIR: dataDir,
-          KMS_LOG_LEVEL: 'silent',
-        },
-      });
-      config.policy = 1;
-      kms = await startKms(config, silentLogger());
+      ({ kms, dataDir } = await startTestKms(server, { dataPrefix: 'kms-chat-cli-', tune: (c) => (c.policy = 1) }));
       tmux = new Tmux();
       tmuxes.add(tmux);
     });

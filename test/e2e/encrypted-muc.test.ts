@@ -4,16 +4,14 @@
 // is recorded by loopback proxies (harness/wiretap.ts) and searched for plaintext and keys at the end.
 import { expect } from 'chai';
 import { X509Certificate, type KeyObject } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Client } from '@xmpp/client';
 import { connectClient, disconnect } from './harness/clients.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
+import { startTestKms } from './harness/kms.js';
 import { startWiretap, type Wiretap } from './harness/wiretap.js';
-import { loadConfig } from '../../src/cli/config.js';
-import { startKms, type RunningKms } from '../../src/cli/start.js';
-import { silentLogger } from '../../src/util/logger.js';
+import type { RunningKms } from '../../src/cli/start.js';
 import { KmsClient } from '../../src/client/kms-client.js';
 import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../../src/client/room.js';
 import type { GroupKey } from '../../src/client/keys.js';
@@ -126,18 +124,7 @@ for (const kind of serverKinds()) {
         }
 
         before(async () => {
-          dataDir = await mkdtemp(join(tmpdir(), `kms-muc-p${policy}-`));
-          const config = loadConfig({
-            env: {
-              KMS_DOMAIN: 'kms.localhost',
-              KMS_XMPP_SERVICE: `xmpp://127.0.0.1:${componentTap.port}`,
-              KMS_XMPP_SECRET: server.componentSecret,
-              KMS_DATA_DIR: dataDir,
-              KMS_LOG_LEVEL: 'silent',
-            },
-          });
-          config.policy = policy;
-          kms = await startKms(config, silentLogger());
+          ({ kms, dataDir } = await startTestKms(server, { componentPort: componentTap.port, dataPrefix: `kms-muc-p${policy}-`, tune: (c) => (c.policy = policy) }));
           anchors = [new X509Certificate(await readFile(join(dataDir, 'trust-anchor.pem')))];
           for (const name of ['alice', 'bob', 'carol'] as const) await device(name);
           // Alice joins first and so creates the room (instant, non-anonymous, persistent).

@@ -2,16 +2,14 @@
 // batches, the XMPP error table, hostile stanzas, and a server restart in the middle of traffic.
 import { expect } from 'chai';
 import { X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { xml, type Client } from '@xmpp/client';
 import type { Element } from '@xmpp/xml';
 import { connectClient, disconnect } from './harness/clients.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
-import { loadConfig } from '../../src/cli/config.js';
-import { startKms, type RunningKms } from '../../src/cli/start.js';
-import { silentLogger } from '../../src/util/logger.js';
+import { startTestKms } from './harness/kms.js';
+import type { RunningKms } from '../../src/cli/start.js';
 import { fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo } from '../../src/client/xmpp.js';
 import { KmsSession } from '../../src/client/session.js';
 import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
@@ -64,21 +62,14 @@ for (const kind of serverKinds()) {
     before(async () => {
       server = await startServer(kind);
       await server.registerUsers(USERS);
-      dataDir = await mkdtemp(join(tmpdir(), 'kms-e2e-'));
-      const config = loadConfig({
-        env: {
-          KMS_DOMAIN: 'kms.localhost',
-          KMS_XMPP_SERVICE: `xmpp://127.0.0.1:${server.componentPort}`,
-          KMS_XMPP_SECRET: server.componentSecret,
-          KMS_DATA_DIR: dataDir,
-          KMS_RATE_PER_SEC: '100',
-          KMS_LOG_LEVEL: 'silent',
+      ({ kms, dataDir } = await startTestKms(server, {
+        tune: (c) => {
+          c.xmpp.ratePerSec = 100;
+          c.xmpp.rateBurst = 200;
+          c.xmpp.reconnectInitialMs = 200;
+          c.xmpp.reconnectMaxMs = 1000;
         },
-      });
-      config.xmpp.rateBurst = 200;
-      config.xmpp.reconnectInitialMs = 200;
-      config.xmpp.reconnectMaxMs = 1000;
-      kms = await startKms(config, silentLogger());
+      }));
       anchors = [new X509Certificate(await readFile(join(dataDir, 'trust-anchor.pem')))];
       const first = await connectClient(server, USERS[0]!);
       identity = await fetchKmsIdentity(first, 'kms.localhost', anchors);
