@@ -12,10 +12,14 @@ const b64u = (s: string | Buffer) => Buffer.from(s).toString('base64url');
 describe('Authenticator: bearer tokens, cross-checked against jose.jwtVerify', () => {
   let issuer: LocalIssuer;
   let auth: Authenticator;
-  const now = new Date();
-  const sec = Math.floor(now.getTime() / 1000);
+  // Taken when these tests start, not when the file loads: tokens are minted on the real clock,
+  // and in the whole suite minutes of other tests run in between.
+  let now: Date;
+  let sec: number;
 
   before(async () => {
+    now = new Date();
+    sec = Math.floor(now.getTime() / 1000);
     issuer = await LocalIssuer.ephemeral(ISS);
     auth = new Authenticator({
       bearer: { keys: issuer.keys(), issuer: ISS, audience: AUD, algorithms: ['ES256', 'PS256', 'RS256'], userClaim: 'sub', clockToleranceSec: 30 },
