@@ -130,6 +130,9 @@ export class KmsComponent {
       this.xmpp.reconnect.delay = this.#backoff;
       this.#log.info({ event: 'online', domain: settings.domain, service: settings.service }, `component ${settings.domain} online at ${settings.service}`);
     });
+    // Each reply is one whole stanza: send it at once. With Nagle's algorithm a reply written
+    // while the previous one is still unacknowledged waits for the server's delayed ACK (~40 ms).
+    this.xmpp.on('connect', () => (this.xmpp as unknown as { socket?: { setNoDelay?(on: boolean): void } }).socket?.setNoDelay?.(true));
     // IQ requests come to us before @xmpp/component's middleware. Its chain starts with iqCallee,
     // which answers every IQ get/set that no later middleware *returns* a reply for; we send our
     // replies ourselves (after the engine, tracked for draining), so each request also drew a
