@@ -139,6 +139,24 @@ for (const kind of serverKinds()) {
       expect(res.map((r) => r.status)).to.deep.equal([200, 404, 404]);
     });
 
+    it('answers each IQ exactly once (no second, automatic error reply from the XMPP library)', async () => {
+      const p = people[1]!;
+      const seen: Element[] = [];
+      const listen = (el: Element) => {
+        if (el.is('iq') && (el.attrs.from ?? '') === 'kms.localhost') seen.push(el);
+      };
+      p.xmpp.on('stanza', listen);
+      try {
+        await p.session.request('update', '/ping');
+        await raw(p, xml('identity', { xmlns: NS }), 'get');
+        await new Promise((r) => setTimeout(r, 500)); // time for a duplicate to arrive
+      } finally {
+        p.xmpp.off('stanza', listen);
+      }
+      expect(seen.map((el) => el.attrs.type)).to.deep.equal(['result', 'result']);
+      expect(new Set(seen.map((el) => el.attrs.id)).size).to.equal(2);
+    });
+
     it('refuses bad payloads with the stanza errors of the table', async () => {
       const p = people[2]!;
       const cases: [string, Element, 'get' | 'set'][] = [
