@@ -76,7 +76,7 @@ type HostCommand =
 
 async function componentHost(): Promise<void> {
   const { loadConfig } = await import('../src/cli/config.js');
-  const { startKms } = await import('../src/cli/start.js');
+  const { startKms, componentSettings } = await import('../src/cli/start.js');
   const { createLogger } = await import('../src/util/logger.js');
   const { KmsComponent } = await import('../src/xmpp/component.js');
   type Running = Awaited<ReturnType<typeof startKms>>;
@@ -88,24 +88,9 @@ async function componentHost(): Promise<void> {
   let profiler: import('node:inspector/promises').Session | undefined;
 
   const connectKms = async () => {
-    const x = kms!.config.xmpp;
     const component = new KmsComponent(
       { handle: (m) => kms!.engine.handle(m), identity: kms!.identity },
-      {
-        service: x.service,
-        domain: kms!.config.domain,
-        secret: x.secret,
-        keepaliveSec: x.keepaliveSec,
-        reconnect: { initialMs: x.reconnectInitialMs, maxMs: x.reconnectMaxMs },
-        drainMs: x.drainMs,
-        limits: {
-          maxMessagesPerIq: x.maxMessagesPerIq,
-          maxMessageBytes: x.maxMessageBytes,
-          maxStanzaBytes: x.maxStanzaBytes,
-          ratePerSec: x.ratePerSec,
-          rateBurst: x.rateBurst,
-        },
-      },
+      componentSettings(kms!.config),
       logger!,
     );
     await component.start();

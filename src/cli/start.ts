@@ -19,7 +19,7 @@ import { KmsEngine } from '../engine/engine.js';
 import { KmsState } from '../store/kms-state.js';
 import { openLevelStore } from '../store/kv.js';
 import { LocalIssuer } from '../auth/local-issuer.js';
-import { KmsComponent } from '../xmpp/component.js';
+import { KmsComponent, type ComponentSettings } from '../xmpp/component.js';
 import type { Logger } from '../util/logger.js';
 
 export interface RunningKms {
@@ -72,6 +72,26 @@ async function anchors(file: string | undefined): Promise<X509Certificate[]> {
  * Starts the KMS. With `xmpp: false` only the engine runs (tools, tests). `signal` aborts a start
  * that is still waiting for the XMPP server: the store is closed and the promise rejects.
  */
+/** The component's settings from a validated configuration. */
+export function componentSettings(config: KmsConfig): ComponentSettings {
+  const x = config.xmpp;
+  return {
+    service: x.service,
+    domain: config.domain,
+    secret: x.secret,
+    keepaliveSec: x.keepaliveSec,
+    reconnect: { initialMs: x.reconnectInitialMs, maxMs: x.reconnectMaxMs },
+    drainMs: x.drainMs,
+    limits: {
+      maxMessagesPerIq: x.maxMessagesPerIq,
+      maxMessageBytes: x.maxMessageBytes,
+      maxStanzaBytes: x.maxStanzaBytes,
+      ratePerSec: x.ratePerSec,
+      rateBurst: x.rateBurst,
+    },
+  };
+}
+
 export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?: boolean; signal?: AbortSignal } = {}): Promise<RunningKms> {
   const dataDir = resolve(config.dataDir);
   await mkdir(dataDir, { recursive: true });
@@ -121,24 +141,9 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?:
 
   let component: KmsComponent | undefined;
   if (opts.xmpp !== false) {
-    const x = config.xmpp;
     component = new KmsComponent(
       { handle: (m) => engine.handle(m), identity },
-      {
-        service: x.service,
-        domain: config.domain,
-        secret: x.secret,
-        keepaliveSec: x.keepaliveSec,
-        reconnect: { initialMs: x.reconnectInitialMs, maxMs: x.reconnectMaxMs },
-        drainMs: x.drainMs,
-        limits: {
-          maxMessagesPerIq: x.maxMessagesPerIq,
-          maxMessageBytes: x.maxMessageBytes,
-          maxStanzaBytes: x.maxStanzaBytes,
-          ratePerSec: x.ratePerSec,
-          rateBurst: x.rateBurst,
-        },
-      },
+      componentSettings(config),
       logger,
     );
     const c = component;
