@@ -7,16 +7,13 @@
  */
 import { Command, Option } from 'commander';
 import { X509Certificate } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { clearLine, createInterface, cursorTo, type Interface } from 'node:readline';
 import type { Client } from '@xmpp/client';
 import { loadConfig, type KmsConfig } from './config.js';
 import { login } from './demo.js';
-import { masterKey } from './start.js';
-import { LocalIssuer } from '../auth/local-issuer.js';
-import { Sealer } from '../crypto/seal.js';
+import { localTokens } from './start.js';
 import { KmsClient } from '../client/kms-client.js';
 import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../client/room.js';
 import { fetchKmsIdentity } from '../client/xmpp.js';
@@ -171,12 +168,11 @@ export async function runChat(o: ChatOptions): Promise<number> {
     const createWith = o.create !== undefined ? o.create.split(',').filter((s) => s.trim() !== '').map((s) => jidArg(s, domain)) : undefined;
 
     let config: KmsConfig | undefined;
-    // The chat's own KMS_CHAT_* variables are no configuration settings (loadConfig rejects unknown KMS_* names).
-    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('KMS_CHAT_')));
-    const cfg = (): KmsConfig => (config ??= loadConfig({ env, ...(o.config ? { file: o.config } : {}) }));
+    // loadConfig leaves the chat's own KMS_CHAT_* variables alone (they are no configuration settings).
+    const cfg = (): KmsConfig => (config ??= loadConfig(o.config ? { file: o.config } : {}));
     const anchorFile = o.anchor ?? join(resolve(cfg().dataDir), 'trust-anchor.pem');
     const anchors = await readAnchors(anchorFile);
-    const bearer = o.token ? (() => o.token!) : await localTokens(cfg(), me);
+    const bearer = o.token ? (() => o.token!) : await chatTokens(cfg(), me);
 
     try {
       xmpp = await step(login(o.xmpp, domain, o.user, o.password));
@@ -354,21 +350,14 @@ export async function runChat(o: ChatOptions): Promise<number> {
 }
 
 /** Tokens minted by the configuration's local issuer, a fresh one at every handshake. */
-async function localTokens(config: KmsConfig, subject: string): Promise<() => Promise<string>> {
-  if (config.auth.jwksFile || config.auth.jwksUrl) {
-    throw new ChatError('this KMS trusts an outside identity provider: give a token from it with --token');
-  }
-  const dir = resolve(config.dataDir);
-  // Never make a new issuer (or master key) here: the KMS would not trust its tokens.
-  if (!existsSync(join(dir, 'issuer.json'))) throw new ChatError(`no local token issuer in ${dir}: start the KMS first, or give --token`);
-  let issuer: LocalIssuer;
+async function chatTokens(config: KmsConfig, subject: string): Promise<() => Promise<string>> {
   try {
-    issuer = await LocalIssuer.open(dir, config.auth.issuer, new Sealer(await masterKey(config)));
+    // Never make a new issuer (or master key) here: the KMS would not trust its tokens.
+    const mint = await localTokens(config, { mustExist: true });
+    return () => mint(subject);
   } catch (e) {
-    throw new ChatError(`cannot use the local token issuer in ${dir}: ${(e as Error).message}`);
+    throw new ChatError(`${(e as Error).message} (or give --token)`);
   }
-  const audience = config.auth.audience ?? `kms://${config.domain}`;
-  return () => issuer.mint({ subject, audience, ttlSec: 3600 });
 }
 
 /**

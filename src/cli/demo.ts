@@ -8,15 +8,10 @@ import { randomUUID, type X509Certificate } from 'node:crypto';
 import { client, type Client } from '@xmpp/client';
 import { xml } from '@xmpp/xml';
 import type { KmsConfig } from './config.js';
-import { fetchKmsIdentity, xmppTransport } from '../client/xmpp.js';
-import { KmsSession } from '../client/session.js';
-import { generateEntityKey, openGk, registrationProof } from '../client/keys.js';
-import { blockHash } from '../client/chain.js';
-import { LocalIssuer } from '../auth/local-issuer.js';
-import { Sealer } from '../crypto/seal.js';
+import { fetchKmsIdentity } from '../client/xmpp.js';
+import { KmsClient } from '../client/kms-client.js';
 import { encryptDir, decryptDir } from '../crypto/jwe.js';
-import { masterKey } from './start.js';
-import { resolve } from 'node:path';
+import { localTokens } from './start.js';
 
 export interface DemoOptions {
   config: KmsConfig;
@@ -51,40 +46,33 @@ export async function login(service: string, domain: string, username: string, p
 export async function runDemo(o: DemoOptions): Promise<void> {
   const { config, log } = o;
   const component = config.domain;
-  const issuer = await LocalIssuer.open(resolve(config.dataDir), config.auth.issuer, new Sealer(await masterKey(config)));
-  const audience = config.auth.audience ?? `kms://${component}`;
-  const [a, b] = o.users as [{ username: string; password: string }, { username: string; password: string }];
-  const people = [];
-  for (const u of [a, b]) {
+  const mint = await localTokens(config);
+  const people: { jid: string; xmpp: Client; kms: KmsClient }[] = [];
+  for (const u of o.users.slice(0, 2)) {
     const jid = `${u.username}@${o.domain}`;
     const xmpp = await login(o.service, o.domain, u.username, u.password);
     log(`✓ ${jid} logged in to ${o.service}`);
-    const id = await fetchKmsIdentity(xmpp, component, o.anchors);
-    log(`✓ ${jid} validated the KMS key ${id.kid} (${id.sigAlg}) against the trust anchor`);
-    const token = await issuer.mint({ subject: jid, audience });
-    const session = new KmsSession({ kmsKid: id.kid, kmsKey: id.key, transport: xmppTransport(xmpp, component), bearer: () => token });
-    const eph = await session.handshake();
+    const identity = await fetchKmsIdentity(xmpp, component, o.anchors);
+    log(`✓ ${jid} validated the KMS key ${identity.kid} (${identity.sigAlg}) against the trust anchor`);
+    const token = await mint(jid);
+    const kms = await KmsClient.connect({ xmpp, kms: component, anchors: o.anchors, identity, bearer: () => token });
+    const eph = kms.session.ephemeral!;
     log(`✓ ${jid} made a secure channel (${eph.uri}, until ${eph.expirationDate})`);
-    const key = generateEntityKey();
-    await session.request('post', '/entity-keys', { jwk: key.publicJwk, proof: registrationProof(key, jid, eph.uri) });
-    log(`✓ ${jid} registered its entity key ${key.kid}`);
-    people.push({ jid, xmpp, session, key, kmsKey: id.key });
+    log(`✓ ${jid} registered its entity key ${kms.entityKey.kid}`);
+    people.push({ jid, xmpp, kms });
   }
   const [alice, bob] = people as [(typeof people)[0], (typeof people)[0]];
-  const ping = await alice.session.request('update', '/ping');
-  log(`✓ ping: ${ping.status}`);
-  const genesis = (await alice.session.request('post', `kms://${component}/blocks`, {
-    blockPayload: { operations: [{ entity: alice.jid, optype: 'add' }, { entity: bob.jid, optype: 'add' }] },
-  })).block as string;
-  log(`✓ ${alice.jid} created a chain with ${alice.jid} and ${bob.jid} (genesis ${blockHash(genesis).slice(0, 16)}…)`);
-  const gk = openGk((await alice.session.request('post', `kms://${component}/gks`, { block: blockHash(genesis) })).gk as string, alice.kmsKey, alice.key);
+  log(`✓ ping: ${(await alice.kms.ping()).status}`);
+  const chain = await alice.kms.createChain([bob.jid]);
+  log(`✓ ${alice.jid} created a chain with ${alice.jid} and ${bob.jid} (genesis ${chain.tail.slice(0, 16)}…)`);
+  const gk = await alice.kms.createGk(chain.tail);
   log(`✓ ${alice.jid} got group key ${gk.uri}, bound to the genesis block`);
   const secret = encryptDir(gk.key, 'Hello Bob, the XMPP server cannot read this.', { enc: 'A256GCM', kid: gk.uri });
-  const forBob = openGk((await bob.session.request('get', gk.uri, { entity: bob.jid })).gk as string, bob.kmsKey, bob.key);
+  const forBob = await bob.kms.gk(gk.uri);
   const text = decryptDir(secret, forBob.key, ['A256GCM']).plaintext.toString('utf8');
   log(`✓ ${bob.jid} fetched the group key through the KMS and decrypted: "${text}"`);
   for (const p of people) {
-    await p.session.close();
+    await p.kms.close();
     await p.xmpp.stop();
   }
   log('demo complete: the KMS answers over XMPP');

@@ -8,6 +8,7 @@ import { openLevelStore, type KvStore } from '../store/kv.js';
 import { KmsState, type ChainRecord, type GkRecord } from '../store/kms-state.js';
 import type { KmsConfig } from './config.js';
 import { blockHash } from '../protocol/block-hash.js';
+import { applyOperations, type Operation } from '../client/chain.js';
 
 /** A failure the operator can act on (printed as one line, exit code 1). */
 export class InspectError extends Error {}
@@ -59,16 +60,15 @@ function payload(jws: string): Record<string, unknown> {
 const idOf = (idOrUri: string) => idOrUri.replace(/\/+$/, '').split('/').pop() ?? idOrUri;
 
 async function chainView(state: KmsState, c: ChainRecord, withBlocks: boolean): Promise<ChainView> {
-  const members = new Set<string>();
+  let members = new Set<string>();
   const blocks: BlockView[] = [];
+  let curator = '';
   for (const [seq, jws] of (await state.blocks(c.id)).entries()) {
     const p = payload(jws);
-    const ops = (p.operations as { entity: string; optype: string }[]) ?? [];
-    for (const op of ops) {
-      if (op.entity === p.curator) continue;
-      if (op.optype === 'add') members.add(op.entity);
-      else members.delete(op.entity);
-    }
+    const ops = (p.operations as Operation[]) ?? [];
+    if (seq === 0) curator = String(p.curator);
+    members = applyOperations(members, ops);
+    members.delete(curator); // the curator is a member for good (PCG-01); not listed
     blocks.push({ seq, hash: blockHash(jws), creator: String(p.creator), created: String(p.created), operations: ops, members: [...members].sort() });
   }
   const view: ChainView = { id: c.id, uri: c.uri, created: c.created, length: c.length, tail: c.tail, members: [...members].sort() };

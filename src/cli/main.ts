@@ -8,10 +8,8 @@ import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { loadConfig, ConfigError, ENV_SETTINGS, type KmsConfig } from './config.js';
 import { showConfig, settingsHelp } from './config.js';
-import { startKms, masterKey } from './start.js';
+import { startKms, localTokens } from './start.js';
 import { createLogger } from '../util/logger.js';
-import { Sealer } from '../crypto/seal.js';
-import { LocalIssuer } from '../auth/local-issuer.js';
 import { runDemo } from './demo.js';
 import { openInspector, listChains, describeChain, listGks, describeGk, render, type Inspector } from './inspect.js';
 
@@ -91,12 +89,10 @@ program
   .option('-t, --ttl <seconds>', 'lifetime in seconds', '3600')
   .option('-c, --config <file>', 'JSON configuration file')
   .action(async (opts: { user: string; ttl: string; config?: string }) => {
-    const config = configFrom(opts);
-    if (config.auth.jwksFile || config.auth.jwksUrl) throw new ConfigError('this KMS trusts an outside identity provider; get tokens from it');
-    const issuer = await LocalIssuer.open(resolve(config.dataDir), config.auth.issuer, new Sealer(await masterKey(config)));
     const ttlSec = Number(opts.ttl);
     if (!Number.isInteger(ttlSec) || ttlSec <= 0) throw new ConfigError('--ttl: a positive whole number of seconds');
-    console.log(await issuer.mint({ subject: opts.user, audience: config.auth.audience ?? `kms://${config.domain}`, ttlSec }));
+    const mint = await localTokens(configFrom(opts));
+    console.log(await mint(opts.user, ttlSec));
   });
 
 const inspect = program

@@ -68,10 +68,25 @@ async function anchors(file: string | undefined): Promise<X509Certificate[]> {
   return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((p) => new X509Certificate(p));
 }
 
+/** The audience the KMS requires in access tokens: auth.audience, or kms://<domain>. */
+export function tokenAudience(config: KmsConfig): string {
+  return config.auth.audience ?? `kms://${config.domain}`;
+}
+
 /**
- * Starts the KMS. With `xmpp: false` only the engine runs (tools, tests). `signal` aborts a start
- * that is still waiting for the XMPP server: the store is closed and the promise rejects.
+ * Development tokens from the local issuer the KMS trusts (the embedded default identity
+ * provider). Refuses when an outside identity provider is configured. With `mustExist`, refuses
+ * to make a new issuer too: a KMS already running would not trust its tokens.
  */
+export async function localTokens(config: KmsConfig, o: { mustExist?: boolean } = {}): Promise<(subject: string, ttlSec?: number) => Promise<string>> {
+  if (config.auth.jwksFile || config.auth.jwksUrl) throw new ConfigError('this KMS trusts an outside identity provider; get tokens from it');
+  const dir = resolve(config.dataDir);
+  if (o.mustExist && !existsSync(join(dir, 'issuer.json'))) throw new ConfigError(`no local token issuer in ${dir}: start the KMS first`);
+  const issuer = await LocalIssuer.open(dir, config.auth.issuer, new Sealer(await masterKey(config)));
+  const audience = tokenAudience(config);
+  return (subject, ttlSec = 3600) => issuer.mint({ subject, audience, ttlSec });
+}
+
 /** The component's settings from a validated configuration. */
 export function componentSettings(config: KmsConfig): ComponentSettings {
   const x = config.xmpp;
@@ -92,6 +107,10 @@ export function componentSettings(config: KmsConfig): ComponentSettings {
   };
 }
 
+/**
+ * Starts the KMS. With `xmpp: false` only the engine runs (tools, tests). `signal` aborts a start
+ * that is still waiting for the XMPP server: the store is closed and the promise rejects.
+ */
 export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?: boolean; signal?: AbortSignal } = {}): Promise<RunningKms> {
   const dataDir = resolve(config.dataDir);
   await mkdir(dataDir, { recursive: true });
@@ -125,7 +144,7 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?:
     bearer: {
       keys,
       issuer: config.auth.issuer,
-      audience: config.auth.audience ?? `kms://${config.domain}`,
+      audience: tokenAudience(config),
       algorithms: config.auth.algorithms,
       userClaim: config.auth.userClaim,
       clockToleranceSec: config.auth.clockToleranceSec,

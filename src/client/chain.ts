@@ -48,7 +48,7 @@ export async function verifyChain(blocks: string[], o: VerifyOptions): Promise<V
   const genesis = JSON.parse(verifyCompact(blocks[0]!, o.kmsKey, kmsAlgs).payload.toString('utf8'));
   if (genesis.curator !== o.kmsId || genesis.creator !== o.kmsId) throw new Error('block 0: the genesis block is not the KMS\'s');
   if (typeof genesis.uri !== 'string') throw new Error('block 0: no chain uri');
-  let members = apply(new Set<string>(), genesis.operations);
+  let members = applyOperations(new Set<string>(), genesis.operations);
   const hashes = [blockHash(blocks[0]!)];
   const all = [members];
   for (let i = 1; i < blocks.length; i++) {
@@ -67,14 +67,15 @@ export async function verifyChain(blocks: string[], o: VerifyOptions): Promise<V
       }
     });
     if (!ok) throw new Error(`block ${i}: the signature does not verify with ${block.creator}'s keys`);
-    members = apply(members, block.operations);
+    members = applyOperations(members, block.operations);
     hashes.push(blockHash(jws));
     all.push(members);
   }
   return { uri: genesis.uri, hashes, members: all, tail: hashes[hashes.length - 1]! };
 }
 
-function apply(before: Set<string>, ops: Operation[]): Set<string> {
+/** The members after a block's operations, given the members before it (a new set). */
+export function applyOperations(before: Set<string>, ops: Operation[]): Set<string> {
   const next = new Set(before);
   for (const op of ops ?? []) {
     if (op.optype === 'add') next.add(op.entity);

@@ -239,7 +239,13 @@ export class KmsClient {
   /** A new group key, bound at once to `block` (a block hash) when given. */
   async createGk(block?: string): Promise<GroupKey> {
     const res = await this.session.request('post', this.#abs('/gks'), block ? { block, kid: this.entityKey.kid } : { kid: this.entityKey.kid });
-    const gk = openGk(res.gk as string, this.kmsKey, this.entityKey);
+    return this.#keep(res.gk as string);
+  }
+
+  /** Checks the KMS's signature on a GK, unwraps it with this device's key and caches it. */
+  #keep(gkJws: string, expectedUri?: string): GroupKey {
+    const gk = openGk(gkJws, this.kmsKey, this.entityKey);
+    if (expectedUri !== undefined && gk.uri !== expectedUri) throw new KmsResponseError(502, `the KMS returned ${gk.uri} for ${expectedUri}`);
     this.#gks.set(gk.uri, gk);
     return gk;
   }
@@ -247,9 +253,7 @@ export class KmsClient {
   /** Binds an unbound group key of this user's to a block. */
   async bindGk(uri: string, block: string): Promise<GroupKey> {
     const res = await this.session.request('post', uri, { block, kid: this.entityKey.kid });
-    const gk = openGk(res.gk as string, this.kmsKey, this.entityKey);
-    this.#gks.set(gk.uri, gk);
-    return gk;
+    return this.#keep(res.gk as string, uri);
   }
 
   /**
@@ -263,10 +267,7 @@ export class KmsClient {
     if (!p) {
       p = (async () => {
         const res = await this.session.request('get', uri, { entity: this.entity, kid: this.entityKey.kid });
-        const gk = openGk(res.gk as string, this.kmsKey, this.entityKey);
-        if (gk.uri !== uri) throw new KmsResponseError(502, `the KMS returned ${gk.uri} for ${uri}`);
-        this.#gks.set(uri, gk);
-        return gk;
+        return this.#keep(res.gk as string, uri);
       })().finally(() => this.#gkInFlight.delete(uri));
       this.#gkInFlight.set(uri, p);
     }

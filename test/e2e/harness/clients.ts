@@ -50,17 +50,20 @@ export async function connectClient(server: XmppServer, opts: ClientOptions): Pr
     },
   });
   if (!opts.reconnect) xmpp.reconnect.stop();
+  await startOrExplain(xmpp, `${opts.username}@${server.domain} could not log in to ${server.kind}`);
+  return xmpp;
+}
+
+/** Starts an entity (collecting its errors); on failure stops it for good and throws `what`: reason. */
+async function startOrExplain(xmpp: Client | Component, what: string): Promise<void> {
   collectErrors(xmpp);
   try {
     await xmpp.start();
   } catch (err) {
     xmpp.reconnect.stop();
     await xmpp.stop().catch(() => {});
-    throw new Error(`${opts.username}@${server.domain} could not log in to ${server.kind}: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new Error(`${what}: ${(err as Error).message}`, { cause: err });
   }
-  return xmpp;
 }
 
 export interface ComponentOptions {
@@ -84,16 +87,7 @@ export async function connectComponent(server: XmppServer, opts: ComponentOption
     password: opts.secret ?? server.componentSecret,
   });
   if (opts.reconnectDelayMs !== undefined) xmpp.reconnect.delay = opts.reconnectDelayMs;
-  collectErrors(xmpp);
-  try {
-    await xmpp.start();
-  } catch (err) {
-    xmpp.reconnect.stop();
-    await xmpp.stop().catch(() => {});
-    throw new Error(`component ${opts.domain ?? server.componentDomain} could not connect to ${server.kind}: ${(err as Error).message}`, {
-      cause: err,
-    });
-  }
+  await startOrExplain(xmpp, `component ${opts.domain ?? server.componentDomain} could not connect to ${server.kind}`);
   return xmpp;
 }
 
