@@ -23,8 +23,10 @@
  * the phase. KmsSession would add a JSON + AES-GCM seal and open per request to the load
  * generator's share of the two cores.
  *
- * Set up untimed, per server: 20 load accounts and a curator; a channel (handshake) and a
- * registered entity key (post /entity-keys with a proof) per client; a chain by the curator whose
+ * Set up untimed, per server: 20 load accounts and a curator; a channel (handshake) and two
+ * registered entity keys (post /entity-keys with a proof) per client: the client library's
+ * default, RSA-2048 (PCG-01's MTI), which the GK gets use, and a P-256 key, for the reference
+ * phase gk_get_p256_20 (the same GK gets wrapped by ECDH-ES, with no target); a chain by the curator whose
  * genesis adds everyone; enough GKs bound to it that every timed GK get is that member's first
  * fetch of that GK. Phases alternate echo and KMS (the order flips each round); best of the rounds
  * for each (highest requests/s, with that run's latencies), and, for reference, the median of the
@@ -48,7 +50,7 @@ import { ECHO_NS, connectLoadClients, runIqLoadOn, startEchoComponent, type IqLo
 import { disconnect } from '../test/e2e/harness/clients.js';
 import { serverKinds, startServer, type ServerKind, type XmppServer } from '../test/e2e/harness/servers.js';
 import { openRawChannel, type RawChannel } from '../test/support/raw-channel.js';
-import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../src/client/keys.js';
+import { createEntityKey, generateEntityKey, openGk, registrationProof, type EntityKey } from '../src/client/keys.js';
 import { blockHash } from '../src/client/chain.js';
 import { fetchKmsIdentity, xmppTransport, type KmsIdentityInfo } from '../src/client/xmpp.js';
 import { NS } from '../src/xmpp/namespace.js';
@@ -288,7 +290,9 @@ interface Member {
   jid: string;
   client: LoadClient;
   ch: RawChannel;
+  /** The client library's default entity key (RSA, PCG-01's MTI) and a P-256 one, both registered. */
   key: EntityKey;
+  ecKey: EntityKey;
 }
 
 interface PhaseResult extends IqLoadResult {
@@ -339,11 +343,14 @@ async function benchServer(kind: ServerKind) {
       load.map(async (client, i) => {
         const send = xmppTransport(client.xmpp, DOMAIN);
         const ch = await openRawChannel({ kid: identity.kid, publicKey: identity.key }, async (m) => (await send([m]))[0]!, tokens[i]!);
-        const key = generateEntityKey();
-        const [res] = await send([ch.seal('post', '/entity-keys', { jwk: key.publicJwk, proof: registrationProof(key, client.jid, ch.uri) })]);
-        const r = ch.open(res!);
-        if (r.status !== 201 && r.status !== 200) throw new Error(`register ${client.jid}: ${r.status} ${r.reason}`);
-        return { jid: client.jid, client, ch, key };
+        const key = await createEntityKey();
+        const ecKey = generateEntityKey({ type: 'EC' });
+        for (const k of [key, ecKey]) {
+          const [res] = await send([ch.seal('post', '/entity-keys', { jwk: k.publicJwk, proof: registrationProof(k, client.jid, ch.uri) })]);
+          const r = ch.open(res!);
+          if (r.status !== 201 && r.status !== 200) throw new Error(`register ${client.jid}: ${r.status} ${r.reason}`);
+        }
+        return { jid: client.jid, client, ch, key, ecKey };
       }),
     );
     const curator = members[CLIENTS]!;
@@ -362,7 +369,7 @@ async function benchServer(kind: ServerKind) {
     const tail = blockHash(gen!.block as string);
 
     // GKs bound to the chain's tail: client 0 runs the 1-client phases too, so it needs the most.
-    const poolSize = ROUNDS * (R20 + R1) + 4;
+    const poolSize = ROUNDS * (2 * R20 + R1) + 4;
     const pool: string[] = [];
     const t0 = performance.now();
     const batches = Array.from({ length: Math.ceil(poolSize / 16) }, (_, b) => Math.min(16, poolSize - b * 16));
@@ -387,7 +394,7 @@ async function benchServer(kind: ServerKind) {
     const sample = members[0]!;
     const pingReq = sample.ch.seal('update', '/ping');
     const [pingRes] = await xmppTransport(sample.client.xmpp, DOMAIN)([pingReq]);
-    const gkReqs = pool.slice(-4).map((uri) => sample.ch.seal('get', uri, { entity: sample.jid }));
+    const gkReqs = pool.slice(-4).map((uri) => sample.ch.seal('get', uri, { entity: sample.jid, kid: sample.key.kid }));
     const gkRes = await xmppTransport(sample.client.xmpp, DOMAIN)(gkReqs);
     for (const r of gkRes) openGk(sample.ch.open(r).gk as string, identity.key, sample.key);
     const avg = (xs: string[]) => Math.round(xs.reduce((a, x) => a + x.length, 0) / xs.length);
@@ -410,17 +417,19 @@ async function benchServer(kind: ServerKind) {
           }),
         ),
     });
-    const gkPhase = (n: number, requests: number): Phase => {
+    /** GK first fetches, wrapped to each member's default (RSA) key, or to its P-256 key. */
+    const gkPhase = (n: number, requests: number, p256 = false): Phase => {
       let uris: string[][] = [];
+      const keyOf = (m: Member) => (p256 ? m.ecKey : m.key);
       return {
-        name: `gk_get_${n}`,
+        name: p256 ? `gk_get_p256_${n}` : `gk_get_${n}`,
         component: 'kms',
         clients: n,
         requests,
         prepare: () => {
           uris = members.slice(0, n).map((_, c) => pool.slice(gkCursor[c]!, (gkCursor[c]! += requests)));
           if (uris.some((u) => u.length !== requests)) throw new Error('the GK pool is too small');
-          return members.slice(0, n).map((m, c) => uris[c]!.map((uri) => kmsIq(m.ch.seal('get', uri, { entity: m.jid }))));
+          return members.slice(0, n).map((m, c) => uris[c]!.map((uri) => kmsIq(m.ch.seal('get', uri, { entity: m.jid, kid: keyOf(m).kid }))));
         },
         check: (replies) =>
           replies.forEach((rs, c) => {
@@ -430,7 +439,7 @@ async function benchServer(kind: ServerKind) {
               if (res.status !== 200 || typeof res.gk !== 'string') throw new Error(`GK get: ${res.status} ${res.reason}`);
               // Signature and unwrapping on a sample (each costs the load generator ~0.4 ms).
               if (i % 50 === 0) {
-                const gk = openGk(res.gk, identity.key, m.key);
+                const gk = openGk(res.gk, identity.key, keyOf(m));
                 if (gk.uri !== uris[c]![i]) throw new Error(`GK get answered ${gk.uri}, not ${uris[c]![i]}`);
               }
             });
@@ -457,6 +466,7 @@ async function benchServer(kind: ServerKind) {
       echoPhase(1, R1, 'ping'),
       pingPhase(CLIENTS, R20),
       gkPhase(CLIENTS, R20),
+      gkPhase(CLIENTS, R20, true),
       pingPhase(1, R1),
       gkPhase(1, R1),
     ];
@@ -558,6 +568,10 @@ async function main() {
       met[key] = ratio >= TARGETS[op];
       console.log(`${key.padEnd(28)} ${ratio.toFixed(3)}  (target >= ${TARGETS[op]}: ${met[key] ? 'met' : 'MISSED'}; median of per-round ratios ${roundRatio.toFixed(3)})`);
     }
+    // For reference, no target: the same GK gets wrapped to P-256 entity keys (a fresh ECDH each).
+    const p256 = results.get(`gk_get_p256_${CLIENTS}`)!.rps / results.get(`echo_gk_get_${CLIENTS}`)!.rps;
+    json[`${kind}_gk_get_p256_echo_ratio`] = +p256.toFixed(3);
+    console.log(`${`${kind}_gk_get_p256_echo_ratio`.padEnd(28)} ${p256.toFixed(3)}  (for reference: GK gets wrapped to P-256 entity keys)`);
   }
   json.targets = { ping_echo_ratio: TARGETS.ping, gk_get_echo_ratio: TARGETS.gk_get };
   json.targets_met = met;

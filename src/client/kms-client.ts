@@ -8,7 +8,7 @@ import type { KeyObject, X509Certificate } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KmsSession, type CredentialSource, type KmsResponse, type Transport } from './session.js';
 import { discoverKms, fetchKmsIdentity, KmsStanzaError, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
-import { generateEntityKey, openGk, registrationProof, type EntityKey, type GroupKey } from './keys.js';
+import { createEntityKey, openGk, registrationProof, type EntityKey, type EntityKeyOptions, type GroupKey } from './keys.js';
 import { blockHash, signBlock, verifyChain, type Operation, type VerifiedChain } from './chain.js';
 import { KmsResponseError } from './errors.js';
 import { importPublicJwk } from '../crypto/keys.js';
@@ -32,8 +32,10 @@ export interface KmsClientOptions extends RetryOptions {
   anchors: X509Certificate[];
   /** The user's access token for the KMS; called again at every handshake, so it may refresh. */
   bearer: CredentialSource;
-  /** The entity key of this device (default: a new one, registered at connect). */
+  /** The entity key of this device (default: a new one, registered at connect; see entityKeyType). */
   entityKey?: EntityKey;
+  /** The kind of entity key to make when none is given (default RSA-2048, PCG-01's mandatory-to-implement type). */
+  entityKeyType?: EntityKeyOptions;
   /** How long one IQ may take before it is retried (default 10 s). */
   timeoutMs?: number;
   /** Renew the ephemeral key this long before it expires (default 60 s). */
@@ -89,11 +91,11 @@ export class KmsClient {
   readonly #chains = new Map<string, ChainView>();
   readonly #entityKeys = new Map<string, { kid: string; key: KeyObject }[]>();
 
-  private constructor(o: KmsClientOptions & { kms: string }, identity: KmsIdentityInfo, transport: Transport) {
+  private constructor(o: KmsClientOptions & { kms: string; entityKey: EntityKey }, identity: KmsIdentityInfo, transport: Transport) {
     this.kmsJid = o.kms;
     this.kmsId = identity.kid;
     this.kmsKey = identity.key;
-    this.entityKey = o.entityKey ?? generateEntityKey();
+    this.entityKey = o.entityKey;
     this.#gks = new Lru(o.gkCacheSize ?? 10_000);
     this.session = new KmsSession({
       kmsKid: identity.kid,
@@ -125,7 +127,8 @@ export class KmsClient {
       transport ??= xmppTransport(xmpp, kms, o.timeoutMs ?? 10_000);
     }
     if (!kms) throw new Error('KmsClient.connect: name the KMS (kms) when giving a transport');
-    const client = new KmsClient({ ...o, kms }, identity, withRetry(transport, o));
+    const entityKey = o.entityKey ?? (await createEntityKey(o.entityKeyType));
+    const client = new KmsClient({ ...o, kms, entityKey }, identity, withRetry(transport, o));
     await client.#register();
     return client;
   }

@@ -515,7 +515,7 @@ describe('engine: hostile input', function () {
       ];
       for (const [p, reason] of cases) await refusedOn(aliceCh, p, 400, reason);
       // Appended blocks whose payload is mistyped.
-      const signed = (payload: unknown) => signCompact(alice.key.privateKey, 'ES256', JSON.stringify(payload), { kid: alice.key.kid });
+      const signed = (payload: unknown) => signCompact(alice.key.privateKey, alice.key.alg, JSON.stringify(payload), { kid: alice.key.kid });
       const blk = { antecedent: tail, creator: ALICE, created: new Date().toISOString(), operations: [add(CAROL)] };
       const bad: [unknown, RegExp][] = [
         [{ ...blk, operations: 'x' }, /blocks\[0\].*|operations/],
@@ -527,7 +527,7 @@ describe('engine: hostile input', function () {
         [null, /invalid request/],
       ];
       for (const [payload, reason] of bad) await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [signed(payload)] }), 400, reason);
-      const notJson = signCompact(alice.key.privateKey, 'ES256', 'not json', { kid: alice.key.kid });
+      const notJson = signCompact(alice.key.privateKey, alice.key.alg, 'not json', { kid: alice.key.kid });
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [notJson] }), 400, /blocks\[0\]: the payload is not JSON/);
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: ['a.b'] }), 400, /blocks\[0\]: not a compact JWS/);
     });
@@ -597,20 +597,20 @@ describe('engine: hostile input', function () {
     it('refuses a block whose signature is not by the creator\'s registered key (403)', async () => {
       const payload = JSON.stringify({ antecedent: tail, creator: ALICE, created: new Date().toISOString(), operations: [add(MALLORY)] });
       const forged = [
-        signCompact(mallory.key.privateKey, 'ES256', payload, { kid: alice.key.kid }), // alice's kid, mallory's key
-        signCompact(mallory.key.privateKey, 'ES256', payload), // no kid: tried against all of alice's keys
-        signCompact(generateEntityKey().privateKey, 'ES256', payload, { kid: alice.key.kid }),
+        signCompact(mallory.key.privateKey, mallory.key.alg, payload, { kid: alice.key.kid }), // alice's kid, mallory's key
+        signCompact(mallory.key.privateKey, mallory.key.alg, payload), // no kid: tried against all of alice's keys
+        signCompact(generateEntityKey({ type: 'EC' }).privateKey, 'ES256', payload, { kid: alice.key.kid }),
         `${b64json({ alg: 'none', kid: alice.key.kid })}.${b64u(payload)}.`,
         `${b64json({ alg: 'HS256', kid: alice.key.kid })}.${b64u(payload)}.${b64u(Buffer.alloc(32))}`,
-        tamper(signCompact(alice.key.privateKey, 'ES256', payload, { kid: alice.key.kid }), 2),
+        tamper(signCompact(alice.key.privateKey, alice.key.alg, payload, { kid: alice.key.kid }), 2),
       ];
       for (const jws of forged) {
         await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [jws] }), 403, /blocks\[0\]: the signature does not verify with alice@example\.com's key/);
       }
-      const otherKid = signCompact(mallory.key.privateKey, 'ES256', payload, { kid: mallory.key.kid });
+      const otherKid = signCompact(mallory.key.privateKey, mallory.key.alg, payload, { kid: mallory.key.kid });
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [otherKid] }), 403, /no registered key of alice@example\.com with kid/);
       // The same payload signed by alice herself is fine: the refusals were about the signature.
-      const genuine = signCompact(alice.key.privateKey, 'ES256', payload, { kid: alice.key.kid });
+      const genuine = signCompact(alice.key.privateKey, alice.key.alg, payload, { kid: alice.key.kid });
       expect(payloadOf(genuine).creator).to.equal(ALICE);
     });
 
@@ -624,7 +624,7 @@ describe('engine: hostile input', function () {
     it('applies an append all or nothing: block 2 of 3 bad, or block 3 of 3 bad, leaves the chain as it was', async () => {
       const before = (await aliceCh.ok('get', chainUri)).blocks as string[];
       const good1 = alice.block(tail, [add(CAROL)]);
-      const badSig = signCompact(mallory.key.privateKey, 'ES256', JSON.stringify({ antecedent: blockHash(good1), creator: ALICE, created: new Date().toISOString(), operations: [remove(BOB)] }), { kid: alice.key.kid });
+      const badSig = signCompact(mallory.key.privateKey, mallory.key.alg, JSON.stringify({ antecedent: blockHash(good1), creator: ALICE, created: new Date().toISOString(), operations: [remove(BOB)] }), { kid: alice.key.kid });
       const good3 = alice.block(blockHash(badSig), [add(MALLORY)]);
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [good1, badSig, good3] }), 403, /blocks\[1\]: the signature does not verify/);
       const good2 = alice.block(blockHash(good1), [remove(BOB)]);
@@ -731,7 +731,7 @@ describe('engine: hostile input', function () {
         const list = (await a.session.request('get', `/entity-keys/${ALICE}`)).entityKeys as { kid: string; entity: string }[];
         expect(list.map((e) => e.kid)).to.deep.equal([a.key.kid]);
         const { block: g, uri } = await a.genesis([add(ALICE)]);
-        const forged = signCompact(twin.key.privateKey, 'ES256', JSON.stringify({ antecedent: blockHash(g), creator: ALICE, created: new Date().toISOString(), operations: [add('mallory@example.com')] }), { kid: twin.key.kid });
+        const forged = signCompact(twin.key.privateKey, twin.key.alg, JSON.stringify({ antecedent: blockHash(g), creator: ALICE, created: new Date().toISOString(), operations: [add('mallory@example.com')] }), { kid: twin.key.kid });
         const before = await f.digest();
         const [res] = await a.session.batch([{ method: 'post', uri, body: { blocks: [forged] } }]);
         expect(res!.status, String(res!.reason)).to.equal(403);

@@ -18,8 +18,9 @@ function unseal(key: Buffer, s: { iv: Buffer; ct: Buffer; tag: Buffer }) {
   return Buffer.concat([d.update(s.ct), d.final()]).toString('utf8');
 }
 
-for (const keyType of ['EC', 'RSA'] as const) {
-  describe(`engine: the nominal flow of -03 §3 (${keyType} static key)`, function () {
+// The static key's type crossed with the members' entity key types (RSA is the client's default).
+for (const [keyType, entityKeyType] of [['EC', 'RSA'], ['EC', 'EC'], ['RSA', 'EC']] as const) {
+  describe(`engine: the nominal flow of -03 §3 (${keyType} static key, ${entityKeyType} entity keys)`, function () {
     this.timeout(60_000);
     let kms: KmsFixture;
     before(async () => {
@@ -28,8 +29,8 @@ for (const keyType of ['EC', 'RSA'] as const) {
     after(() => kms.close());
 
     it('lets Alice share a key with Bob only after she adds him to the chain', async () => {
-      const alice = await kms.user('alice@example.com');
-      const bob = await kms.user('bob@example.com');
+      const alice = await kms.user('alice@example.com', { keyType: entityKeyType });
+      const bob = await kms.user('bob@example.com', { keyType: entityKeyType });
       const eph = await alice.session.handshake();
       expect(eph.uri).to.match(/^\/ecdhe\/[0-9a-f-]{36}$/);
       expect(eph.userId).to.equal('alice@example.com');
@@ -64,8 +65,11 @@ for (const keyType of ['EC', 'RSA'] as const) {
       expect(bound.block).to.equal(blockHash(b1));
       expect(bound.key.equals(gk.key)).to.equal(true);
 
-      // 5. Bob fetches the GK, wrapped to his key, and reads the content.
-      const forBob = openGk(await bob.getGk(gk.uri), kms.identity.publicKey, bob.key);
+      // 5. Bob fetches the GK, wrapped to his key (by his key's type), and reads the content.
+      const bobsGk = await bob.getGk(gk.uri);
+      const wrapped = JSON.parse(Buffer.from(String(payloadOf(bobsGk).key).split('.')[0]!, 'base64url').toString());
+      expect(wrapped).to.include({ alg: entityKeyType === 'RSA' ? 'RSA-OAEP' : 'ECDH-ES+A256KW', enc: 'A256GCM', kid: bob.key.kid });
+      const forBob = openGk(bobsGk, kms.identity.publicKey, bob.key);
       expect(unseal(forBob.key, content)).to.equal('the quarterly numbers');
 
       // Bob verifies the chain himself (PCG-01 validity) from what the KMS returns.

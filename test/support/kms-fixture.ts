@@ -87,7 +87,7 @@ export class KmsFixture {
   transport = (messages: string[]) => Promise.all(messages.map((m) => this.engine.handle(m)));
 
   /** A user with a session (not yet handshaken) and a fresh entity key. */
-  async user(jid: string, opts: { clientId?: string } = {}): Promise<TestUser> {
+  async user(jid: string, opts: { clientId?: string; keyType?: 'RSA' | 'EC' } = {}): Promise<TestUser> {
     const token = await this.issuer.mint({ subject: jid, audience: AUDIENCE });
     const session = new KmsSession({
       kmsKid: this.identity.kid,
@@ -96,7 +96,7 @@ export class KmsFixture {
       bearer: () => token,
       ...(opts.clientId ? { clientId: opts.clientId } : {}),
     });
-    return new TestUser(jid, session, generateEntityKey(), token, this);
+    return new TestUser(jid, session, generateEntityKey({ type: opts.keyType ?? 'RSA' }), token, this);
   }
 
   /** SHA-256 over every key and value in the store: "nothing changed" means the same digest. */
