@@ -47,6 +47,18 @@ describe('client: KmsClient (in process, real engine)', function () {
     expect((res.entityKeys as { kid: string }[]).map((k) => k.kid)).to.deep.equal([alice.entityKey.kid]);
   });
 
+  it('makes an RSA entity key by default and a P-256 one when asked, and gets GKs wrapped to either', async function () {
+    await open();
+    const rsa = await clientFor(kms, 'alice@example.com');
+    const ec = await clientFor(kms, 'bob@example.com', kms.transport, { entityKeyType: { type: 'EC' } });
+    expect([rsa.entityKey.alg, rsa.entityKey.publicJwk.kty]).to.deep.equal(['PS256', 'RSA']);
+    expect([ec.entityKey.alg, ec.entityKey.publicJwk.crv]).to.deep.equal(['ES256', 'P-256']);
+    for (const c of [rsa, ec]) {
+      const gk = await c.createGk();
+      expect(gk.key).to.have.length(32);
+    }
+  });
+
   it('fetches a group key once however many callers ask at the same time, then serves it from the cache', async function () {
     await open();
     const alice = await clientFor(kms, 'alice@example.com');
