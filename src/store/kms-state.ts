@@ -116,25 +116,25 @@ export class KmsState {
     return v === undefined ? undefined : (JSON.parse(v) as T);
   }
 
+  /** A record read through `cache` (by `id`); a missing record is not cached. */
+  async #cached<T>(cache: Lru<string, T>, id: string, key: string): Promise<T | undefined> {
+    let r = cache.get(id);
+    if (!r) {
+      r = await this.#json<T>(key);
+      if (r) cache.set(id, r);
+    }
+    return r;
+  }
+
   // ---- chains and blocks ----
 
   async chain(id: string): Promise<ChainRecord | undefined> {
-    let c = this.#chains.get(id);
-    if (!c) {
-      c = await this.#json<ChainRecord>(chainKey(id));
-      if (c) this.#chains.set(id, c);
-    }
-    return c;
+    return this.#cached(this.#chains, id, chainKey(id));
   }
 
   async blockRef(hash: string): Promise<BlockRef | undefined> {
     const h = hash.toLowerCase();
-    let r = this.#hashes.get(h);
-    if (!r) {
-      r = await this.#json<BlockRef>(hashKey(h));
-      if (r) this.#hashes.set(h, r);
-    }
-    return r;
+    return this.#cached(this.#hashes, h, hashKey(h));
   }
 
   /** Blocks of `chain` with seq >= from, in order. */
@@ -173,12 +173,7 @@ export class KmsState {
   // ---- group keys ----
 
   async gk(id: string): Promise<GkRecord | undefined> {
-    let g = this.#gks.get(id);
-    if (!g) {
-      g = await this.#json<GkRecord>(gkKey(id));
-      if (g) this.#gks.set(id, g);
-    }
-    return g;
+    return this.#cached(this.#gks, id, gkKey(id));
   }
 
   async putGk(g: GkRecord): Promise<void> {
