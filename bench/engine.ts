@@ -3,7 +3,8 @@
  *
  * Measures handshake, ping, GK create, GK get and append through `engine.handle` on a LevelDB
  * store on disk, one request at a time (one core), and the crypto floor for GK get and the
- * handshake (bench/floor.ts) on the same inputs in the same run. Every GK get is a first fetch of
+ * handshake (bench/floor.ts) on the same inputs in the same run. Members register the client
+ * library's default entity key (RSA-2048), so GK gets are wrapped with RSA-OAEP. Every GK get is a first fetch of
  * that GK by that member. Every handshake uses its own token, so no credential cache helps.
  * Prints a table, then one JSON object as the last line.
  */
@@ -59,7 +60,7 @@ async function call(kms: KmsFixture, ch: RawChannel, method: string, uri: string
   return res;
 }
 
-/** A chain of `length` blocks, members m[0..], built by m[0] in appends of 100. */
+/** A chain of `length` blocks, members m[0..], built by m[0] in appends of 50 (RSA-signed blocks: under the 64 KiB message limit). */
 async function chainOf(kms: KmsFixture, members: Member[], length: number) {
   const a = members[0]!;
   const res = await call(kms, a.ch, 'post', `kms://${DOMAIN}/blocks`, { blockPayload: { operations: members.map((m) => add(m.jid)) } });
@@ -69,7 +70,7 @@ async function chainOf(kms: KmsFixture, members: Member[], length: number) {
   const filler = (i: number) => [{ entity: `filler${i % 50}@example.com`, optype: i % 100 < 50 ? 'add' : 'remove' } as const];
   for (let n = 1; n < length; ) {
     const blocks: string[] = [];
-    for (; blocks.length < 100 && n < length; n++) {
+    for (; blocks.length < 50 && n < length; n++) {
       const b = signBlock(a.key, a.jid, tail, filler(n));
       blocks.push(b);
       tail = blockHash(b);
@@ -164,7 +165,7 @@ async function main() {
       request: m.ch.seal('get', gkUris[Math.floor(i / others.length)]!, { entity: m.jid }),
       channelKey: m.ch.key,
       channelKid: m.ch.uri,
-      memberPoint: ecRawPublic(m.key.publicKey),
+      member: m.key.publicJwk.kty === 'RSA' ? { rsa: m.key.publicKey } : { point: ecRawPublic(m.key.publicKey) },
       gkKey: randomBytes(32),
       kmsKey: kms.identity.privateKey,
     };

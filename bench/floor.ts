@@ -9,7 +9,9 @@ import {
   createDecipheriv,
   createECDH,
   createHash,
+  constants,
   hkdfSync,
+  publicEncrypt,
   randomBytes,
   sign,
   verify,
@@ -64,18 +66,32 @@ export interface GkGetFloorInput {
   request: string;
   channelKey: Buffer;
   channelKid: string;
-  /** The member's public key as an uncompressed point. */
-  memberPoint: Buffer;
+  /** The member's entity key: an RSA public key (RSA-OAEP), or a P-256 point, uncompressed (ECDH-ES+A256KW). */
+  member: { rsa: KeyObject } | { point: Buffer };
   gkKey: Buffer;
   kmsKey: KeyObject;
 }
 
-/** Decrypt the request, wrap the GK to the member (ECDH-ES+A256KW), sign the GK (ES256), encrypt the response. */
+/** Decrypt the request, wrap the GK to the member (RSA-OAEP or ECDH-ES+A256KW), sign the GK (ES256), encrypt the response. */
 export function gkGetFloor(i: GkGetFloorInput): string {
   const req = JSON.parse(dirDecrypt(i.request, i.channelKey).toString('utf8'));
+  const jwk = Buffer.from(JSON.stringify({ kty: 'oct', k: b64u(i.gkKey) }));
+  const wrapped = 'rsa' in i.member ? wrapRsaOaep(i.member.rsa, jwk) : wrapEcdhEs(i.member.point, jwk);
+  const gk = es256(i.kmsKey, JSON.stringify({ uri: req.uri, block: 'x'.repeat(64), key: wrapped }));
+  return dirEncrypt(i.channelKey, i.channelKid, Buffer.from(JSON.stringify({ status: 200, requestId: req.requestId, gk })));
+}
+
+function wrapRsaOaep(key: KeyObject, plaintext: Buffer): string {
+  const cek = randomBytes(32);
+  const encryptedKey = publicEncrypt({ key, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash: 'sha1' }, cek);
+  const h = b64u(JSON.stringify({ alg: 'RSA-OAEP', enc: 'A256GCM' }));
+  return `${h}.${b64u(encryptedKey)}.${gcmEncrypt(cek, plaintext, h)}`;
+}
+
+function wrapEcdhEs(memberPoint: Buffer, plaintext: Buffer): string {
   const eph = createECDH('prime256v1');
   const epkPoint = eph.generateKeys();
-  const kek = concatKdf(eph.computeSecret(i.memberPoint), 'ECDH-ES+A256KW', 256);
+  const kek = concatKdf(eph.computeSecret(memberPoint), 'ECDH-ES+A256KW', 256);
   const cek = randomBytes(32);
   const w = createCipheriv('id-aes256-wrap', kek, A6);
   const encryptedKey = Buffer.concat([w.update(cek), w.final()]);
@@ -86,9 +102,7 @@ export function gkGetFloor(i: GkGetFloorInput): string {
       epk: { kty: 'EC', crv: 'P-256', x: b64u(epkPoint.subarray(1, 33)), y: b64u(epkPoint.subarray(33)) },
     }),
   );
-  const wrapped = `${h}.${b64u(encryptedKey)}.${gcmEncrypt(cek, Buffer.from(JSON.stringify({ kty: 'oct', k: b64u(i.gkKey) })), h)}`;
-  const gk = es256(i.kmsKey, JSON.stringify({ uri: req.uri, block: 'x'.repeat(64), key: wrapped }));
-  return dirEncrypt(i.channelKey, i.channelKid, Buffer.from(JSON.stringify({ status: 200, requestId: req.requestId, gk })));
+  return `${h}.${b64u(encryptedKey)}.${gcmEncrypt(cek, plaintext, h)}`;
 }
 
 export interface HandshakeFloorInput {
