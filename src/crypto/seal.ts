@@ -3,18 +3,21 @@
  * the record's identity as additional authenticated data so that a sealed value cannot be moved
  * to another record. Format: `s1.<base64url(iv ‖ ciphertext ‖ tag)>`.
  */
-import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject } from 'node:crypto';
 import { randomBytes } from './random.js';
 
 const PREFIX = 's1.';
 
 /** Seals and opens values under one 32-byte master key. */
 export class Sealer {
-  readonly #key: Buffer;
+  /** A KeyObject: the master key lives in native memory, and each seal or open skips an import. */
+  readonly #key: KeyObject;
 
   constructor(masterKey: Uint8Array) {
     if (masterKey.length !== 32) throw new Error('the master key must be 32 bytes');
-    this.#key = Buffer.from(masterKey);
+    const copy = Buffer.from(masterKey);
+    this.#key = createSecretKey(copy);
+    copy.fill(0);
   }
 
   /** Seals `plaintext`, binding it to `context` (for example `gk:<id>`). */

@@ -9,11 +9,11 @@
  *   - a failure without a usable ephemeral key is a JWS by the static key; any other failure an
  *     encrypted response with status and reason.
  */
-import { createECDH, randomUUID } from 'node:crypto';
+import { createECDH, createSecretKey, randomUUID, type KeyObject } from 'node:crypto';
 import { KmsError, badRequest, methodNotAllowed, notFound, tooLarge, unauthenticated, unsupported } from '../protocol/errors.js';
 import { parseRequestValue, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
 import { parseKmsUri } from '../protocol/uri.js';
-import { decryptDirParsed, decryptJweParsed, encryptDir, parseCompactJwe, type ParsedJwe } from '../crypto/jwe.js';
+import { decryptDirParsed, decryptJweParsed, dirEncrypter, parseCompactJwe, type ParsedJwe } from '../crypto/jwe.js';
 import { deriveChannelKey } from '../crypto/channel.js';
 import { decode as b64uDecode, encode as b64u } from '../crypto/base64url.js';
 import type { EphemeralRecord } from '../store/kms-state.js';
@@ -81,11 +81,24 @@ class ChannelError extends Error {
 
 const EPHEMERAL_PREFIX = '/ecdhe/';
 
+/** An open channel: its key, unsealed, and the encrypter of its responses. */
+interface Channel {
+  key: KeyObject;
+  encrypt: (plaintext: string) => string;
+}
+
 /** The KMS engine. */
 export class KmsEngine {
   readonly deps: EngineDeps;
   readonly #auth: Authenticator;
   readonly #log: Logger | undefined;
+  /**
+   * Channels by the ephemeral record KmsState caches: a channel's key is unsealed once, not on
+   * every request, and lives as long as its record stays cached (evicted, expired or deleted, the
+   * record is dropped and its entry with it). The key is held as a KeyObject, in native memory and
+   * never in the JavaScript heap; at rest it stays sealed.
+   */
+  readonly #channels = new WeakMap<EphemeralRecord, Channel>();
 
   constructor(opts: EngineOptions) {
     this.deps = opts.deps;
@@ -216,18 +229,12 @@ export class KmsEngine {
     const header = parsed.header;
     const now = deps.clock();
     const eph = await this.#ephemeralFor(header.kid, now);
-    let key: Buffer;
-    try {
-      key = deps.sealer.open(eph.key, `ecdhe:${eph.id}`);
-    } catch {
-      // Sealed under another master key (a rotated KMS): as good as unknown, so the client handshakes again.
-      throw new ChannelError(unauthenticated(`unknown ephemeral key ${eph.uri}`));
-    }
+    const channel = this.#channel(eph);
     let requestId: string | number | undefined;
     try {
       let plaintext: Buffer;
       try {
-        ({ plaintext } = decryptDirParsed(parsed, key, ['A256GCM']));
+        ({ plaintext } = decryptDirParsed(parsed, channel.key, ['A256GCM']));
       } catch (e) {
         throw badRequest('the message could not be decrypted under its ephemeral key', e);
       }
@@ -240,21 +247,31 @@ export class KmsEngine {
         throw unauthenticated('the credential is not the one this ephemeral key was made for');
       }
       const result = await this.#route({ deps, req, principal, ephemeral: eph, now, segments: [] });
-      const response = encryptDir(key, JSON.stringify(withRequestId({ status: result.status, ...(result.body ?? {}) }, req.requestId)), {
-        enc: 'A256GCM',
-        kid: eph.uri,
-      });
+      const response = channel.encrypt(JSON.stringify(withRequestId({ status: result.status, ...(result.body ?? {}) }, req.requestId)));
       if (result.after) await result.after();
       return response;
     } catch (e) {
       const err = this.#asKmsError(e);
-      return encryptDir(key, JSON.stringify(withRequestId({ status: err.status, reason: err.reason }, requestId)), {
-        enc: 'A256GCM',
-        kid: eph.uri,
-      });
-    } finally {
-      key.fill(0);
+      return channel.encrypt(JSON.stringify(withRequestId({ status: err.status, reason: err.reason }, requestId)));
     }
+  }
+
+  /** The channel of an ephemeral record, its key unsealed on first use (see #channels). */
+  #channel(eph: EphemeralRecord): Channel {
+    let channel = this.#channels.get(eph);
+    if (channel) return channel;
+    let raw: Buffer;
+    try {
+      raw = this.deps.sealer.open(eph.key, `ecdhe:${eph.id}`);
+    } catch {
+      // Sealed under another master key (a rotated KMS): as good as unknown, so the client handshakes again.
+      throw new ChannelError(unauthenticated(`unknown ephemeral key ${eph.uri}`));
+    }
+    const key = createSecretKey(raw);
+    raw.fill(0);
+    channel = { key, encrypt: dirEncrypter(key, { enc: 'A256GCM', kid: eph.uri }) };
+    this.#channels.set(eph, channel);
+    return channel;
   }
 
   async #ephemeralFor(kid: unknown, now: Date): Promise<EphemeralRecord> {

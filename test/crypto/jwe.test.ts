@@ -5,6 +5,7 @@ import * as jose from 'jose';
 import { DECRYPTION_FAILED_MESSAGE, JoseError, type JoseErrorCode } from '../../src/crypto/errors.js';
 import {
   decryptDir,
+  dirEncrypter,
   decryptEcdhEs,
   decryptJwe,
   decryptRsaOaep,
@@ -71,6 +72,23 @@ describe('crypto/jwe', () => {
       const out = encryptDir(key, v.input.plaintext, { kid: v.input.key.kid, enc: 'A128GCM' }, { iv: unb64(v.generated.iv) });
       expect(out).to.equal(v.output.compact);
       expect(decryptDir(v.output.compact, key, ['A128GCM']).plaintext.toString('utf8')).to.equal(v.input.plaintext);
+    });
+
+    it('5.6 with the key as a secret KeyObject, and through dirEncrypter (header encoded once, many messages)', () => {
+      const v = vector('5_6');
+      const key = createSecretKey(unb64(v.input.key.k));
+      const iv = { iv: unb64(v.generated.iv) };
+      expect(encryptDir(key, v.input.plaintext, { kid: v.input.key.kid, enc: 'A128GCM' }, iv)).to.equal(v.output.compact);
+      const encrypt = dirEncrypter(key, { kid: v.input.key.kid, enc: 'A128GCM' });
+      expect(encrypt(v.input.plaintext, iv)).to.equal(v.output.compact);
+      expect(encrypt(v.input.plaintext, iv)).to.equal(v.output.compact);
+      const fresh = [encrypt('one'), encrypt('two')];
+      expect(fresh[0]!.split('.')[2]).to.not.equal(fresh[1]!.split('.')[2]); // a new IV each time
+      expect(fresh.map((t) => decryptDir(t, key, ['A128GCM']).plaintext.toString())).to.deep.equal(['one', 'two']);
+      expect(decryptDir(v.output.compact, key, ['A128GCM']).plaintext.toString('utf8')).to.equal(v.input.plaintext);
+      // The key length is checked against enc once, up front, for KeyObjects as for bytes.
+      expectJoseError(() => dirEncrypter(key, { enc: 'A256GCM' }), 'JOSE_KEY_INVALID');
+      expectJoseError(() => decryptDir(v.output.compact, createSecretKey(randomBytes(32)), ['A128GCM']), 'JOSE_DECRYPTION_FAILED');
     });
 
     it('5.4 ECDH-ES+A128KW + A128GCM on P-384: reproduces encrypted_key, ciphertext and tag exactly', () => {
