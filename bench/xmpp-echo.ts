@@ -10,6 +10,7 @@ import type { Element } from '@xmpp/xml';
 
 import { connectClient, connectComponent, disconnect } from '../test/e2e/harness/clients.js';
 import type { XmppServer } from '../test/e2e/harness/servers.js';
+import { coalesceThisTick, type Corkable } from '../src/xmpp/coalesce.js';
 
 export const ECHO_NS = 'urn:example:echo';
 
@@ -24,8 +25,16 @@ const MAX_REPLY_BYTES = 1024 * 1024;
  * A child with a `reply-bytes="N"` attribute is answered instead with an element of the same name
  * holding one `<message/>` of N characters: so a benchmark can make the echo's request and reply
  * the sizes of another protocol's (e.g. a `<kms/>` request and its larger response).
+ *
+ * The bare echo writes each reply as xmpp.js does, one socket write per stanza. With `coalesce`
+ * it sends the replies of one tick in one write, as the KMS component does (src/xmpp/coalesce.ts):
+ * a reference that gives the echo the KMS component's I/O, so that what is left between the two
+ * is the KMS's own work.
  */
-export async function startEchoComponent(server: Pick<XmppServer, 'kind' | 'componentPort' | 'componentDomain' | 'componentSecret'>): Promise<Component> {
+export async function startEchoComponent(
+  server: Pick<XmppServer, 'kind' | 'componentPort' | 'componentDomain' | 'componentSecret'>,
+  opts: { coalesce?: boolean } = {},
+): Promise<Component> {
   const echo = await connectComponent(server as XmppServer);
   // As the KMS component does (src/xmpp/component.ts), on this socket and after a reconnection.
   noDelay(echo);
@@ -35,6 +44,8 @@ export async function startEchoComponent(server: Pick<XmppServer, 'kind' | 'comp
   echo.middleware.use((ctx: IncomingContext, next) => {
     const child = ctx.element;
     if (ctx.stanza.name !== 'iq' || child?.getNS() !== ECHO_NS) return next();
+    // iqCallee sends the returned element later in this tick.
+    if (opts.coalesce) coalesceThisTick((echo as unknown as { socket?: Corkable }).socket);
     const size = child.attrs['reply-bytes'];
     if (size !== undefined) {
       const n = Math.min(MAX_REPLY_BYTES, Math.max(0, Number.parseInt(String(size), 10) || 0));

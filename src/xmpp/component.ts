@@ -13,6 +13,7 @@ import type { Element } from '@xmpp/xml';
 import { NS, NS_STANZAS } from './namespace.js';
 import { stanzaError, type StanzaErrorKey } from './stanza-errors.js';
 import { RateLimiter } from './rate-limit.js';
+import { coalesceThisTick, type Corkable } from './coalesce.js';
 import type { Logger } from '../util/logger.js';
 
 const NS_DISCO_INFO = 'http://jabber.org/protocol/disco#info';
@@ -246,6 +247,8 @@ export class KmsComponent {
       }
     }
     try {
+      // Replies to requests that came in one read leave in one write (src/xmpp/coalesce.ts).
+      coalesceThisTick((this.xmpp as unknown as { socket?: Corkable }).socket);
       await this.xmpp.send(reply);
     } catch (e) {
       // The link dropped before the reply went out. The request's effects are stored; the
