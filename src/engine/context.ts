@@ -8,6 +8,7 @@ import type { StaticIdentity } from './identity.js';
 import type { KmsRequest } from '../protocol/messages.js';
 import type { Principal } from './principal.js';
 import type { JwsAlg } from '../crypto/jws.js';
+import { createSecretKey } from 'node:crypto';
 import { compactSigner } from '../crypto/jws.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { Lru } from '../util/lru.js';
@@ -21,6 +22,8 @@ export class EngineDeps {
   readonly clock: () => Date;
   /** Imported public keys by RFC 7638 thumbprint: importing costs more than using. */
   readonly #keyObjects = new Lru<string, KeyObject>(50_000);
+  /** Unsealed keys by the cached record that holds them sealed (see unsealedKey). */
+  readonly #unsealed = new WeakMap<{ key: string }, KeyObject>();
   /** The static key's signer, header encoded once. */
   #sign: ((payload: string) => string) | undefined;
 
@@ -40,6 +43,24 @@ export class EngineDeps {
       this.#keyObjects.set(kid, k);
     }
     return k;
+  }
+
+  /**
+   * The key a stored record holds sealed (a channel's or a GK's), unsealed on first use and then
+   * kept for as long as the record object stays in KmsState's caches: when the record is evicted,
+   * expires or is deleted, KmsState drops it and this entry goes with it. The key is held as a
+   * KeyObject, in native memory, not in the JavaScript heap; at rest it stays sealed. Throws if
+   * the record was sealed under another master key.
+   */
+  unsealedKey(record: { key: string }, context: string): KeyObject {
+    let key = this.#unsealed.get(record);
+    if (!key) {
+      const raw = this.sealer.open(record.key, context);
+      key = createSecretKey(raw);
+      raw.fill(0);
+      this.#unsealed.set(record, key);
+    }
+    return key;
   }
 
   /** Signs a JSON payload with the KMS's static key (-03: genesis blocks, GKs, handshake responses, channel-less errors). */

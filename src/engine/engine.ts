@@ -9,7 +9,7 @@
  *   - a failure without a usable ephemeral key is a JWS by the static key; any other failure an
  *     encrypted response with status and reason.
  */
-import { createECDH, createSecretKey, randomUUID, type KeyObject } from 'node:crypto';
+import { createECDH, randomUUID, type KeyObject } from 'node:crypto';
 import { KmsError, badRequest, methodNotAllowed, notFound, tooLarge, unauthenticated, unsupported } from '../protocol/errors.js';
 import { parseRequestValue, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
 import { parseKmsUri } from '../protocol/uri.js';
@@ -92,12 +92,7 @@ export class KmsEngine {
   readonly deps: EngineDeps;
   readonly #auth: Authenticator;
   readonly #log: Logger | undefined;
-  /**
-   * Channels by the ephemeral record KmsState caches: a channel's key is unsealed once, not on
-   * every request, and lives as long as its record stays cached (evicted, expired or deleted, the
-   * record is dropped and its entry with it). The key is held as a KeyObject, in native memory and
-   * never in the JavaScript heap; at rest it stays sealed.
-   */
+  /** Channels by the ephemeral record KmsState caches, their keys from EngineDeps.unsealedKey: unsealed once, not on every request. */
   readonly #channels = new WeakMap<EphemeralRecord, Channel>();
 
   constructor(opts: EngineOptions) {
@@ -260,15 +255,13 @@ export class KmsEngine {
   #channel(eph: EphemeralRecord): Channel {
     let channel = this.#channels.get(eph);
     if (channel) return channel;
-    let raw: Buffer;
+    let key: KeyObject;
     try {
-      raw = this.deps.sealer.open(eph.key, `ecdhe:${eph.id}`);
+      key = this.deps.unsealedKey(eph, `ecdhe:${eph.id}`);
     } catch {
       // Sealed under another master key (a rotated KMS): as good as unknown, so the client handshakes again.
       throw new ChannelError(unauthenticated(`unknown ephemeral key ${eph.uri}`));
     }
-    const key = createSecretKey(raw);
-    raw.fill(0);
     channel = { key, encrypt: dirEncrypter(key, { enc: 'A256GCM', kid: eph.uri }) };
     this.#channels.set(eph, channel);
     return channel;

@@ -33,7 +33,7 @@ async function requireMemberAtBlock(deps: EngineDeps, hash: string, entity: stri
 /** Builds the signed GK with its key wrapped for one entity key. */
 async function issue(deps: EngineDeps, gk: GkRecord, entity: string, kid: string | undefined): Promise<string> {
   const key = await resolveEntityKey(deps, entity, kid);
-  const raw = deps.sealer.open(gk.key, sealContext(gk.id));
+  const raw = deps.unsealedKey(gk, sealContext(gk.id)).export();
   const jwk = JSON.stringify({ kty: 'oct', k: b64u(raw), alg: 'A256GCM', kid: gk.uri });
   raw.fill(0);
   // PCG-01 MTI and protocol-notes §6 item 8: a single-recipient compact JWE to the entity's key.
