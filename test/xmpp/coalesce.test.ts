@@ -1,7 +1,7 @@
 /**
  * src/xmpp/coalesce.ts on a real loopback TCP socket: replies written in one tick leave in one
  * native write (counted on the socket's handle), arrive whole and in order, and nothing is held
- * past the tick.
+ * past the turn of the event loop.
  */
 import { expect } from 'chai';
 import net from 'node:net';
@@ -61,6 +61,17 @@ describe('xmpp/coalesce', () => {
   it('sends the replies of one tick in one write; without it each reply is its own write', async () => {
     expect((await burst(false, 'a')).writes).to.be.greaterThan(1);
     expect((await burst(true, 'b')).writes).to.equal(1);
+  });
+
+  it('also when it is called synchronously, before the promise jobs that write (xmpp.js middleware runs in the read callback)', async () => {
+    nativeWrites = 0;
+    received = '';
+    coalesceThisTick(sender);
+    const replies = ['<iq id="s0"/>', '<iq id="s1"/>', '<iq id="s2"/>'];
+    await Promise.all(replies.map(async (r) => sender.write(await Promise.resolve(r))));
+    for (let i = 0; i < 100 && received.length < replies.join('').length; i++) await new Promise((r) => setTimeout(r, 10));
+    expect(received).to.equal(replies.join(''));
+    expect(nativeWrites).to.equal(1);
   });
 
   it('holds nothing past the tick: a later write goes out on its own, and so does the next burst', async () => {
