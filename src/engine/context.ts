@@ -1,6 +1,5 @@
 /** What every operation handler gets: the engine's dependencies and the request being served. */
-import type { JsonWebKey } from 'node:crypto';
-import type { KeyObject } from 'node:crypto';
+import { createSecretKey, type JsonWebKey, type KeyObject } from 'node:crypto';
 import type { EngineConfig } from './config.js';
 import type { KmsState, EphemeralRecord } from '../store/kms-state.js';
 import type { Sealer } from '../crypto/seal.js';
@@ -8,7 +7,6 @@ import type { StaticIdentity } from './identity.js';
 import type { KmsRequest } from '../protocol/messages.js';
 import type { Principal } from './principal.js';
 import type { JwsAlg } from '../crypto/jws.js';
-import { createSecretKey } from 'node:crypto';
 import { compactSigner } from '../crypto/jws.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { Lru } from '../util/lru.js';
@@ -52,6 +50,16 @@ export class EngineDeps {
    * KeyObject, in native memory, not in the JavaScript heap; at rest it stays sealed. Throws if
    * the record was sealed under another master key.
    */
+  /**
+   * Seals a new key into `record.key` and remembers it unsealed, so that the record's first use
+   * (the channel's first request, the GK's first wrap) does not open what was just sealed. The
+   * caller still owns `raw` and zeroes it.
+   */
+  sealKey(record: { key: string }, raw: Buffer, context: string): void {
+    record.key = this.sealer.seal(raw, context);
+    this.#unsealed.set(record, createSecretKey(raw));
+  }
+
   unsealedKey(record: { key: string }, context: string): KeyObject {
     let key = this.#unsealed.get(record);
     if (!key) {

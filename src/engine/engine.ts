@@ -80,6 +80,8 @@ class ChannelError extends Error {
 }
 
 const EPHEMERAL_PREFIX = '/ecdhe/';
+/** The AAD that binds a sealed channel key to its ephemeral record. */
+const sealContext = (id: string) => `ecdhe:${id}`;
 
 /** An open channel: its key, unsealed, and the encrypter of its responses. */
 interface Channel {
@@ -175,9 +177,10 @@ export class KmsEngine {
         clientId: req.clientId,
         createDate: now.toISOString(),
         expirationDate: new Date(now.getTime() + lifetime).toISOString(),
-        key: deps.sealer.seal(key, `ecdhe:${uuid}`),
+        key: '',
         jwk: { kty: 'EC', crv: 'P-256', x: b64u(point.subarray(1, 33)), y: b64u(point.subarray(33, 65)) },
       };
+      deps.sealKey(record, key, sealContext(uuid));
       key.fill(0);
       const keyObject = {
         uri: record.uri,
@@ -257,7 +260,7 @@ export class KmsEngine {
     if (channel) return channel;
     let key: KeyObject;
     try {
-      key = this.deps.unsealedKey(eph, `ecdhe:${eph.id}`);
+      key = this.deps.unsealedKey(eph, sealContext(eph.id));
     } catch {
       // Sealed under another master key (a rotated KMS): as good as unknown, so the client handshakes again.
       throw new ChannelError(unauthenticated(`unknown ephemeral key ${eph.uri}`));

@@ -64,7 +64,7 @@ export async function createGk(ctx: RequestContext): Promise<HandlerResult> {
   };
   if (body.block !== undefined) gk.block = await requireMemberAtBlock(deps, body.block, principal.id);
   const raw = randomBytes(32);
-  gk.key = deps.sealer.seal(raw, sealContext(id));
+  deps.sealKey(gk, raw, sealContext(id));
   raw.fill(0);
   // Wrap before storing: a requester without an entity key gets a 4xx and nothing is kept.
   const signed = await issue(deps, gk, principal.id, body.kid);

@@ -133,7 +133,7 @@ export class KmsComponent {
     });
     // Each reply is one whole stanza: send it at once. With Nagle's algorithm a reply written
     // while the previous one is still unacknowledged waits for the server's delayed ACK (~40 ms).
-    this.xmpp.on('connect', () => (this.xmpp as unknown as { socket?: { setNoDelay?(on: boolean): void } }).socket?.setNoDelay?.(true));
+    this.xmpp.on('connect', () => this.#socket?.setNoDelay?.(true));
     // IQ requests come to us before @xmpp/component's middleware. Its chain starts with iqCallee,
     // which answers every IQ get/set that no later middleware *returns* a reply for; we send our
     // replies ourselves (after the engine, tracked for draining), so each request also drew a
@@ -220,6 +220,11 @@ export class KmsComponent {
     }
   }
 
+  /** The stream's TCP socket (an xmpp.js internal: the one place this component reaches for it). */
+  get #socket(): (Corkable & { setNoDelay?(on: boolean): void }) | undefined {
+    return (this.xmpp as unknown as { socket?: Corkable & { setNoDelay?(on: boolean): void } }).socket;
+  }
+
   /** Requests being handled right now. */
   get inFlight(): number {
     return this.#inFlight.size;
@@ -248,7 +253,7 @@ export class KmsComponent {
     }
     try {
       // Replies to requests that came in one read leave in one write (src/xmpp/coalesce.ts).
-      coalesceThisTick((this.xmpp as unknown as { socket?: Corkable }).socket);
+      coalesceThisTick(this.#socket);
       await this.xmpp.send(reply);
     } catch (e) {
       // The link dropped before the reply went out. The request's effects are stored; the
