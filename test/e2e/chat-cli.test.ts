@@ -62,9 +62,11 @@ class Tmux {
       // Dead panes stay (their last output can be read), wide enough not to wrap much.
       await writeFile(this.#conf, 'set -g remain-on-exit on\nset -g history-limit 20000\nset -g default-size 200x50\n');
     }
-    // The shell prints the exit status into the pane: tmux 3.3 sometimes leaves a dead pane's
-    // process unreaped (no #{pane_dead_status}) until another child of its server exits.
-    const command = `${argv.map(shellQuote).join(' ')}; echo "[exited with status $?]"`;
+    // The shell prints the exit status into the pane, then exits with it: tmux 3.3 sometimes leaves
+    // a dead pane's process unreaped (no #{pane_dead_status}) until another child of its server
+    // exits, and sometimes loses a pane's last output when the pty closes right after it (seen in
+    // CI: "bye", then "Pane is dead (status 0, ...)" without the echo). Either line gives the status.
+    const command = `${argv.map(shellQuote).join(' ')}; s=$?; echo "[exited with status $s]"; exit $s`;
     const envArgs = Object.entries(env).flatMap(([k, v]) => ['-e', `${k}=${v}`]);
     if (!this.#started) {
       await this.exec('new-session', '-d', '-s', this.session, '-n', name, '-x', '200', '-y', '50', '-c', ROOT, ...envArgs, command);
@@ -112,10 +114,10 @@ class Tmux {
     return (await this.capture(name)).match(pattern)?.length ?? 0;
   }
 
-  /** Waits until the pane's process has exited; its exit status. */
+  /** Waits until the pane's process has exited; its exit status (the shell's echo, or tmux's own line). */
   async exited(name: string, timeoutMs = STEP_TIMEOUT_MS): Promise<number> {
-    const m = await this.waitFor(name, /^\[exited with status (\d+)\]$/m, timeoutMs);
-    return Number(m[1]);
+    const m = await this.waitFor(name, /^\[exited with status (\d+)\]$|^Pane is dead \(status (\d+),/m, timeoutMs);
+    return Number(m[1] ?? m[2]);
   }
 
   killSync(): void {
