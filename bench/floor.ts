@@ -1,8 +1,9 @@
 /**
- * The crypto floor: the least a KMS must compute for a GK get and for a handshake, written
+ * The crypto floor: the least a KMS must compute for a ping, a GK get and a handshake, written
  * directly on node:crypto with no parsing, validation, storage or framework around it. The engine
  * benchmark divides the engine's throughput by this one's, measured in the same run on the same
- * inputs. Nothing here is used by the product.
+ * inputs; the XMPP benchmark runs it in a component (bench/xmpp-echo.ts) through the same server as
+ * the KMS. Nothing here is used by the product.
  */
 import {
   createCipheriv,
@@ -10,6 +11,7 @@ import {
   createECDH,
   createHash,
   constants,
+  generateKeyPairSync,
   hkdfSync,
   publicEncrypt,
   randomBytes,
@@ -103,6 +105,35 @@ function wrapEcdhEs(memberPoint: Buffer, plaintext: Buffer): string {
     }),
   );
   return `${h}.${b64u(encryptedKey)}.${gcmEncrypt(cek, plaintext, h)}`;
+}
+
+export interface PingFloorInput {
+  request: string;
+  channelKey: Buffer;
+  channelKid: string;
+}
+
+/** Decrypt the request, encrypt the response: the channel's two AES-GCM operations. */
+export function pingFloor(i: PingFloorInput): string {
+  const req = JSON.parse(dirDecrypt(i.request, i.channelKey).toString('utf8'));
+  return dirEncrypt(i.channelKey, i.channelKid, Buffer.from(JSON.stringify({ status: 200, requestId: req.requestId })));
+}
+
+/**
+ * Inputs for the floors of a ping and a GK get on a channel of its own, with a request of about
+ * `requestChars` characters (the size of the KMS's real request), for a component that computes
+ * the floor in place of the KMS (bench/xmpp-echo.ts).
+ */
+export function floorInputs(requestChars: number): { ping: PingFloorInput; gkGet: GkGetFloorInput } {
+  const channelKey = randomBytes(32);
+  const channelKid = `kms://kms.localhost/ecdhe/${randomBytes(16).toString('hex')}`;
+  const plain = { method: 'get', uri: `kms://kms.localhost/gks/${randomBytes(16).toString('hex')}`, requestId: randomBytes(8).toString('hex'), filler: '' };
+  const overhead = dirEncrypt(channelKey, channelKid, Buffer.from(JSON.stringify(plain))).length;
+  plain.filler = 'x'.repeat(Math.max(0, Math.floor(((requestChars - overhead) * 3) / 4)));
+  const request = dirEncrypt(channelKey, channelKid, Buffer.from(JSON.stringify(plain)));
+  const member = { rsa: generateKeyPairSync('rsa', { modulusLength: 2048 }).publicKey };
+  const kmsKey = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+  return { ping: { request, channelKey, channelKid }, gkGet: { request, channelKey, channelKid, member, gkKey: randomBytes(32), kmsKey } };
 }
 
 export interface HandshakeFloorInput {

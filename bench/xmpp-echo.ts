@@ -11,12 +11,15 @@ import type { Element } from '@xmpp/xml';
 import { connectClient, connectComponent, disconnect } from '../test/e2e/harness/clients.js';
 import type { XmppServer } from '../test/e2e/harness/servers.js';
 import { coalesceThisTick, type Corkable } from '../src/xmpp/coalesce.js';
+import { floorInputs, gkGetFloor, pingFloor } from './floor.js';
 
 export const ECHO_NS = 'urn:example:echo';
 
 /** Filler text of each reply size asked for, made once. */
 const fillers = new Map<number, string>();
 const MAX_REPLY_BYTES = 1024 * 1024;
+/** Crypto-floor inputs per request size, made once. */
+const floors = new Map<number, ReturnType<typeof floorInputs>>();
 
 /**
  * Connects a component on `server.componentDomain` that answers every IQ get/set whose single
@@ -25,6 +28,11 @@ const MAX_REPLY_BYTES = 1024 * 1024;
  * A child with a `reply-bytes="N"` attribute is answered instead with an element of the same name
  * holding one `<message/>` of N characters: so a benchmark can make the echo's request and reply
  * the sizes of another protocol's (e.g. a `<kms/>` request and its larger response).
+ *
+ * A child with a `floor="ping"` or `floor="gk_get"` attribute is answered instead with the output
+ * of that operation's crypto floor (bench/floor.ts) on a channel of the echo's own, its request the
+ * size of the request text received: a component that does nothing but the least crypto a KMS must
+ * do, so a benchmark can show how far the real KMS is from it and how far it is from the echo.
  *
  * The bare echo writes each reply as xmpp.js does, one socket write per stanza. With `coalesce`
  * it sends the replies of one tick in one write, as the KMS component does (src/xmpp/coalesce.ts):
@@ -46,6 +54,13 @@ export async function startEchoComponent(
     if (ctx.stanza.name !== 'iq' || child?.getNS() !== ECHO_NS) return next();
     // iqCallee sends the returned element later in this tick.
     if (opts.coalesce) coalesceThisTick((echo as unknown as { socket?: Corkable }).socket);
+    const floor = child.attrs.floor;
+    if (floor === 'ping' || floor === 'gk_get') {
+      const text = child.getChild('message')?.getText() ?? '';
+      let inputs = floors.get(text.length);
+      if (inputs === undefined) floors.set(text.length, (inputs = floorInputs(text.length)));
+      return xml(child.name, { xmlns: ECHO_NS }, xml('message', {}, floor === 'ping' ? pingFloor(inputs.ping) : gkGetFloor(inputs.gkGet)));
+    }
     const size = child.attrs['reply-bytes'];
     if (size !== undefined) {
       const n = Math.min(MAX_REPLY_BYTES, Math.max(0, Number.parseInt(String(size), 10) || 0));

@@ -8,7 +8,11 @@
  * component answering KMS ping and GK get (first fetches) with 1 and 20 clients, and a bare echo
  * component (bench/xmpp-echo.ts) through the same server, with the same clients, in the same run:
  * `<server>_<op>_echo_ratio` = KMS requests/s ÷ echo requests/s at 20 clients, where the echo
- * requests and replies have the sizes of that KMS operation's request and response.
+ * requests and replies have the sizes of that KMS operation's request and response. For
+ * reference, with no targets: an echo that coalesces its writes as the KMS component does, and
+ * the same echo computing each operation's crypto floor (bench/floor.ts) in place of the KMS
+ * (`<server>_<op>_floor_echo_ratio` against the bare echo, `<server>_<op>_kms_floor_ratio` the KMS
+ * against it).
  *
  * Processes: the server; one "component host" child process (this file with --component-host)
  * that holds the KMS engine (LevelDB in a temp dir, local issuer, log level info to a file) and
@@ -315,6 +319,8 @@ interface Phase {
   requests: number;
   /** Untimed: builds the requests of one run (per client, per index). */
   prepare(): Element[][];
+  /** Untimed: the warm-up requests, when not pings (KMS) or ping-sized echoes. */
+  warm?(requests: number): Element[][];
   /** Untimed: checks the collected reply texts of one run. */
   check(replies: string[][]): void;
 }
@@ -322,6 +328,7 @@ interface Phase {
 const payloadOf = (jws: string) => JSON.parse(Buffer.from(jws.split('.')[1]!, 'base64url').toString('utf8'));
 const kmsIq = (message: string) => xml('kms', { xmlns: NS }, xml('message', {}, message));
 const echoIq = (message: string, replyBytes: number) => xml('kms', { xmlns: ECHO_NS, 'reply-bytes': String(replyBytes) }, xml('message', {}, message));
+const floorIq = (message: string, like: 'ping' | 'gk_get') => xml('kms', { xmlns: ECHO_NS, floor: like }, xml('message', {}, message));
 
 function replyText(reply: Element): string {
   return reply.getChild('kms')?.getChild('message')?.getText() ?? '';
@@ -469,12 +476,29 @@ async function benchServer(kind: ServerKind) {
         for (const rs of replies) for (const r of rs) if (r.length !== sizes[like].res) throw new Error(`echo reply of ${r.length} characters`);
       },
     });
+    /** The coalescing echo computing the operation's crypto floor (bench/floor.ts) on a request of the KMS request's size. */
+    const floorPhase = (n: number, requests: number, like: 'ping' | 'gk_get'): Phase => {
+      const make = (k: number) => members.slice(0, n).map(() => Array.from({ length: k }, () => floorIq(like === 'ping' ? pingReq : gkReqs[0]!, like)));
+      return {
+        name: `floor_${like}_${n}`,
+        component: 'echo-coalescing',
+        clients: n,
+        requests,
+        prepare: () => make(requests),
+        warm: make,
+        check: (replies) => {
+          for (const rs of replies) for (const r of rs) if (!/^[\w-]+\.\.[\w-]+\.[\w-]+\.[\w-]+$/.test(r)) throw new Error(`floor reply is not a dir JWE: ${r.slice(0, 80)}`);
+        },
+      };
+    };
     const phases: Phase[] = [
       echoPhase(CLIENTS, R20, 'ping'),
       echoPhase(CLIENTS, R20, 'gk_get'),
       echoPhase(1, R1, 'ping'),
       echoPhase(CLIENTS, R20, 'ping', true),
       echoPhase(CLIENTS, R20, 'gk_get', true),
+      floorPhase(CLIENTS, R20, 'ping'),
+      floorPhase(CLIENTS, R20, 'gk_get'),
       pingPhase(CLIENTS, R20),
       gkPhase(CLIENTS, R20),
       gkPhase(CLIENTS, R20, true),
@@ -489,7 +513,7 @@ async function benchServer(kind: ServerKind) {
     const run = async (p: Phase) => {
       const xs = clients.slice(0, p.clients).map((c) => c.xmpp);
       // Warm-up, untimed: pings (KMS) or echoes of the same size.
-      const warm = p.component === 'kms' ? pingPhase(p.clients, WARMUP).prepare() : echoPhase(p.clients, WARMUP, 'ping', p.component === 'echo-coalescing').prepare();
+      const warm = p.warm?.(WARMUP) ?? (p.component === 'kms' ? pingPhase(p.clients, WARMUP).prepare() : echoPhase(p.clients, WARMUP, 'ping', p.component === 'echo-coalescing').prepare());
       await runIqLoadOn({ clients: xs, requestsPerClient: WARMUP, inFlightPerClient: DEPTH, to: DOMAIN, warmup: 0, makeRequest: (c, i) => warm[c]![i]! });
       const requests = p.prepare();
       const replies = requests.map((r) => new Array<string>(r.length));
@@ -596,6 +620,19 @@ async function main() {
       json[`${key}_best_rounds`] = +sameBest.toFixed(3);
       json[`${key}_rounds`] = rounds.map((r) => +r.toFixed(3));
       console.log(`${key.padEnd(32)} ${same.toFixed(3)}  (for reference, against an echo with the KMS component's write coalescing; best ÷ best ${sameBest.toFixed(3)})`);
+    }
+    // For reference, no target: a component that computes only the operation's crypto floor (with
+    // the coalescing echo's I/O) against the bare echo: the most any KMS could reach here with this
+    // protocol's crypto; and the KMS against that component: how near the KMS is to its floor.
+    for (const op of ['ping', 'gk_get'] as const) {
+      const ceiling = ratiosOf(results, perRound, `floor_${op}_${CLIENTS}`, `echo_${op}_${CLIENTS}`);
+      const near = ratiosOf(results, perRound, `${op}_${CLIENTS}`, `floor_${op}_${CLIENTS}`);
+      json[`${kind}_${op}_floor_echo_ratio`] = +ceiling.ratio.toFixed(3);
+      json[`${kind}_${op}_floor_echo_ratio_rounds`] = ceiling.rounds.map((r) => +r.toFixed(3));
+      json[`${kind}_${op}_kms_floor_ratio`] = +near.ratio.toFixed(3);
+      json[`${kind}_${op}_kms_floor_ratio_rounds`] = near.rounds.map((r) => +r.toFixed(3));
+      console.log(`${`${kind}_${op}_floor_echo_ratio`.padEnd(32)} ${ceiling.ratio.toFixed(3)}  (for reference, a component computing only the ${op} crypto floor, against the bare echo)`);
+      console.log(`${`${kind}_${op}_kms_floor_ratio`.padEnd(32)} ${near.ratio.toFixed(3)}  (for reference, the KMS against that floor component)`);
     }
   }
   json.targets = { ping_echo_ratio: TARGETS.ping, gk_get_echo_ratio: TARGETS.gk_get };
