@@ -18,6 +18,10 @@ import type { Logger } from '../util/logger.js';
 
 const NS_DISCO_INFO = 'http://jabber.org/protocol/disco#info';
 const NS_PING = 'urn:xmpp:ping';
+/** What the component uses of xmpp.js's TCP socket. */
+type StreamSocket = Corkable & { setNoDelay?(on: boolean): void; destroy?(): void };
+/** A reconnection attempt gets this many of xmpp.js's timeouts (open, handshake) to come online. */
+const ATTEMPT_TIMEOUTS = 3;
 /** Compact JWS/JWE: base64url parts separated by dots. */
 const COMPACT_JOSE = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]*){2,4}$/;
 
@@ -82,6 +86,8 @@ export class KmsComponent {
   #started = false;
   /** The last error the connection reported, quoted in the retry log lines. */
   #lastError: string | undefined;
+  /** Ends a reconnection attempt that is neither online nor disconnected in time (#watchAttempt). */
+  #attemptTimer: NodeJS.Timeout | undefined;
   #stopped: Promise<void> | undefined;
   #stopRequested!: () => void;
   readonly #stopSignal = new Promise<void>((r) => (this.#stopRequested = r));
@@ -105,6 +111,7 @@ export class KmsComponent {
       if (this.#started) this.#log.info({ event: 'offline' }, 'component offline');
     });
     this.xmpp.on('disconnect', () => {
+      clearTimeout(this.#attemptTimer);
       const wasOnline = this.#online;
       this.#online = false;
       if (this.#stopping || !this.#started) return;
@@ -123,8 +130,10 @@ export class KmsComponent {
     this.xmpp.reconnect.on('reconnecting', () => {
       this.#backoff = Math.min(this.#backoff * 2, this.#s.reconnect.maxMs);
       this.xmpp.reconnect.delay = this.#backoff;
+      this.#watchAttempt();
     });
     this.xmpp.on('online', () => {
+      clearTimeout(this.#attemptTimer);
       this.#online = true;
       this.#lastError = undefined;
       this.#backoff = this.#s.reconnect.initialMs;
@@ -195,6 +204,25 @@ export class KmsComponent {
     }
   }
 
+  /**
+   * @xmpp/reconnect schedules its next attempt on 'disconnect' only. An attempt whose TCP connection
+   * succeeds but whose stream is never opened (a server still starting, or wedged) fails on
+   * xmpp.js's open timeout without a disconnect, and nothing would try again. So an attempt that is
+   * neither online nor disconnected after ATTEMPT_TIMEOUTS of xmpp.js's timeouts has its socket
+   * destroyed: the 'disconnect' that follows schedules the next attempt, with backoff.
+   */
+  #watchAttempt(): void {
+    clearTimeout(this.#attemptTimer);
+    const ms = ATTEMPT_TIMEOUTS * this.xmpp.timeout;
+    this.#attemptTimer = setTimeout(() => {
+      const status = this.xmpp.status;
+      if (this.#stopping || this.#online || status === 'disconnect' || status === 'offline') return;
+      this.#lastError = `no stream from the server within ${ms} ms (status ${status})`;
+      this.#socket?.destroy?.();
+    }, ms);
+    this.#attemptTimer.unref();
+  }
+
   /** Stops taking requests, answers those in flight (up to drainMs), then closes the stream. Idempotent. */
   stop(): Promise<void> {
     this.#stopped ??= this.#stop();
@@ -204,6 +232,7 @@ export class KmsComponent {
   async #stop(): Promise<void> {
     this.#stopping = true;
     this.#stopRequested();
+    clearTimeout(this.#attemptTimer);
     if (this.#keepalive) clearInterval(this.#keepalive);
     this.xmpp.reconnect.stop();
     const inFlight = this.#inFlight.size;
@@ -221,8 +250,8 @@ export class KmsComponent {
   }
 
   /** The stream's TCP socket (an xmpp.js internal: the one place this component reaches for it). */
-  get #socket(): (Corkable & { setNoDelay?(on: boolean): void }) | undefined {
-    return (this.xmpp as unknown as { socket?: Corkable & { setNoDelay?(on: boolean): void } }).socket;
+  get #socket(): StreamSocket | undefined {
+    return (this.xmpp as unknown as { socket?: StreamSocket }).socket;
   }
 
   /** Requests being handled right now. */

@@ -3,6 +3,7 @@
 import { expect } from 'chai';
 import { X509Certificate } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
+import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { xml, type Client } from '@xmpp/client';
 import type { Element } from '@xmpp/xml';
@@ -247,6 +248,46 @@ for (const kind of serverKinds()) {
       const blocks = (await people[0]!.session.request('get', chainUri)).blocks as string[];
       expect(acknowledged.length).to.be.greaterThan(0);
       expect(blocks.slice(1, 1 + acknowledged.length)).to.deep.equal(acknowledged);
+    });
+
+    it('keeps reconnecting through a server that accepts the connection but never opens the stream', async () => {
+      // A server still starting up, or wedged: TCP connects, the stream header is never answered,
+      // so xmpp.js's open times out without a disconnect. The component must drop that connection
+      // and try again, not wait on it for ever.
+      await server.kill();
+      const accepted: Socket[] = [];
+      let closedByComponent = 0;
+      const silent = createServer((s) => {
+        accepted.push(s);
+        s.on('close', () => closedByComponent++);
+        s.resume();
+      });
+      await new Promise<void>((r) => silent.listen(server.componentPort, '127.0.0.1', r));
+      try {
+        const t0 = Date.now();
+        while (accepted.length < 2 && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 100));
+        expect(accepted.length, 'connections the component made to the silent server in 20 s').to.be.at.least(2);
+        // Each connection given up is closed by the component (the silent server never closes one).
+        expect(closedByComponent, 'connections the component closed').to.be.at.least(1);
+      } finally {
+        for (const s of accepted) s.destroy();
+        await new Promise((r) => silent.close(r));
+        await server.start();
+      }
+      for (const p of people) await disconnect(p.xmpp).catch(() => undefined);
+      people.length = 0;
+      for (let i = 0; i < USERS.length; i++) people.push(await person(i));
+      let back = false;
+      const t1 = Date.now();
+      while (!back && Date.now() - t1 < 30_000) {
+        try {
+          await people[0]!.session.request('update', '/ping');
+          back = true;
+        } catch {
+          await new Promise((r) => setTimeout(r, 200));
+        }
+      }
+      expect(back, 'component answers within 30 s of the real server starting').to.equal(true);
     });
   });
 }
