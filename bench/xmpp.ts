@@ -622,7 +622,7 @@ async function main() {
       console.log(`${key.padEnd(32)} ${same.toFixed(3)}  (for reference, against an echo with the KMS component's write coalescing; best ÷ best ${sameBest.toFixed(3)})`);
     }
     // For reference, no target: a component that computes only the operation's crypto floor (with
-    // the coalescing echo's I/O) against the bare echo: the most any KMS could reach here with this
+    // the coalescing echo's I/O) against the bare echo: roughly the most any KMS could reach here with this
     // protocol's crypto; and the KMS against that component: how near the KMS is to its floor.
     for (const op of ['ping', 'gk_get'] as const) {
       const ceiling = ratiosOf(results, perRound, `floor_${op}_${CLIENTS}`, `echo_${op}_${CLIENTS}`);
