@@ -44,13 +44,6 @@ export class EngineDeps {
   }
 
   /**
-   * The key a stored record holds sealed (a channel's or a GK's), unsealed on first use and then
-   * kept for as long as the record object stays in KmsState's caches: when the record is evicted,
-   * expires or is deleted, KmsState drops it and this entry goes with it. The key is held as a
-   * KeyObject, in native memory, not in the JavaScript heap; at rest it stays sealed. Throws if
-   * the record was sealed under another master key.
-   */
-  /**
    * Seals a new key into `record.key` and remembers it unsealed, so that the record's first use
    * (the channel's first request, the GK's first wrap) does not open what was just sealed. The
    * caller still owns `raw` and zeroes it.
@@ -60,6 +53,13 @@ export class EngineDeps {
     this.#unsealed.set(record, createSecretKey(raw));
   }
 
+  /**
+   * The key a stored record holds sealed (a channel's or a GK's), unsealed on first use and then
+   * kept for as long as the record object stays in KmsState's caches: when the record is evicted,
+   * expires or is deleted, KmsState drops it and this entry goes with it. The key is held as a
+   * KeyObject, in native memory, not in the JavaScript heap; at rest it stays sealed. Throws if
+   * the record was sealed under another master key.
+   */
   unsealedKey(record: { key: string }, context: string): KeyObject {
     let key = this.#unsealed.get(record);
     if (!key) {

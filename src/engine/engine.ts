@@ -335,7 +335,7 @@ function safeJson(b: Buffer): unknown {
 
 const NOT_JSON = Symbol('not JSON');
 
-/** parseRequest on the payload safeJson returned: JSON is parsed once per message. */
+/** parseRequestValue on the payload safeJson returned: JSON is parsed once per message. */
 function parseJsonRequest(payload: unknown): KmsRequest {
   if (payload === NOT_JSON) throw badRequest('the payload is not JSON');
   return parseRequestValue(payload);

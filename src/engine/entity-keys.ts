@@ -9,8 +9,8 @@
  *   delete /entity-keys/<kid>          the owner removes one of its keys (204)
  */
 import { z } from 'zod';
-import { badRequest, forbidden, notFound, unsupported, KmsError } from '../protocol/errors.js';
-import { parseBody } from '../protocol/messages.js';
+import { forbidden, notFound, unsupported } from '../protocol/errors.js';
+import { parseBody, parseJsonOr400 } from '../protocol/messages.js';
 import { requireEntity } from '../protocol/entity.js';
 import { importPublicJwk, publicJwk, thumbprint } from '../crypto/keys.js';
 import { verifyCompact } from '../crypto/jws.js';
@@ -56,12 +56,7 @@ export async function registerEntityKey(ctx: RequestContext): Promise<HandlerRes
   } catch (e) {
     throw forbidden(`proof: not a valid signature by the key being registered (${(e as Error).message})`);
   }
-  let claims;
-  try {
-    claims = parseBody(proofPayload, JSON.parse(proof.payload.toString('utf8')));
-  } catch (e) {
-    throw e instanceof KmsError ? e : badRequest('proof: the payload is not JSON');
-  }
+  const claims = parseBody(proofPayload, parseJsonOr400(proof.payload, 'proof'));
   if (requireEntity(claims.entity, 'proof.entity') !== principal.id) throw forbidden('proof: signed for another entity');
   if (claims.ephemeralKey !== ctx.ephemeral.uri) throw forbidden('proof: signed for another channel');
   if (Math.abs(claims.iat - ctx.now.getTime() / 1000) > deps.config.clockSkewSec) throw forbidden('proof: iat is not fresh');

@@ -7,7 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { badRequest, conflict, forbidden, notFound } from '../protocol/errors.js';
 import { parseBody, sha256Hex } from '../protocol/messages.js';
-import { kmsIdentity, requireEntity } from '../protocol/entity.js';
+import { MAX_ENTITY_LENGTH, kmsIdentity, requireEntity } from '../protocol/entity.js';
 import { absoluteUri } from '../protocol/uri.js';
 import { encryptJwe } from '../crypto/jwe.js';
 import { encode as b64u } from '../crypto/base64url.js';
@@ -18,7 +18,7 @@ import { resolveEntityKey } from './entity-keys.js';
 
 const createBody = z.looseObject({ block: sha256Hex.optional(), kid: z.string().max(128).optional() });
 const bindBody = z.looseObject({ block: sha256Hex, kid: z.string().max(128).optional() });
-const getBody = z.looseObject({ entity: z.string().min(1).max(3071), kid: z.string().max(128).optional() });
+const getBody = z.looseObject({ entity: z.string().min(1).max(MAX_ENTITY_LENGTH), kid: z.string().max(128).optional() });
 
 const sealContext = (id: string) => `gk:${id}`;
 
@@ -31,9 +31,9 @@ async function requireMemberAtBlock(deps: EngineDeps, hash: string, entity: stri
 }
 
 /** Builds the signed GK with its key wrapped for one entity key. */
-async function issue(deps: EngineDeps, gk: GkRecord, entity: string, kid: string | undefined): Promise<string> {
+async function issue(deps: EngineDeps, gk: GkRecord, entity: string, kid: string | undefined, gkKey = deps.unsealedKey(gk, sealContext(gk.id))): Promise<string> {
   const key = await resolveEntityKey(deps, entity, kid);
-  const raw = deps.unsealedKey(gk, sealContext(gk.id)).export();
+  const raw = gkKey.export();
   const jwk = JSON.stringify({ kty: 'oct', k: b64u(raw), alg: 'A256GCM', kid: gk.uri });
   raw.fill(0);
   // PCG-01 MTI and protocol-notes §6 item 8: a single-recipient compact JWE to the entity's key.
@@ -92,7 +92,8 @@ export async function bindGk(ctx: RequestContext): Promise<HandlerResult> {
     const block = await requireMemberAtBlock(deps, body.block, principal.id);
     if (gk.block !== undefined && gk.block !== block) throw conflict(`${gk.uri} is already bound to another block`);
     const next: GkRecord = { ...gk, block };
-    const signed = await issue(deps, next, principal.id, body.kid);
+    // The key is the one already unsealed for `gk` (`next` is a new record object, unknown to that cache).
+    const signed = await issue(deps, next, principal.id, body.kid, deps.unsealedKey(gk, sealContext(gk.id)));
     if (gk.block === undefined) await deps.state.putGk(next);
     return { status: 200, body: { gk: signed } };
   });

@@ -6,22 +6,22 @@ import { randomUUID } from 'node:crypto';
 import { blockHash } from '../protocol/block-hash.js';
 import { z } from 'zod';
 import { badRequest, conflict, forbidden, notFound, tooLarge } from '../protocol/errors.js';
-import { parseBody, dateTime, sha256Hex } from '../protocol/messages.js';
-import { kmsIdentity, normalizeEntity } from '../protocol/entity.js';
+import { parseBody, parseJsonOr400, dateTime, sha256Hex } from '../protocol/messages.js';
+import { MAX_ENTITY_LENGTH, kmsIdentity, normalizeEntity } from '../protocol/entity.js';
 import { absoluteUri } from '../protocol/uri.js';
-import { decodeCompactJws, verifyCompact } from '../crypto/jws.js';
+import { decodeCompactJws, verifyDecoded, type DecodedJws } from '../crypto/jws.js';
 import { isMemberAt, type ChainRecord, type Interval, type KmsState } from '../store/kms-state.js';
 import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
 import { KeyedMutex } from '../util/mutex.js';
 
 export { blockHash };
 
-const operationSchema = z.looseObject({ entity: z.string().min(1).max(3071), optype: z.enum(['add', 'remove']) });
+const operationSchema = z.looseObject({ entity: z.string().min(1).max(MAX_ENTITY_LENGTH), optype: z.enum(['add', 'remove']) });
 export type Operation = { entity: string; optype: 'add' | 'remove' };
 
 const genesisBody = z.looseObject({
   blockPayload: z.looseObject({
-    creator: z.string().max(3071).optional(),
+    creator: z.string().max(MAX_ENTITY_LENGTH).optional(),
     created: dateTime.optional(),
     operations: z.array(operationSchema),
   }),
@@ -29,7 +29,7 @@ const genesisBody = z.looseObject({
 
 const appendedBlock = z.looseObject({
   antecedent: sha256Hex,
-  creator: z.string().min(1).max(3071),
+  creator: z.string().min(1).max(MAX_ENTITY_LENGTH),
   created: dateTime,
   operations: z.array(operationSchema),
 });
@@ -112,11 +112,11 @@ export async function postGenesis(ctx: RequestContext): Promise<HandlerResult> {
   const body = parseBody(genesisBody, ctx.req.body);
   const operations = checkOperations(deps, body.blockPayload.operations, 'blockPayload');
   // PCG-01: a genesis block adds at least one member.
-  if (!operations.some((o) => o.optype === 'add' && o.entity !== kmsIdentity(deps.config.domain))) {
+  const curator = kmsIdentity(deps.config.domain);
+  if (!operations.some((o) => o.optype === 'add' && o.entity !== curator)) {
     throw badRequest('blockPayload: a genesis block must add at least one member');
   }
   const id = randomUUID();
-  const curator = kmsIdentity(deps.config.domain);
   const payload = {
     uri: absoluteUri(deps.config.domain, 'blocks', id),
     nonce: randomUUID(),
@@ -168,7 +168,7 @@ export async function appendBlocks(ctx: RequestContext): Promise<HandlerResult> 
       if (!creator) throw badRequest(`${where}: creator must be a user address`);
       // PCG-01: the creator must be a member before its block.
       if (!(await m.isMemberAt(creator, seq - 1))) throw forbidden(`${where}: ${creator} is not a member before this block`);
-      await verifyBlockSignature(deps, jws, creator, decoded.header, where);
+      await verifyBlockSignature(deps, decoded, creator, where);
       const ops = checkOperations(deps, block.operations, where);
       await m.apply(seq, ops);
       const hash = blockHash(jws);
@@ -183,14 +183,14 @@ export async function appendBlocks(ctx: RequestContext): Promise<HandlerResult> 
 }
 
 /** The block is signed by one of the creator's registered keys (the header's kid picks it). */
-async function verifyBlockSignature(deps: EngineDeps, jws: string, creator: string, header: Record<string, unknown>, where: string): Promise<void> {
+async function verifyBlockSignature(deps: EngineDeps, jws: DecodedJws, creator: string, where: string): Promise<void> {
   const keys = await deps.state.entityKeys(creator);
-  const kid = header.kid;
+  const kid = jws.header.kid;
   const candidates = typeof kid === 'string' ? keys.filter((k) => k.kid === kid) : keys;
   if (candidates.length === 0) throw forbidden(`${where}: no registered key of ${creator}${typeof kid === 'string' ? ` with kid ${kid}` : ''}`);
   for (const k of candidates) {
     try {
-      verifyCompact(jws, deps.keyObject(k.kid, k.jwk), EngineDeps.entityAlgs(k.jwk));
+      verifyDecoded(jws, deps.keyObject(k.kid, k.jwk), EngineDeps.entityAlgs(k.jwk));
       return;
     } catch {
       // try the next key
@@ -223,13 +223,5 @@ function decodeJwsOr400(jws: string, where: string) {
     return decodeCompactJws(jws);
   } catch (e) {
     throw badRequest(`${where}: not a compact JWS`, e);
-  }
-}
-
-function parseJsonOr400(payload: Buffer, where: string): unknown {
-  try {
-    return JSON.parse(payload.toString('utf8'));
-  } catch {
-    throw badRequest(`${where}: the payload is not JSON`);
   }
 }

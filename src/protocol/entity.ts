@@ -5,7 +5,7 @@
  */
 import { badRequest } from './errors.js';
 
-const MAX_ENTITY_LENGTH = 3071; // RFC 7622: localpart 1023 + '@' + domainpart 1023 (+ slack)
+export const MAX_ENTITY_LENGTH = 3071; // RFC 7622: localpart 1023 + '@' + domainpart 1023 (+ slack)
 const BARE_JID = /^[^@/\s<>'"&:]{1,1023}@[^@/\s<>'"&]{1,1023}$/u;
 
 /** Normalises an entity to a bare JID, or returns undefined when it is not one. */

@@ -1,6 +1,6 @@
 /**
  * The basic request and response payloads of -03 §4.5.1, validated with zod. Operation bodies
- * are validated by their handlers (src/engine/operations/*).
+ * are validated by their handlers (src/engine/gmbc.ts, gk.ts, entity-keys.ts).
  */
 import { z } from 'zod';
 import { badRequest } from './errors.js';
@@ -48,18 +48,7 @@ export function peekRequestId(payload: unknown): string | number | undefined {
   return undefined;
 }
 
-/** Parses JSON bytes into a KmsRequest, or throws a 400 that says what is wrong. */
-export function parseRequest(json: Buffer | string): KmsRequest {
-  let payload: unknown;
-  try {
-    payload = JSON.parse(typeof json === 'string' ? json : json.toString('utf8'));
-  } catch {
-    throw badRequest('the payload is not JSON');
-  }
-  return parseRequestValue(payload);
-}
-
-/** `parseRequest` on a payload already parsed from JSON. */
+/** Validates a request payload already parsed from JSON into a KmsRequest, or throws a 400 that says what is wrong. */
 export function parseRequestValue(payload: unknown): KmsRequest {
   const r = requestSchema.safeParse(payload);
   if (!r.success) {
@@ -92,3 +81,12 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
 export const dateTime = z.string().max(64).refine((s) => !Number.isNaN(Date.parse(s)), 'must be an RFC 3339 date-time');
 /** A lowercase-or-uppercase hex SHA-256. */
 export const sha256Hex = z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be a hex SHA-256');
+
+/** JSON bytes (a JWS payload) parsed, or a 400 naming `where`. */
+export function parseJsonOr400(payload: Buffer, where: string): unknown {
+  try {
+    return JSON.parse(payload.toString('utf8'));
+  } catch {
+    throw badRequest(`${where}: the payload is not JSON`);
+  }
+}

@@ -34,8 +34,4 @@ export class Lru<K, V> {
   clear(): void {
     this.#map.clear();
   }
-
-  get size(): number {
-    return this.#map.size;
-  }
 }
