@@ -5,7 +5,7 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { blockHash } from '../protocol/block-hash.js';
-import { decodeCompactJws, signCompact, verifyCompact, type JwsAlg } from '../crypto/jws.js';
+import { decodeCompactJws, signatureAlgsFor, signCompact, verifyCompact, verifyDecoded, type JwsAlg } from '../crypto/jws.js';
 
 export type Operation = { entity: string; optype: 'add' | 'remove' };
 
@@ -41,26 +41,40 @@ export interface VerifyOptions {
   keysOf: (entity: string) => Promise<{ kid: string; key: KeyObject }[]>;
 }
 
-/** Verifies a whole chain (genesis first) per PCG-01; throws an Error naming the first bad block. */
-export async function verifyChain(blocks: string[], o: VerifyOptions): Promise<VerifiedChain> {
-  if (blocks.length === 0) throw new Error('empty chain');
-  const kmsAlgs: JwsAlg[] = o.kmsKey.asymmetricKeyType === 'rsa' ? ['PS256', 'RS256'] : ['ES256'];
-  const genesis = JSON.parse(verifyCompact(blocks[0]!, o.kmsKey, kmsAlgs).payload.toString('utf8'));
-  if (genesis.curator !== o.kmsId || genesis.creator !== o.kmsId) throw new Error('block 0: the genesis block is not the KMS\'s');
-  if (typeof genesis.uri !== 'string') throw new Error('block 0: no chain uri');
-  let members = applyOperations(new Set<string>(), genesis.operations);
-  const hashes = [blockHash(blocks[0]!)];
-  const all = [members];
-  for (let i = 1; i < blocks.length; i++) {
-    const jws = blocks[i]!;
-    const { header, payload } = decodeCompactJws(jws);
-    const block = JSON.parse(payload.toString('utf8'));
+/**
+ * Verifies a chain per PCG-01 and throws an Error naming the first bad block: a whole chain,
+ * genesis first, or, with `from` (a chain verified before), only the blocks that follow it.
+ */
+export async function verifyChain(blocks: string[], o: VerifyOptions, from?: VerifiedChain): Promise<VerifiedChain> {
+  let uri: string;
+  let hashes: string[];
+  let all: Set<string>[];
+  let rest = blocks;
+  if (from) {
+    uri = from.uri;
+    hashes = [...from.hashes];
+    all = [...from.members];
+  } else {
+    if (blocks.length === 0) throw new Error('empty chain');
+    const genesis = JSON.parse(verifyCompact(blocks[0]!, o.kmsKey, signatureAlgsFor(o.kmsKey)).payload.toString('utf8'));
+    if (genesis.curator !== o.kmsId || genesis.creator !== o.kmsId) throw new Error('block 0: the genesis block is not the KMS\'s');
+    if (typeof genesis.uri !== 'string') throw new Error('block 0: no chain uri');
+    uri = genesis.uri;
+    hashes = [blockHash(blocks[0]!)];
+    all = [applyOperations(new Set<string>(), genesis.operations)];
+    rest = blocks.slice(1);
+  }
+  let members = all[all.length - 1]!;
+  for (const jws of rest) {
+    const i = hashes.length;
+    const decoded = decodeCompactJws(jws);
+    const block = JSON.parse(decoded.payload.toString('utf8'));
     if (block.antecedent !== hashes[i - 1]) throw new Error(`block ${i}: antecedent does not match block ${i - 1}`);
     if (!members.has(block.creator)) throw new Error(`block ${i}: ${block.creator} was not a member before it`);
-    const keys = (await o.keysOf(block.creator)).filter((k) => header.kid === undefined || k.kid === header.kid);
+    const keys = (await o.keysOf(block.creator)).filter((k) => decoded.header.kid === undefined || k.kid === decoded.header.kid);
     const ok = keys.some((k) => {
       try {
-        verifyCompact(jws, k.key, k.key.asymmetricKeyType === 'ec' ? ['ES256'] : ['PS256', 'RS256']);
+        verifyDecoded(decoded, k.key, signatureAlgsFor(k.key));
         return true;
       } catch {
         return false;
@@ -71,7 +85,7 @@ export async function verifyChain(blocks: string[], o: VerifyOptions): Promise<V
     hashes.push(blockHash(jws));
     all.push(members);
   }
-  return { uri: genesis.uri, hashes, members: all, tail: hashes[hashes.length - 1]! };
+  return { uri, hashes, members: all, tail: hashes[hashes.length - 1]! };
 }
 
 /** The members after a block's operations, given the members before it (a new set). */

@@ -3,12 +3,12 @@
  * serves block signatures and receiving GKs: RSA (PS256, RSA-OAEP: PCG-01's mandatory-to-implement
  * algorithms, and the default) or P-256 (ES256, ECDH-ES+A256KW).
  */
-import { createECDH, createPrivateKey, createPublicKey, generateKeyPair, generateKeyPairSync, type JsonWebKey, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, generateKeyPair, generateKeyPairSync, type JsonWebKey, type KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
-import { signCompact, verifyCompact, type JwsAlg } from '../crypto/jws.js';
+import { signatureAlgsFor, signCompact, verifyCompact, type JwsAlg } from '../crypto/jws.js';
 import { decryptJwe } from '../crypto/jwe.js';
-import { publicJwk, thumbprint } from '../crypto/keys.js';
-import { decode as b64uDecode, encode as b64u } from '../crypto/base64url.js';
+import { generateEcKeyPair, publicJwk, thumbprint } from '../crypto/keys.js';
+import { decode as b64uDecode } from '../crypto/base64url.js';
 import type { SigningKey } from './chain.js';
 
 /** An entity key pair as the client keeps it. */
@@ -40,18 +40,7 @@ const generateKeyPairAsync = promisify(generateKeyPair);
  * as JWK (on Node 20 that can hang the process): P-256 comes from createECDH, RSA goes through PKCS#8.
  */
 export function generateEntityKey(opts: EntityKeyOptions = {}): EntityKey {
-  if (opts.type === 'EC') {
-    const ecdh = createECDH('prime256v1');
-    const point = ecdh.generateKeys();
-    const jwk = {
-      kty: 'EC',
-      crv: 'P-256',
-      x: b64u(point.subarray(1, 33)),
-      y: b64u(point.subarray(33, 65)),
-      d: b64u(ecdh.getPrivateKey()),
-    };
-    return entityKeyFromJwk(jwk);
-  }
+  if (opts.type === 'EC') return entityKeyFromPrivate(generateEcKeyPair('P-256').privateKey);
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: rsaBits(opts), publicExponent: 0x10001 });
   return entityKeyFromPrivate(reimported(privateKey));
 }
@@ -104,8 +93,7 @@ export interface GroupKey {
 
 /** Verifies a GK (signed by the KMS) and unwraps its key with the entity's private key. */
 export function openGk(gkJws: string, kmsKey: KeyObject, entityKey: EntityKey): GroupKey {
-  const algs: JwsAlg[] = kmsKey.asymmetricKeyType === 'rsa' ? ['PS256', 'RS256'] : ['ES256'];
-  const gk = JSON.parse(verifyCompact(gkJws, kmsKey, algs).payload.toString('utf8'));
+  const gk = JSON.parse(verifyCompact(gkJws, kmsKey, signatureAlgsFor(kmsKey)).payload.toString('utf8'));
   if (typeof gk.uri !== 'string' || typeof gk.key !== 'string') throw new Error('not a group key');
   const { plaintext } = decryptJwe(gk.key, entityKey.privateKey, {
     alg: ['ECDH-ES+A256KW', 'RSA-OAEP', 'RSA-OAEP-256'],

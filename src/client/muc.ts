@@ -99,8 +99,9 @@ export function readEncrypted(message: Element): EncryptedRef | undefined {
   } catch {
     throw new UndecryptableError('malformed', 'the content is not a compact JWE');
   }
-  if (header.alg !== 'dir' || header.enc !== 'A256GCM' || header.kid !== gk || 'zip' in header) {
-    throw new UndecryptableError('malformed', 'the JWE must be dir + A256GCM with kid equal to the gk attribute, without zip');
+  // A "zip" header never gets here: readJweHeader refuses it (compression is not supported).
+  if (header.alg !== 'dir' || header.enc !== 'A256GCM' || header.kid !== gk) {
+    throw new UndecryptableError('malformed', 'the JWE must be dir + A256GCM with kid equal to the gk attribute');
   }
   return { gk, kms, chain, jwe };
 }

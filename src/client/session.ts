@@ -5,8 +5,8 @@
  * the engine in process for tests) is a function from request messages to response messages.
  */
 import { createECDH, randomUUID, type KeyObject } from 'node:crypto';
-import { encryptJwe, encryptDir, decryptDir, readJweHeader } from '../crypto/jwe.js';
-import { decodeCompactJws, verifyCompact, type JwsAlg } from '../crypto/jws.js';
+import { encryptJwe, encryptDir, decryptDirParsed, parseCompactJwe } from '../crypto/jwe.js';
+import { decodeCompactJws, signatureAlgsFor, verifyCompact, verifyDecoded, type DecodedJws, type JwsAlg } from '../crypto/jws.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { deriveChannelKey } from '../crypto/channel.js';
 import { encode as b64u } from '../crypto/base64url.js';
@@ -59,7 +59,7 @@ export class KmsSession {
   constructor(opts: SessionOptions) {
     this.#o = opts;
     this.clientId = opts.clientId ?? `kms-client-${randomUUID()}`;
-    this.#sigAlgs = opts.kmsKey.asymmetricKeyType === 'rsa' ? ['PS256', 'RS256'] : ['ES256'];
+    this.#sigAlgs = signatureAlgsFor(opts.kmsKey);
   }
 
   /** The current ephemeral key, if a handshake has been made. */
@@ -119,10 +119,11 @@ export class KmsSession {
   }
 
   /** A JWS by the static key: a handshake response, or an error sent without a channel. */
-  #verifySigned(message: string): KmsResponse {
+  /** The KMS-signed response `message` (already decoded, when `decoded` is given). */
+  #verifySigned(message: string, decoded?: DecodedJws): KmsResponse {
     let payload: Buffer;
     try {
-      ({ payload } = verifyCompact(message, this.#o.kmsKey, this.#sigAlgs));
+      ({ payload } = decoded ? verifyDecoded(decoded, this.#o.kmsKey, this.#sigAlgs) : verifyCompact(message, this.#o.kmsKey, this.#sigAlgs));
     } catch {
       throw new KmsResponseError(502, 'the response is not signed by the KMS');
     }
@@ -150,8 +151,8 @@ export class KmsSession {
       const replies = await this.#o.transport(messages);
       const byId = new Map<string | number | undefined, KmsResponse>();
       let channelLost = false;
-      for (const reply of replies) {
-        const res = this.#open(reply, channel);
+      const opened = replies.map((reply) => this.#open(reply, channel));
+      for (const res of opened) {
         if (res.signed && res.response.status === 401) channelLost = true;
         byId.set(res.response.requestId, res.response);
       }
@@ -160,7 +161,7 @@ export class KmsSession {
         this.#channel = undefined;
         continue;
       }
-      return ids.map((id, i) => byId.get(id) ?? (replies[i] !== undefined ? this.#open(replies[i]!, channel).response : missing()));
+      return ids.map((id, i) => byId.get(id) ?? opened[i]?.response ?? missing());
     }
   }
 
@@ -173,13 +174,11 @@ export class KmsSession {
 
   #open(message: string, channel: Channel): { signed: boolean; response: KmsResponse } {
     const parts = message.split('.').length;
-    if (parts === 3) {
-      decodeCompactJws(message);
-      return { signed: true, response: this.#verifySigned(message) };
-    }
-    const header = readJweHeader(message);
-    if (header.kid !== channel.info.uri) throw new KmsResponseError(502, 'the response is under another ephemeral key');
-    const { plaintext } = decryptDir(message, channel.key, ['A256GCM']);
+    // Each reply is parsed once: a malformed one throws here, before any key is tried.
+    if (parts === 3) return { signed: true, response: this.#verifySigned(message, decodeCompactJws(message)) };
+    const parsed = parseCompactJwe(message);
+    if (parsed.header.kid !== channel.info.uri) throw new KmsResponseError(502, 'the response is under another ephemeral key');
+    const { plaintext } = decryptDirParsed(parsed, channel.key, ['A256GCM']);
     return { signed: false, response: JSON.parse(plaintext.toString('utf8')) as KmsResponse };
   }
 

@@ -66,6 +66,11 @@ function keyInput(key: KeyObject, spec: AlgSpec): SignKeyObjectInput & VerifyKey
   return { key, padding: constants.RSA_PKCS1_PADDING };
 }
 
+/** The signature algorithms accepted from a KMS or entity key of this type: ES256 for P-256, PS256 or RS256 for RSA. */
+export function signatureAlgsFor(key: KeyObject): JwsAlg[] {
+  return key.asymmetricKeyType === 'rsa' ? ['PS256', 'RS256'] : ['ES256'];
+}
+
 /** Signs `payload` as a compact JWS; `alg` goes first in the header, then the `header` members. */
 export function signCompact(
   privateKey: KeyObject,

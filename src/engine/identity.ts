@@ -4,14 +4,14 @@
  * sealed under the master key; an operator may instead give PEM files.
  */
 import type { JsonWebKey } from 'node:crypto';
-import { createPrivateKey, createPublicKey, X509Certificate, type KeyObject } from 'node:crypto';
+import { createPrivateKey, createPublicKey, type KeyObject } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Sealer } from '../crypto/seal.js';
 import type { JwsAlg } from '../crypto/jws.js';
 import { importPrivateJwk, publicJwk } from '../crypto/keys.js';
-import { certificateMatchesHost, createDevIdentity, parseCertificate, validateChain, x5cOf, type IdentityKeyType } from '../crypto/x509.js';
+import { certificateMatchesHost, createDevIdentity, parseCertificate, x5cOf, type IdentityKeyType } from '../crypto/x509.js';
 import { kmsIdentity } from '../protocol/entity.js';
 
 export interface StaticIdentity {
@@ -109,13 +109,4 @@ interface StoredIdentity {
   chain: string[];
   caKey: string;
   caCert: string;
-}
-
-/** Checks a published identity the way a client must: chain to the anchors, leaf for the kid's host. */
-export function verifyPublishedIdentity(kid: string, x5c: string[], anchors: X509Certificate[], now = new Date()): KeyObject {
-  if (!kid.startsWith('kms://')) throw new Error('the KMS kid must be kms://<domain>');
-  const host = kid.slice('kms://'.length);
-  const chain = validateChain(x5c, anchors, { now });
-  if (!certificateMatchesHost(chain.leaf, host)) throw new Error(`the KMS certificate is not for ${host}`);
-  return chain.publicKey;
 }

@@ -4,7 +4,7 @@
  */
 import { createECDH, randomUUID, type KeyObject } from 'node:crypto';
 import { encryptDir, encryptJwe, decryptDir } from '../../src/crypto/jwe.js';
-import { verifyCompact } from '../../src/crypto/jws.js';
+import { signatureAlgsFor, verifyCompact } from '../../src/crypto/jws.js';
 import { importPublicJwk } from '../../src/crypto/keys.js';
 import { deriveChannelKey } from '../../src/crypto/channel.js';
 import { encode as b64u } from '../../src/crypto/base64url.js';
@@ -45,8 +45,7 @@ export async function openRawChannel(
 ): Promise<RawChannel> {
   const { message, ecdh } = handshakeRequest(kms, token, clientId);
   const reply = await handle(message);
-  const algs = kms.publicKey.asymmetricKeyType === 'rsa' ? (['PS256', 'RS256'] as const) : (['ES256'] as const);
-  const res = JSON.parse(verifyCompact(reply, kms.publicKey, [...algs]).payload.toString('utf8'));
+  const res = JSON.parse(verifyCompact(reply, kms.publicKey, signatureAlgsFor(kms.publicKey)).payload.toString('utf8'));
   if (res.status !== 201) throw new Error(`handshake failed: ${res.status} ${res.reason}`);
   const key = deriveChannelKey(ecdh, importPublicJwk(res.key.jwk));
   const uri = res.key.uri as string;
