@@ -37,11 +37,17 @@ export class LocalIssuer {
     this.jwks = { keys: [publicJwk] };
   }
 
+  /** A fresh ES256 signing key and its public JWK as the JWKS lists it. */
+  static async #generate(): Promise<{ privateKey: CryptoKey; pub: JWK }> {
+    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
+    const pub: JWK = { ...(await exportJWK(publicKey)), kid: `local-${Date.now().toString(36)}`, alg: 'ES256', use: 'sig' };
+    return { privateKey: privateKey as CryptoKey, pub };
+  }
+
   /** A fresh issuer held in memory only (tests). */
   static async ephemeral(issuer: string): Promise<LocalIssuer> {
-    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
-    const pub = { ...(await exportJWK(publicKey)), kid: `local-${Date.now().toString(36)}`, alg: 'ES256', use: 'sig' };
-    return new LocalIssuer(issuer, privateKey as CryptoKey, pub);
+    const { privateKey, pub } = await LocalIssuer.#generate();
+    return new LocalIssuer(issuer, privateKey, pub);
   }
 
   /** Loads the issuer kept in `dir`, making it on first use. Writes `issuer-jwks.json` for the KMS to trust. */
@@ -54,13 +60,12 @@ export class LocalIssuer {
       const priv = JSON.parse(sealer.open(stored.key, context).toString('utf8')) as JWK;
       return new LocalIssuer(issuer, (await importJWK(priv, 'ES256')) as CryptoKey, stored.jwk);
     }
-    const { privateKey, publicKey } = await generateKeyPair('ES256', { extractable: true });
-    const pub: JWK = { ...(await exportJWK(publicKey)), kid: `local-${Date.now().toString(36)}`, alg: 'ES256', use: 'sig' };
+    const { privateKey, pub } = await LocalIssuer.#generate();
     const priv = await exportJWK(privateKey);
     await mkdir(dir, { recursive: true });
     await writeFile(file, JSON.stringify({ issuer, key: sealer.seal(JSON.stringify(priv), context), jwk: pub }, null, 2), { mode: 0o600 });
     await writeFile(join(dir, 'issuer-jwks.json'), JSON.stringify({ keys: [pub] }, null, 2));
-    return new LocalIssuer(issuer, privateKey as CryptoKey, pub);
+    return new LocalIssuer(issuer, privateKey, pub);
   }
 
   /** The verification keys, in the form the KMS's authenticator takes. */

@@ -78,6 +78,14 @@ export function signCompact(
   payload: Uint8Array | string,
   header: Record<string, unknown> = {},
 ): string {
+  return compactSigner(privateKey, alg, header)(payload);
+}
+
+/**
+ * A signer for many payloads under one key, alg and header: the checks of the key, alg and header,
+ * and the encoded protected header, done once.
+ */
+export function compactSigner(privateKey: KeyObject, alg: JwsAlg, header: Record<string, unknown> = {}): (payload: Uint8Array | string) => string {
   const spec = ALGS.get(alg);
   if (!spec) throw algNotAllowed('unsupported JWS "alg"');
   if (header.alg !== undefined && header.alg !== alg) throw malformed('header "alg" differs from the alg argument');
@@ -85,20 +93,6 @@ export function signCompact(
   if (privateKey.type !== 'private') throw keyInvalid('signing needs a private key');
   if (!keyFits(privateKey, spec)) throw keyInvalid(`the key does not fit ${alg}`);
   if (spec.kind !== 'ec') rsaModulusBits(privateKey);
-  const { alg: _alg, ...rest } = header;
-  const signingInput = `${encode(JSON.stringify({ alg, ...rest }))}.${encode(payload)}`;
-  const signature = sign(spec.hash, Buffer.from(signingInput, 'ascii'), keyInput(privateKey, spec));
-  return `${signingInput}.${encode(signature)}`;
-}
-
-/**
- * A signer for many payloads under one key, alg and header: `signCompact` with the checks and the
- * encoded protected header done once.
- */
-export function compactSigner(privateKey: KeyObject, alg: JwsAlg, header: Record<string, unknown> = {}): (payload: Uint8Array | string) => string {
-  // Runs every check of signCompact once (and throws as it would).
-  signCompact(privateKey, alg, '', header);
-  const spec = ALGS.get(alg)!;
   const { alg: _alg, ...rest } = header;
   const prefix = `${encode(JSON.stringify({ alg, ...rest }))}.`;
   const input = keyInput(privateKey, spec);

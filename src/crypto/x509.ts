@@ -450,11 +450,16 @@ function assertsCa(c: Inspected): boolean {
   return c.px.getExtension(px.BasicConstraintsExtension)?.ca === true;
 }
 
-/** RFC 5280 §6.1.3 (a)(1) and (a)(4): names chain and the signature verifies under the issuer's key. */
-function checkIssuedBy(child: Inspected, issuer: Inspected): void {
+/** RFC 5280 §6.1.3 (a)(4): the child's issuer name (and key identifier) is the issuer's. */
+function checkNamedIssuer(child: Inspected, issuer: Inspected): void {
   if (!child.cert.checkIssued(issuer.cert)) {
     throw invalid(`${child.label} was not issued by ${issuer.label} (issuer name or key identifier does not match)`);
   }
+}
+
+/** RFC 5280 §6.1.3 (a)(1) and (a)(4): names chain and the signature verifies under the issuer's key. */
+function checkIssuedBy(child: Inspected, issuer: Inspected): void {
+  checkNamedIssuer(child, issuer);
   if (!signedBy(child.cert, issuer.cert)) {
     throw invalid(`the signature of ${child.label} does not verify with the public key of ${issuer.label}`);
   }
@@ -477,7 +482,8 @@ function findIssuingAnchor(last: Inspected, anchors: X509Certificate[], now: Dat
       const a = inspect(anchor, `trust anchor ${k}`);
       checkValidity(a, now);
       checkIssuerConstraints(a);
-      checkIssuedBy(last, a);
+      // The signature was verified above, to pick this anchor.
+      checkNamedIssuer(last, a);
       return a;
     } catch (err) {
       firstFailure ??= err instanceof CertificateError ? err : invalid(String(err));
