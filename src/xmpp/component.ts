@@ -53,14 +53,6 @@ export interface ComponentSettings {
   drainMs: number;
 }
 
-export const DEFAULT_COMPONENT_LIMITS: ComponentLimits = {
-  maxMessagesPerIq: 16,
-  maxMessageBytes: 64 * 1024,
-  maxStanzaBytes: 256 * 1024,
-  ratePerSec: 200,
-  rateBurst: 400,
-};
-
 /** An IQ payload outside our namespace. */
 class ForeignPayload extends Error {}
 
@@ -80,7 +72,6 @@ export class KmsComponent {
   #inFlight = new Set<Promise<unknown>>();
   #stopping = false;
   #keepalive: NodeJS.Timeout | undefined;
-  #backoff: number;
   /** Whether the stream is online now, and whether it ever was (start() succeeded). */
   #online = false;
   #started = false;
@@ -97,7 +88,6 @@ export class KmsComponent {
     this.#s = settings;
     this.#log = logger;
     this.#rate = new RateLimiter(settings.limits.ratePerSec, settings.limits.rateBurst);
-    this.#backoff = settings.reconnect.initialMs;
     this.xmpp = component({ service: settings.service, domain: settings.domain, password: settings.secret });
     this.xmpp.reconnect.delay = settings.reconnect.initialMs;
     // start() retries the first connection itself; @xmpp/reconnect takes over once online.
@@ -128,16 +118,14 @@ export class KmsComponent {
     // Exponential backoff: each attempt doubles the wait before the next one (the wait just logged
     // is the one @xmpp/reconnect scheduled); reset once online.
     this.xmpp.reconnect.on('reconnecting', () => {
-      this.#backoff = Math.min(this.#backoff * 2, this.#s.reconnect.maxMs);
-      this.xmpp.reconnect.delay = this.#backoff;
+      this.xmpp.reconnect.delay = Math.min(this.xmpp.reconnect.delay * 2, this.#s.reconnect.maxMs);
       this.#watchAttempt();
     });
     this.xmpp.on('online', () => {
       clearTimeout(this.#attemptTimer);
       this.#online = true;
       this.#lastError = undefined;
-      this.#backoff = this.#s.reconnect.initialMs;
-      this.xmpp.reconnect.delay = this.#backoff;
+      this.xmpp.reconnect.delay = this.#s.reconnect.initialMs;
       this.#log.info({ event: 'online', domain: settings.domain, service: settings.service }, `component ${settings.domain} online at ${settings.service}`);
     });
     // Each reply is one whole stanza: send it at once. With Nagle's algorithm a reply written

@@ -7,7 +7,9 @@
 import { expect } from 'chai';
 import net from 'node:net';
 import { once } from 'node:events';
-import { KmsComponent, DEFAULT_COMPONENT_LIMITS } from '../../src/xmpp/component.js';
+import { KmsComponent } from '../../src/xmpp/component.js';
+import { loadConfig } from '../../src/cli/config.js';
+import { componentSettings } from '../../src/cli/start.js';
 import { silentLogger } from '../../src/util/logger.js';
 
 describe('xmpp/component: a server that never opens the stream', function () {
@@ -38,10 +40,9 @@ describe('xmpp/component: a server that never opens the stream', function () {
         identity: { kid: 'kms://kms.localhost', sigAlg: 'ES256', handshakeAlgs: ['ECDH-ES'], jwk: { x5c: [] } },
       },
       {
+        // The defaults of a config with no settings, on the silent listener, retrying quickly.
+        ...componentSettings(loadConfig({ env: {} })),
         service: `xmpp://127.0.0.1:${(silent.address() as net.AddressInfo).port}`,
-        domain: 'kms.localhost',
-        secret: 'secret',
-        limits: DEFAULT_COMPONENT_LIMITS,
         keepaliveSec: 0,
         reconnect: { initialMs: 50, maxMs: 200 },
         drainMs: 100,
