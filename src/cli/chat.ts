@@ -11,13 +11,15 @@ import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { clearLine, createInterface, cursorTo, type Interface } from 'node:readline';
 import type { Client } from '@xmpp/client';
-import { loadConfig, type KmsConfig } from './config.js';
+import { configFrom, type KmsConfig } from './config.js';
 import { login } from './demo.js';
 import { localTokens } from './start.js';
 import { KmsClient } from '../client/kms-client.js';
 import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../client/room.js';
 import { fetchKmsIdentity } from '../client/xmpp.js';
 import type { ChainView } from '../client/kms-client.js';
+import { pemCertificates } from '../crypto/x509.js';
+import { currentMembers } from '../client/chain.js';
 
 export interface ChatOptions {
   xmpp: string;
@@ -105,7 +107,7 @@ function refusalLine(u: Undecryptable, at: Date | undefined = u.at): string {
 }
 
 function lastMembers(chain: ChainView): string[] {
-  return [...chain.members[chain.members.length - 1]!].sort();
+  return [...currentMembers(chain)].sort();
 }
 
 async function readAnchors(file: string): Promise<X509Certificate[]> {
@@ -115,7 +117,7 @@ async function readAnchors(file: string): Promise<X509Certificate[]> {
   } catch (e) {
     throw new ChatError(`cannot read the trust anchor ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
   }
-  const blocks = pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+  const blocks = pemCertificates(pem);
   if (blocks.length === 0) throw new ChatError(`${file} holds no PEM certificate`);
   try {
     return blocks.map((b) => new X509Certificate(b));
@@ -154,7 +156,15 @@ export async function runChat(o: ChatOptions): Promise<number> {
     interrupted = (signal) => reject(new Interrupted(`${signal}: stopped before the chat started`));
   });
   interruption.catch(() => undefined);
-  const step = <T>(p: Promise<T>): Promise<T> => Promise.race([p, interruption]);
+  /** `p`, unless a signal comes first; with `failing`, an error other than a ChatError becomes one, its message after that prefix. */
+  const step = async <T>(p: Promise<T>, failing?: string): Promise<T> => {
+    try {
+      return await Promise.race([p, interruption]);
+    } catch (e) {
+      if (failing === undefined || e instanceof ChatError) throw e;
+      throw new ChatError(`${failing}${(e as Error).message}`);
+    }
+  };
 
   try {
     const domain = o.domain.toLowerCase();
@@ -169,34 +179,18 @@ export async function runChat(o: ChatOptions): Promise<number> {
 
     let config: KmsConfig | undefined;
     // loadConfig leaves the chat's own KMS_CHAT_* variables alone (they are no configuration settings).
-    const cfg = (): KmsConfig => (config ??= loadConfig(o.config ? { file: o.config } : {}));
+    const cfg = (): KmsConfig => (config ??= configFrom(o));
     const anchorFile = o.anchor ?? join(resolve(cfg().dataDir), 'trust-anchor.pem');
     const anchors = await readAnchors(anchorFile);
     const bearer = o.token ? (() => o.token!) : await chatTokens(cfg(), me);
 
-    try {
-      xmpp = await step(login(o.xmpp, domain, o.user, o.password));
-    } catch (e) {
-      if (e instanceof ChatError) throw e;
-      throw new ChatError(`could not log in as ${me} to ${o.xmpp}: ${(e as Error).message}`);
-    }
+    xmpp = await step(login(o.xmpp, domain, o.user, o.password), `could not log in as ${me} to ${o.xmpp}: `);
     out.line(`✓ logged in as ${me} to ${o.xmpp}`);
 
-    let identity: Awaited<ReturnType<typeof fetchKmsIdentity>>;
-    try {
-      identity = await step(fetchKmsIdentity(xmpp, o.kms, anchors));
-    } catch (e) {
-      if (e instanceof ChatError) throw e;
-      throw new ChatError(`could not validate the key of the KMS ${o.kms}: ${(e as Error).message}`);
-    }
+    const identity = await step(fetchKmsIdentity(xmpp, o.kms, anchors), `could not validate the key of the KMS ${o.kms}: `);
     out.line(`✓ KMS key validated: ${identity.kid} (${identity.sigAlg}) chains to the trust anchor ${anchorFile}`);
 
-    try {
-      kms = await step(KmsClient.connect({ xmpp, kms: o.kms, anchors, identity, bearer }));
-    } catch (e) {
-      if (e instanceof ChatError) throw e;
-      throw new ChatError(`could not open a KMS session with ${o.kms}: ${(e as Error).message}`);
-    }
+    kms = await step(KmsClient.connect({ xmpp, kms: o.kms, anchors, identity, bearer }), `could not open a KMS session with ${o.kms}: `);
     if (kms.entity !== me) out.line(`! the KMS knows you as ${kms.entity}, not ${me}`);
     out.line(`✓ KMS session open as ${kms.entity} (entity key ${kms.entityKey.kid})`);
 
@@ -224,12 +218,7 @@ export async function runChat(o: ChatOptions): Promise<number> {
       void shutdown(1).then((code) => process.exit(code));
     });
 
-    try {
-      await step(room.join());
-    } catch (e) {
-      if (e instanceof ChatError) throw e;
-      throw new ChatError((e as Error).message);
-    }
+    await step(room.join(), '');
     out.line(`✓ joined ${roomJid} as ${nick}`);
 
     try {

@@ -156,6 +156,11 @@ export const OTHER_ENV_VARS: Record<string, string> = {
 /** Prefixes of KMS_* variables that belong to other tools (the test harness, `kms chat`), not to the component. */
 const FOREIGN_ENV_PREFIXES = ['KMS_TEST_', 'KMS_CHAT_'];
 
+/** The configuration of a command with a `--config <file>` option (KMS_CONFIG and KMS_* variables as loadConfig reads them). */
+export function configFrom(opts: { config?: string }): KmsConfig {
+  return loadConfig(opts.config ? { file: opts.config } : {});
+}
+
 /** A configuration problem, naming the setting. */
 export class ConfigError extends Error {
   constructor(message: string) {

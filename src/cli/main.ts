@@ -6,15 +6,17 @@ import { Command } from 'commander';
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { loadConfig, ConfigError, ENV_SETTINGS, type KmsConfig } from './config.js';
+import { configFrom, ConfigError, ENV_SETTINGS, OTHER_ENV_VARS } from './config.js';
 import { showConfig, settingsHelp } from './config.js';
 import { startKms, localTokens } from './start.js';
 import { createLogger } from '../util/logger.js';
 import { runDemo } from './demo.js';
 import { openInspector, listChains, describeChain, listGks, describeGk, render, type Inspector } from './inspect.js';
 
-function configFrom(opts: { config?: string }): KmsConfig {
-  return loadConfig(opts.config ? { file: opts.config } : {});
+/** `--check-config` and `check-config`: the configuration validated and printed, secrets hidden. */
+function checkConfig(opts: { config?: string }): void {
+  console.log(showConfig(configFrom(opts)));
+  console.log('configuration OK');
 }
 
 const program = new Command()
@@ -29,12 +31,8 @@ program
   .option('--check-config', 'validate the configuration, print it (secrets hidden) and exit')
   .addHelpText('after', () => settingsHelp())
   .action(async (opts: { config?: string; checkConfig?: boolean }) => {
+    if (opts.checkConfig) return checkConfig(opts);
     const config = configFrom(opts);
-    if (opts.checkConfig) {
-      console.log(showConfig(config));
-      console.log('configuration OK');
-      return;
-    }
     const logger = createLogger({ level: config.logLevel });
     // Signals are handled from the start: a KMS still waiting for its XMPP server stops cleanly too.
     const abort = new AbortController();
@@ -76,11 +74,7 @@ program
   .command('check-config')
   .description('validate the configuration and print it (secrets hidden)')
   .option('-c, --config <file>', 'JSON configuration file (or KMS_CONFIG); KMS_* environment variables override it')
-  .action((opts: { config?: string }) => {
-    const config = configFrom(opts);
-    console.log(showConfig(config));
-    console.log('configuration OK');
-  });
+  .action(checkConfig);
 
 program
   .command('token')
@@ -150,7 +144,9 @@ program.addHelpText(
   'after',
   `\nEnvironment variables (override the config file):\n${Object.entries(ENV_SETTINGS)
     .map(([k, v]) => `  ${k.padEnd(28)} ${v.path.join('.')}`)
-    .join('\n')}\n  ${'KMS_MASTER_KEY'.padEnd(28)} the master key itself (base64url, 32 bytes)\n  ${'KMS_CONFIG'.padEnd(28)} the config file\n`,
+    .join('\n')}\n${Object.entries(OTHER_ENV_VARS)
+    .map(([k, what]) => `  ${k.padEnd(28)} ${what}`)
+    .join('\n')}\n`,
 );
 
 try {

@@ -11,6 +11,7 @@ import { createLocalJWKSet, createRemoteJWKSet, type JWTVerifyGetKey } from 'jos
 import type { KmsConfig } from './config.js';
 import { ConfigError } from './config.js';
 import { Sealer } from '../crypto/seal.js';
+import { pemCertificates } from '../crypto/x509.js';
 import { loadIdentity, type StaticIdentity } from '../engine/identity.js';
 import { Authenticator } from '../engine/credentials.js';
 import { EngineDeps } from '../engine/context.js';
@@ -65,7 +66,7 @@ async function tokenKeys(config: KmsConfig, sealer: Sealer): Promise<{ keys: JWT
 async function anchors(file: string | undefined): Promise<X509Certificate[]> {
   if (!file) return [];
   const pem = await readFile(file, 'utf8');
-  return (pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? []).map((p) => new X509Certificate(p));
+  return pemCertificates(pem).map((p) => new X509Certificate(p));
 }
 
 /** The audience the KMS requires in access tokens: auth.audience, or kms://<domain>. */

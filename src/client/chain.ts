@@ -88,6 +88,11 @@ export async function verifyChain(blocks: string[], o: VerifyOptions, from?: Ver
   return { uri, hashes, members: all, tail: hashes[hashes.length - 1]! };
 }
 
+/** The members now: after the chain's last block. */
+export function currentMembers(chain: VerifiedChain): Set<string> {
+  return chain.members[chain.members.length - 1]!;
+}
+
 /** The members after a block's operations, given the members before it (a new set). */
 export function applyOperations(before: Set<string>, ops: Operation[]): Set<string> {
   const next = new Set(before);

@@ -12,6 +12,7 @@ import type { KmsClient, ChainView } from './kms-client.js';
 import { KmsResponseError } from './errors.js';
 import type { GroupKey } from './keys.js';
 import { encryptRoomMessage, openRoomMessage, readEncrypted, UndecryptableError, type EncryptedRef } from './muc.js';
+import { currentMembers } from './chain.js';
 
 const NS_MUC = 'http://jabber.org/protocol/muc';
 const NS_MUC_USER = 'http://jabber.org/protocol/muc#user';
@@ -176,7 +177,7 @@ export class EncryptedRoom extends EventEmitter {
   /** Members now (the KMS curator aside). */
   async members(): Promise<string[]> {
     const c = await this.chain();
-    return [...c.members[c.members.length - 1]!].sort();
+    return [...currentMembers(c)].sort();
   }
 
   async add(entities: string[]): Promise<ChainView> {
@@ -203,7 +204,7 @@ export class EncryptedRoom extends EventEmitter {
     const kms = this.#o.kms;
     const uri = this.#requireChain();
     const chain = this.#o.refreshBeforeSend === false && kms.knownChain(uri) ? kms.knownChain(uri)! : await kms.chain(uri);
-    if (!chain.members[chain.members.length - 1]!.has(kms.entity)) {
+    if (!currentMembers(chain).has(kms.entity)) {
       throw new KmsResponseError(403, `${kms.entity} is no longer a member of ${this.room}'s chain`);
     }
     if (this.#sendKey?.block !== chain.tail) {
@@ -299,7 +300,7 @@ export class EncryptedRoom extends EventEmitter {
       if (!chain.members[at_]!.has(opened.from)) {
         throw new UndecryptableError('not-a-member', `${opened.from} was not a member at the group key's block`);
       }
-      if (!archived && !chain.members[chain.members.length - 1]!.has(opened.from)) {
+      if (!archived && !currentMembers(chain).has(opened.from)) {
         throw new UndecryptableError('not-a-member', `${opened.from} is no longer a member of the room's chain`);
       }
       if (realJid !== undefined && realJid !== opened.from) {

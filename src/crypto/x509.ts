@@ -263,6 +263,11 @@ const EC_CURVES: Record<string, { namedCurve: string; hash: string }> = {
 // Parsing and encoding
 // ---------------------------------------------------------------------------------------------
 
+/** The PEM certificate blocks of a file's text, in order (other text between them is ignored). */
+export function pemCertificates(pem: string): string[] {
+  return pem.match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g) ?? [];
+}
+
 /** Parses one certificate given as PEM, DER, or standard-base64 DER (an `x5c` entry). */
 export function parseCertificate(pemOrDerOrB64: string | Buffer): X509Certificate {
   let input: string | Buffer;

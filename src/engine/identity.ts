@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import type { Sealer } from '../crypto/seal.js';
 import type { JwsAlg } from '../crypto/jws.js';
 import { importPrivateJwk, publicJwk } from '../crypto/keys.js';
-import { certificateMatchesHost, createDevIdentity, parseCertificate, x5cOf, type IdentityKeyType } from '../crypto/x509.js';
+import { certificateMatchesHost, createDevIdentity, parseCertificate, pemCertificates, x5cOf, type IdentityKeyType } from '../crypto/x509.js';
 import { kmsIdentity } from '../protocol/entity.js';
 
 export interface StaticIdentity {
@@ -68,15 +68,13 @@ export function makeIdentity(domain: string, pemKey: KeyObject, chainPem: string
   };
 }
 
-const PEM_CERT = /-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g;
-
 /** Loads the operator's PEM files, or the embedded default (made on first start). */
 export async function loadIdentity(opts: IdentityOptions, sealer: Sealer): Promise<StaticIdentity> {
   if (opts.keyFile || opts.certFile) {
     if (!opts.keyFile || !opts.certFile) throw new Error('identity: give both keyFile and certFile, or neither');
     const keyPem = await readFile(opts.keyFile, 'utf8');
     const privateKey = createPrivateKey(opts.keyPassphrase ? { key: keyPem, passphrase: opts.keyPassphrase } : keyPem);
-    const chainPem = (await readFile(opts.certFile, 'utf8')).match(PEM_CERT) ?? [];
+    const chainPem = pemCertificates(await readFile(opts.certFile, 'utf8'));
     if (chainPem.length === 0) throw new Error(`identity: ${opts.certFile} holds no certificate`);
     return makeIdentity(opts.domain, privateKey, chainPem, opts.rsaSigAlg);
   }
