@@ -10,7 +10,7 @@
  */
 import { createECDH, createPublicKey, randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
-import { KmsFixture, add, DOMAIN, AUDIENCE } from '../test/support/kms-fixture.js';
+import { KmsFixture, add, payloadOf, DOMAIN, AUDIENCE } from '../test/support/kms-fixture.js';
 import { openRawChannel, handshakeRequest, type RawChannel } from '../test/support/raw-channel.js';
 import { generateEntityKey, registrationProof, type EntityKey } from '../src/client/keys.js';
 import { blockHash, signBlock } from '../src/client/chain.js';
@@ -65,7 +65,7 @@ async function chainOf(kms: KmsFixture, members: Member[], length: number) {
   const a = members[0]!;
   const res = await call(kms, a.ch, 'post', `kms://${DOMAIN}/blocks`, { blockPayload: { operations: members.map((m) => add(m.jid)) } });
   const genesis = res.block as string;
-  const uri = JSON.parse(Buffer.from(genesis.split('.')[1]!, 'base64url').toString()).uri as string;
+  const uri = payloadOf(genesis).uri as string;
   let tail = blockHash(genesis);
   const filler = (i: number) => [{ entity: `filler${i % 50}@example.com`, optype: i % 100 < 50 ? 'add' : 'remove' } as const];
   for (let n = 1; n < length; ) {
@@ -92,7 +92,7 @@ async function prepareChain(kms: KmsFixture, members: Member[], length: number, 
   const gks: string[] = [];
   for (let i = 0; i < Math.ceil(count / (members.length - 1)); i++) {
     const gk = (await call(kms, members[0]!.ch, 'post', `kms://${DOMAIN}/gks`, { block: tail })).gk as string;
-    gks.push(JSON.parse(Buffer.from(gk.split('.')[1]!, 'base64url').toString()).uri);
+    gks.push(payloadOf(gk).uri as string);
   }
   return { uri, tail, gks };
 }
@@ -155,7 +155,7 @@ async function main() {
   const gkUris: string[] = [];
   const gkCreate = await rate(creates, async (m) => {
     const r = owner.ch.open(await kms.engine.handle(m));
-    gkUris.push(JSON.parse(Buffer.from((r.gk as string).split('.')[1]!, 'base64url').toString()).uri);
+    gkUris.push(payloadOf(r.gk as string).uri as string);
   });
   const gets: string[] = [];
   for (const uri of gkUris) for (const m of others) gets.push(m.ch.seal('get', uri, { entity: m.jid }));
@@ -181,10 +181,11 @@ async function main() {
 
   // ---- append (one block per request) ----
   let tail = block;
+  const chainUri = payloadOf(genesis).uri as string;
   const appends: string[] = [];
   for (let i = 0; i < N; i++) {
     const b = signBlock(owner.key, owner.jid, tail, [{ entity: `x${i}@example.com`, optype: 'add' }]);
-    appends.push(owner.ch.seal('post', `kms://${DOMAIN}/blocks/${JSON.parse(Buffer.from(genesis.split('.')[1]!, 'base64url').toString()).uri.split('/').pop()}`, { blocks: [b] }));
+    appends.push(owner.ch.seal('post', chainUri, { blocks: [b] }));
     tail = blockHash(b);
   }
   const append = await rate(appends, (m) => kms.engine.handle(m));
