@@ -203,12 +203,12 @@ export class EncryptedRoom extends EventEmitter {
   async #keyForSending(): Promise<GroupKey> {
     const kms = this.#o.kms;
     const uri = this.#requireChain();
-    const chain = this.#o.refreshBeforeSend === false && kms.knownChain(uri) ? kms.knownChain(uri)! : await kms.chain(uri);
+    const chain = (this.#o.refreshBeforeSend === false ? kms.knownChain(uri) : undefined) ?? (await kms.chain(uri));
     if (!currentMembers(chain).has(kms.entity)) {
       throw new KmsResponseError(403, `${kms.entity} is no longer a member of ${this.room}'s chain`);
     }
     if (this.#sendKey?.block !== chain.tail) {
-      if (this.#sendKey && this.#sendKey.block !== chain.tail) this.emit('membership', chain);
+      if (this.#sendKey) this.emit('membership', chain);
       this.#sendKey = await kms.createGk(chain.tail);
     }
     return this.#sendKey;
