@@ -60,7 +60,7 @@ import { openRawChannel, type RawChannel } from '../test/support/raw-channel.js'
 import { createEntityKey, generateEntityKey, openGk, registrationProof, type EntityKey } from '../src/client/keys.js';
 import { blockHash } from '../src/client/chain.js';
 import { fetchKmsIdentity, xmppTransport, type KmsIdentityInfo } from '../src/client/xmpp.js';
-import { NS } from '../src/xmpp/namespace.js';
+import { NS } from '../src/protocol/namespace.js';
 
 const DOMAIN = 'kms.localhost';
 const AUDIENCE = `kms://${DOMAIN}`;

@@ -7,7 +7,7 @@
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
 import { xml, type Element } from '@xmpp/xml';
 import parseXml from '@xmpp/xml/lib/parse.js';
-import { NS } from '../xmpp/namespace.js';
+import { NS } from '../protocol/namespace.js';
 import { decryptDir, encryptDir, readJweHeader } from '../crypto/jwe.js';
 import type { GroupKey } from './keys.js';
 

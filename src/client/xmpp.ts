@@ -6,8 +6,8 @@
  */
 import type { KeyObject, X509Certificate } from 'node:crypto';
 import { xml, type Element } from '@xmpp/xml';
-import { NS } from '../xmpp/namespace.js';
-import { parseStanzaError, type ParsedStanzaError } from '../xmpp/stanza-errors.js';
+import { NS } from '../protocol/namespace.js';
+import { parseStanzaError, type ParsedStanzaError } from '../protocol/stanza-errors.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { certificateMatchesHost, validateChain } from '../crypto/x509.js';
 import type { Transport } from './session.js';

@@ -2,7 +2,7 @@
  * The KMS as an XMPP external component (XEP-0114). It answers disco#info, publishes its static
  * key and certificate chain (`<identity/>`), and runs `<kms/>` batches of compact JOSE messages
  * through the engine, replying in the same order (xep/kms.xml). XMPP-level problems become
- * stanza errors from src/xmpp/stanza-errors.ts; KMS-level failures stay KMS responses.
+ * stanza errors from src/protocol/stanza-errors.ts; KMS-level failures stay KMS responses.
  *
  * The link survives: `start` retries until the server accepts us, a dropped stream is reopened
  * with exponential backoff, a whitespace keepalive keeps idle links open, and `stop` answers the
@@ -10,8 +10,8 @@
  */
 import { component, xml, type Component } from '@xmpp/component';
 import type { Element } from '@xmpp/xml';
-import { NS, NS_STANZAS } from './namespace.js';
-import { stanzaError, type StanzaErrorKey } from './stanza-errors.js';
+import { NS, NS_STANZAS } from '../protocol/namespace.js';
+import { stanzaError, type StanzaErrorKey } from '../protocol/stanza-errors.js';
 import { RateLimiter } from './rate-limit.js';
 import { coalesceThisTick, type Corkable } from './coalesce.js';
 import type { Logger } from '../util/logger.js';

@@ -10,7 +10,7 @@ import { join, resolve } from 'node:path';
 import parse from '@xmpp/xml/lib/parse.js';
 import { encryptRoomMessage, readEncrypted, openRoomMessage, UndecryptableError, FALLBACK_BODY, NS_EME, NS_HINTS } from '../../src/client/muc.js';
 import type { GroupKey } from '../../src/client/keys.js';
-import { NS } from '../../src/xmpp/namespace.js';
+import { NS } from '../../src/protocol/namespace.js';
 import { encryptDir } from '../../src/crypto/jwe.js';
 
 const XEP = resolve(import.meta.dirname, '../../xep');

@@ -16,8 +16,8 @@ import { KmsSession } from '../../src/client/session.js';
 import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
 import { blockHash, signBlock, verifyChain } from '../../src/client/chain.js';
 import { importPublicJwk } from '../../src/crypto/keys.js';
-import { NS } from '../../src/xmpp/namespace.js';
-import { STANZA_ERRORS } from '../../src/xmpp/stanza-errors.js';
+import { NS } from '../../src/protocol/namespace.js';
+import { STANZA_ERRORS } from '../../src/protocol/stanza-errors.js';
 
 const USERS = ['alice', 'bob', 'carol'].map((u) => ({ username: u, password: `${u}-pw` }));
 

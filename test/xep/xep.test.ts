@@ -11,14 +11,14 @@ import { expect } from 'chai';
 import { type Element, xml } from '@xmpp/xml';
 import parse from '@xmpp/xml/lib/parse.js';
 import { KMS_ERRORS } from '../../src/protocol/errors.js';
-import { NS, NS_STANZAS } from '../../src/xmpp/namespace.js';
+import { NS, NS_STANZAS } from '../../src/protocol/namespace.js';
 import {
   STANZA_ERRORS,
   type StanzaErrorKey,
   isStanzaErrorKey,
   parseStanzaError,
   stanzaError,
-} from '../../src/xmpp/stanza-errors.js';
+} from '../../src/protocol/stanza-errors.js';
 import {
   XEP_DIR,
   descendants,
@@ -242,7 +242,7 @@ describe('xep (the protocol document, its schema and its error tables)', functio
     }
   });
 
-  describe('src/xmpp/stanza-errors', function () {
+  describe('src/protocol/stanza-errors', function () {
     const keys = Object.keys(STANZA_ERRORS) as StanzaErrorKey[];
 
     it('builds <error/> with the defined condition, a text, then the application condition', function () {
