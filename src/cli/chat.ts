@@ -20,6 +20,7 @@ import { fetchKmsIdentity } from '../client/xmpp.js';
 import type { ChainView } from '../client/kms-client.js';
 import { pemCertificates } from '../crypto/x509.js';
 import { currentMembers } from '../client/chain.js';
+import { canonicalEntity } from '../protocol/entity.js';
 
 export interface ChatOptions {
   xmpp: string;
@@ -79,10 +80,13 @@ export function chatCommand(): Command {
 
 /** A JID from a command argument: a bare local part gets the user's domain. */
 function jidArg(s: string, domain: string): string {
-  const jid = s.trim().toLowerCase();
-  if (!jid) throw new ChatError('give a JID, e.g. bob@' + domain);
-  if (/[\s/]/.test(jid)) throw new ChatError(`not a bare JID: "${s.trim()}"`);
-  return jid.includes('@') ? jid : `${jid}@${domain}`;
+  const t = s.trim();
+  if (!t) throw new ChatError('give a JID, e.g. bob@' + domain);
+  if (/[\s/]/.test(t)) throw new ChatError(`not a bare JID: "${t}"`);
+  // The one spelling the KMS accepts (XEP "Entities and Hashes").
+  const jid = canonicalEntity(t.includes('@') ? t : `${t}@${domain}`);
+  if (!jid) throw new ChatError(`not a user address: "${t}"`);
+  return jid;
 }
 
 /** Text from the room or the KMS, made safe for a terminal: no control or bidi characters. */

@@ -8,7 +8,7 @@ import { openLevelStore, type KvStore } from '../store/kv.js';
 import { KmsState, type ChainRecord, type GkRecord } from '../store/kms-state.js';
 import type { KmsConfig } from './config.js';
 import { blockHash } from '../protocol/block-hash.js';
-import { applyOperations, type Operation } from '../client/chain.js';
+import { applyOperations, type Operation } from '../protocol/blocks.js';
 
 /** A failure the operator can act on (printed as one line, exit code 1). */
 export class InspectError extends Error {}
@@ -67,8 +67,8 @@ async function chainView(state: KmsState, c: ChainRecord, withBlocks: boolean): 
     const p = payload(jws);
     const ops = (p.operations as Operation[]) ?? [];
     if (seq === 0) curator = String(p.curator);
-    members = applyOperations(members, ops);
-    members.delete(curator); // the curator is a member for good (PCG-01); not listed
+    // The same rule as the engine and every client (src/protocol/blocks.ts); the curator is not listed.
+    members = applyOperations(members, ops, curator);
     blocks.push({ seq, hash: blockHash(jws), creator: String(p.creator), created: String(p.created), operations: ops, members: [...members].sort() });
   }
   const view: ChainView = { id: c.id, uri: c.uri, created: c.created, length: c.length, tail: c.tail, members: [...members].sort() };

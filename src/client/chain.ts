@@ -5,11 +5,13 @@
  */
 import type { KeyObject } from 'node:crypto';
 import { blockHash } from '../protocol/block-hash.js';
-import { decodeCompactJws, signatureAlgsFor, signCompact, verifyCompact, verifyDecoded, type JwsAlg } from '../crypto/jws.js';
+import { applyOperations, parseAppendedBlock, parseGenesisBlock, requireFirstMember, type Operation } from '../protocol/blocks.js';
+import { KmsError } from '../protocol/errors.js';
+import { parseJsonOr400 } from '../protocol/messages.js';
+import { decodeCompactJws, signatureAlgsFor, signCompact, verifyCompact, verifyDecoded, type DecodedJws, type JwsAlg } from '../crypto/jws.js';
 
-export type Operation = { entity: string; optype: 'add' | 'remove' };
-
-export { blockHash };
+export type { Operation };
+export { blockHash, applyOperations };
 
 /** An entity's signing key: its private key, the RFC 7638 thumbprint the KMS knows it by, and the alg. */
 export interface SigningKey {
@@ -41,9 +43,27 @@ export interface VerifyOptions {
   keysOf: (entity: string) => Promise<{ kid: string; key: KeyObject }[]>;
 }
 
+/** A chain is invalid at block `index`: the first block that breaks a rule. */
+function invalid(index: number, reason: string): Error {
+  return new Error(`block ${index}: ${reason}`);
+}
+
+/** Runs a shared block rule (src/protocol/blocks.ts), reporting its failure as block `index`'s. */
+function rule<T>(index: number, f: () => T): T {
+  try {
+    return f();
+  } catch (e) {
+    if (e instanceof KmsError) throw invalid(index, e.reason);
+    throw e;
+  }
+}
+
 /**
  * Verifies a chain per PCG-01 and throws an Error naming the first bad block: a whole chain,
- * genesis first, or, with `from` (a chain verified before), only the blocks that follow it.
+ * genesis first, or, with `from` (a chain verified before), only the blocks that follow it. Each
+ * block must pass the same rule the KMS applied when it stored it (src/protocol/blocks.ts), and
+ * membership is computed by the same applyOperations, so that the client and the KMS agree on
+ * who is a member after every block.
  */
 export async function verifyChain(blocks: string[], o: VerifyOptions, from?: VerifiedChain): Promise<VerifiedChain> {
   let uri: string;
@@ -55,33 +75,41 @@ export async function verifyChain(blocks: string[], o: VerifyOptions, from?: Ver
     hashes = [...from.hashes];
     all = [...from.members];
   } else {
-    if (blocks.length === 0) throw new Error('empty chain');
-    const genesis = JSON.parse(verifyCompact(blocks[0]!, o.kmsKey, signatureAlgsFor(o.kmsKey)).payload.toString('utf8'));
-    if (genesis.curator !== o.kmsId || genesis.creator !== o.kmsId) throw new Error('block 0: the genesis block is not the KMS\'s');
-    if (typeof genesis.uri !== 'string') throw new Error('block 0: no chain uri');
+    if (blocks.length === 0) throw invalid(0, 'the chain is empty');
+    let payload: Buffer;
+    try {
+      ({ payload } = verifyCompact(blocks[0]!, o.kmsKey, signatureAlgsFor(o.kmsKey)));
+    } catch {
+      throw invalid(0, 'the genesis block is not signed by the KMS');
+    }
+    const genesis = rule(0, () => parseGenesisBlock(parseJsonOr400(payload, 'block 0'), o.kmsId));
     uri = genesis.uri;
     hashes = [blockHash(blocks[0]!)];
-    all = [applyOperations(new Set<string>(), genesis.operations)];
+    const first = rule(0, () => applyOperations(new Set<string>(), genesis.operations, o.kmsId));
+    rule(0, () => requireFirstMember(first, 'block 0'));
+    all = [first];
     rest = blocks.slice(1);
   }
   let members = all[all.length - 1]!;
   for (const jws of rest) {
     const i = hashes.length;
-    const decoded = decodeCompactJws(jws);
-    const block = JSON.parse(decoded.payload.toString('utf8'));
-    if (block.antecedent !== hashes[i - 1]) throw new Error(`block ${i}: antecedent does not match block ${i - 1}`);
-    if (!members.has(block.creator)) throw new Error(`block ${i}: ${block.creator} was not a member before it`);
-    const keys = (await o.keysOf(block.creator)).filter((k) => decoded.header.kid === undefined || k.kid === decoded.header.kid);
-    const ok = keys.some((k) => {
-      try {
-        verifyDecoded(decoded, k.key, signatureAlgsFor(k.key));
-        return true;
-      } catch {
-        return false;
-      }
-    });
-    if (!ok) throw new Error(`block ${i}: the signature does not verify with ${block.creator}'s keys`);
-    members = applyOperations(members, block.operations);
+    let decoded: DecodedJws;
+    try {
+      decoded = decodeCompactJws(jws);
+    } catch {
+      throw invalid(i, 'not a compact JWS');
+    }
+    const block = rule(i, () => parseAppendedBlock(decoded.header, parseJsonOr400(decoded.payload, `block ${i}`), o.kmsId, `block ${i}`));
+    if (block.antecedent !== hashes[i - 1]) throw invalid(i, `antecedent does not match block ${i - 1}`);
+    if (!members.has(block.creator)) throw invalid(i, `${block.creator} was not a member before it`);
+    const key = (await o.keysOf(block.creator)).find((k) => k.kid === block.kid);
+    if (!key) throw invalid(i, `${block.creator} has no key ${block.kid}`);
+    try {
+      verifyDecoded(decoded, key.key, signatureAlgsFor(key.key));
+    } catch {
+      throw invalid(i, `the signature does not verify with ${block.creator}'s key ${block.kid}`);
+    }
+    members = rule(i, () => applyOperations(members, block.operations, o.kmsId));
     hashes.push(blockHash(jws));
     all.push(members);
   }
@@ -91,14 +119,4 @@ export async function verifyChain(blocks: string[], o: VerifyOptions, from?: Ver
 /** The members now: after the chain's last block. */
 export function currentMembers(chain: VerifiedChain): Set<string> {
   return chain.members[chain.members.length - 1]!;
-}
-
-/** The members after a block's operations, given the members before it (a new set). */
-export function applyOperations(before: Set<string>, ops: Operation[]): Set<string> {
-  const next = new Set(before);
-  for (const op of ops ?? []) {
-    if (op.optype === 'add') next.add(op.entity);
-    else if (op.optype === 'remove') next.delete(op.entity);
-  }
-  return next;
 }

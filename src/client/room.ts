@@ -13,6 +13,7 @@ import { KmsResponseError } from './errors.js';
 import type { GroupKey } from './keys.js';
 import { encryptRoomMessage, openRoomMessage, readEncrypted, UndecryptableError, type EncryptedRef } from './muc.js';
 import { currentMembers } from './chain.js';
+import { canonicalEntity } from '../protocol/entity.js';
 
 const NS_MUC = 'http://jabber.org/protocol/muc';
 const NS_MUC_USER = 'http://jabber.org/protocol/muc#user';
@@ -205,7 +206,8 @@ export class EncryptedRoom extends EventEmitter {
     const uri = this.#requireChain();
     const chain = (this.#o.refreshBeforeSend === false ? kms.knownChain(uri) : undefined) ?? (await kms.chain(uri));
     if (!currentMembers(chain).has(kms.entity)) {
-      throw new KmsResponseError(403, `${kms.entity} is no longer a member of ${this.room}'s chain`);
+      // The client's own finding on the chain it verified (the KMS would refuse the key with FORBIDDEN).
+      throw new Error(`${kms.entity} is no longer a member of ${this.room}'s chain`);
     }
     if (this.#sendKey?.block !== chain.tail) {
       if (this.#sendKey) this.emit('membership', chain);
@@ -375,6 +377,7 @@ function field(v: string, value: string): Element {
   return xml('field', { var: v }, xml('value', {}, value));
 }
 
+/** An occupant's real JID as the entity the chain lists (XEP "Entities and Hashes"). */
 function bare(jid: string): string {
-  return jid.split('/')[0]!.toLowerCase();
+  return canonicalEntity(jid) ?? jid.split('/')[0]!.toLowerCase();
 }

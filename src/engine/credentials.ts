@@ -6,7 +6,7 @@
 import { createHash, KeyObject, type X509Certificate } from 'node:crypto';
 import { errors as joseErrors, type JWTVerifyGetKey } from 'jose';
 import { unauthenticated, forbidden, type KmsError } from '../protocol/errors.js';
-import { normalizeEntity } from '../protocol/entity.js';
+import { canonicalEntity } from '../protocol/entity.js';
 import type { KmsRequest } from '../protocol/messages.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { decodeCompactJws, verifyDecoded, type JwsAlg } from '../crypto/jws.js';
@@ -79,7 +79,9 @@ export class Authenticator {
       throw unauthenticated(`bearer token rejected: ${describeJoseError(e)}`, e);
     }
     const raw = payload[b.userClaim];
-    const user = typeof raw === 'string' ? normalizeEntity(raw) : undefined;
+    // XEP "Authentication of Users": the user claim is canonicalised (prefix and resource dropped,
+    // NFC, lower case); a claim that is not a user address, e.g. one holding a NUL, is refused.
+    const user = canonicalEntity(raw);
     if (!user) throw unauthenticated(`bearer token rejected: claim ${b.userClaim} is not a user address`);
     const p: Principal = { id: user, kind: 'user' };
     if (typeof payload.exp === 'number') p.expiresAt = payload.exp * 1000;

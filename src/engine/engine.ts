@@ -10,9 +10,10 @@
  *     encrypted response with status and reason.
  */
 import { createECDH, randomUUID, type KeyObject } from 'node:crypto';
-import { KmsError, badRequest, methodNotAllowed, notFound, tooLarge, unauthenticated, unsupported } from '../protocol/errors.js';
+import { KmsError, badRequest, errorResponse, methodNotAllowed, notFound, tooLarge, unauthenticated, unsupported } from '../protocol/errors.js';
 import { parseRequestValue, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
 import { parseKmsUri } from '../protocol/uri.js';
+import { refusePrivateMembers } from '../protocol/jwk.js';
 import { decryptDirParsed, decryptJweParsed, dirEncrypter, parseCompactJwe, type ParsedJwe } from '../crypto/jwe.js';
 import { deriveChannelKey } from '../crypto/channel.js';
 import { decode as b64uDecode, encode as b64u } from '../crypto/base64url.js';
@@ -137,17 +138,23 @@ export class KmsEngine {
     const { deps } = this;
     const header = parsed.header;
     const id = deps.identity;
+    // XEP "Failure Responses": every handshake failure is a JWS signed by the static key.
+    if (typeof header.kid === 'string' && this.#isEphemeralKid(header.kid)) {
+      throw new ChannelError(badRequest(`a message under an ephemeral key uses alg dir and enc A256GCM, not alg ${String(header.alg)}`));
+    }
     if (header.kid !== undefined && header.kid !== id.kid) {
-      throw new ChannelError(unauthenticated(`the handshake is addressed to ${String(header.kid)}, not ${id.kid}`));
+      // A static key given to a JOSE library without its kid makes it address the key's thumbprint.
+      throw new ChannelError(badRequest(`the handshake is addressed to ${String(header.kid).slice(0, 100)}, not to this KMS's static key ${id.kid}`));
     }
     if (!id.handshakeAlgs.includes(String(header.alg))) {
       throw new ChannelError(unsupported(`handshake alg ${String(header.alg)} is not accepted (use ${id.handshakeAlgs.join(' or ')})`));
     }
+    if (header.enc !== 'A256GCM') throw new ChannelError(unsupported(`handshake enc ${String(header.enc)} is not accepted (use A256GCM)`));
     let plaintext: Buffer;
     try {
-      ({ plaintext } = decryptJweParsed(parsed, id.privateKey, { alg: id.handshakeAlgs, enc: ['A256GCM', 'A128GCM'] }));
+      ({ plaintext } = decryptJweParsed(parsed, id.privateKey, { alg: id.handshakeAlgs, enc: ['A256GCM'] }));
     } catch (e) {
-      throw new ChannelError(unauthenticated('the handshake could not be decrypted with the KMS static key', e));
+      throw new ChannelError(badRequest('the handshake could not be decrypted with the KMS static key', e));
     }
     const payload = safeJson(plaintext);
     const requestId = peekRequestId(payload);
@@ -205,9 +212,10 @@ export class KmsEngine {
   #clientEcdhKey(jwk: unknown) {
     if (!jwk || typeof jwk !== 'object') throw badRequest('jwk: the client\'s ephemeral public key is required');
     const j = jwk as Record<string, unknown>;
-    // protocol-notes §6 item 5: P-256, the MTI curve, only.
+    // XEP "Establishing a Secure Channel": P-256, the mandatory-to-implement curve, only.
     if (j.kty !== 'EC' || j.crv !== 'P-256') throw unsupported('jwk: the ephemeral key must be EC P-256');
-    // Only x and y are read: private members, if any, are ignored.
+    // A private key sent by mistake would be lost to the channel's forward secrecy: refused, not ignored.
+    refusePrivateMembers(j, 'jwk');
     let x: Buffer;
     let y: Buffer;
     try {
@@ -226,10 +234,22 @@ export class KmsEngine {
     const { deps } = this;
     const header = parsed.header;
     const now = deps.clock();
-    const eph = await this.#ephemeralFor(header.kid, now);
+    const eph = await this.#ephemeralFor(header.kid);
     const channel = this.#channel(eph);
+    // -03 §4.6.1: MUST reject messages under an expired ephemeral key. The KMS still holds this one,
+    // so it reads the request to echo its requestId in the signed 401 (XEP "Ending a Channel").
+    if (Date.parse(eph.expirationDate) <= now.getTime()) {
+      let requestId: string | number | undefined;
+      try {
+        requestId = peekRequestId(safeJson(decryptDirParsed(parsed, channel.key, ['A256GCM']).plaintext));
+      } catch {
+        // unreadable: answered without a requestId
+      }
+      throw new ChannelError(unauthenticated(`ephemeral key ${eph.uri} expired`), requestId);
+    }
     let requestId: string | number | undefined;
     try {
+      if (header.enc !== 'A256GCM') throw unsupported(`a message under an ephemeral key uses enc A256GCM, not ${String(header.enc)}`);
       let plaintext: Buffer;
       try {
         ({ plaintext } = decryptDirParsed(parsed, channel.key, ['A256GCM']));
@@ -240,7 +260,8 @@ export class KmsEngine {
       requestId = peekRequestId(payload);
       const req = parseJsonRequest(payload);
       const principal = await this.#auth.authenticate(req.credential, now);
-      // protocol-notes §6 item 17: the channel belongs to the identity that made it.
+      // XEP "Failure Responses": the credential is checked on every request, and the channel
+      // belongs to the identity (and client) that made it.
       if (principal.id !== eph.userId || req.clientId !== eph.clientId) {
         throw unauthenticated('the credential is not the one this ephemeral key was made for');
       }
@@ -250,7 +271,7 @@ export class KmsEngine {
       return response;
     } catch (e) {
       const err = this.#asKmsError(e);
-      return channel.encrypt(JSON.stringify(withRequestId({ status: err.status, reason: err.reason }, requestId)));
+      return channel.encrypt(JSON.stringify(withRequestId(errorResponse(err), requestId)));
     }
   }
 
@@ -270,16 +291,23 @@ export class KmsEngine {
     return channel;
   }
 
-  async #ephemeralFor(kid: unknown, now: Date): Promise<EphemeralRecord> {
+  /** Does `kid` look like an ephemeral key's URI, in any spelling (relative or absolute)? */
+  #isEphemeralKid(kid: string): boolean {
+    return kid.startsWith(EPHEMERAL_PREFIX) || kid.startsWith(`kms://${this.deps.config.domain}${EPHEMERAL_PREFIX}`);
+  }
+
+  /**
+   * The ephemeral record a channel message names. The kid must be the key's URI exactly as the
+   * handshake returned it (XEP "Transport of KMS Messages"): any other spelling is an unknown key.
+   */
+  async #ephemeralFor(kid: unknown): Promise<EphemeralRecord> {
     if (typeof kid !== 'string') throw new ChannelError(unauthenticated('the message names no ephemeral key (kid)'));
-    let path = kid;
-    const abs = `kms://${this.deps.config.domain}`;
-    if (path.startsWith(abs)) path = path.slice(abs.length);
-    const id = path.startsWith(EPHEMERAL_PREFIX) ? path.slice(EPHEMERAL_PREFIX.length) : '';
+    const id = kid.startsWith(EPHEMERAL_PREFIX) ? kid.slice(EPHEMERAL_PREFIX.length) : '';
     const eph = /^[0-9a-f-]{36}$/.test(id) ? await this.deps.state.ephemeral(id) : undefined;
-    if (!eph) throw new ChannelError(unauthenticated(`unknown ephemeral key ${kid.slice(0, 100)}`));
-    // -03 §4.6.1: MUST reject messages under an expired ephemeral key.
-    if (Date.parse(eph.expirationDate) <= now.getTime()) throw new ChannelError(unauthenticated(`ephemeral key ${eph.uri} expired`));
+    if (!eph) {
+      const hint = this.#isEphemeralKid(kid) ? ' (the kid must be the key\'s uri exactly as the handshake returned it, /ecdhe/<id>)' : '';
+      throw new ChannelError(unauthenticated(`unknown ephemeral key ${kid.slice(0, 100)}${hint}`));
+    }
     return eph;
   }
 
@@ -313,9 +341,9 @@ export class KmsEngine {
 
   #signedError(err: KmsError, requestId: string | number | undefined): string {
     try {
-      return this.deps.signAsKms(withRequestId({ status: err.status, reason: err.reason }, requestId));
+      return this.deps.signAsKms(withRequestId(errorResponse(err), requestId));
     } catch {
-      return this.deps.signAsKms({ status: 500, reason: 'internal error' });
+      return this.deps.signAsKms({ status: 500, code: 'INTERNAL', reason: 'internal error' });
     }
   }
 }

@@ -9,11 +9,12 @@
  *   delete /entity-keys/<kid>          the owner removes one of its keys (204)
  */
 import { z } from 'zod';
-import { forbidden, notFound, unsupported } from '../protocol/errors.js';
+import { badRequest, forbidden, notFound, unsupported } from '../protocol/errors.js';
 import { parseBody, parseJsonOr400 } from '../protocol/messages.js';
-import { requireEntity } from '../protocol/entity.js';
+import { requireCanonicalEntity } from '../protocol/entity.js';
+import { refusePrivateMembers } from '../protocol/jwk.js';
 import { importPublicJwk, publicJwk, thumbprint } from '../crypto/keys.js';
-import { verifyCompact } from '../crypto/jws.js';
+import { decodeCompactJws, verifyDecoded } from '../crypto/jws.js';
 import type { EntityKeyRecord } from '../store/kms-state.js';
 import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
 import { KeyedMutex } from '../util/mutex.js';
@@ -41,6 +42,7 @@ export async function registerEntityKey(ctx: RequestContext): Promise<HandlerRes
   const { deps, principal } = ctx;
   if (principal.kind !== 'user') throw forbidden('only users register entity keys');
   const body = parseBody(registerBody, ctx.req.body);
+  refusePrivateMembers(body.jwk, 'jwk');
   let key;
   try {
     key = importPublicJwk(body.jwk);
@@ -50,14 +52,21 @@ export async function registerEntityKey(ctx: RequestContext): Promise<HandlerRes
   const jwk = publicJwk(key);
   if (jwk.kty === 'EC' && jwk.crv !== 'P-256') throw unsupported('jwk: EC entity keys must be on P-256');
   const kid = thumbprint(jwk);
+  // XEP "Entity Keys": a malformed proof is a 400; a well-formed one that does not match is a 403.
   let proof;
   try {
-    proof = verifyCompact(body.proof, key, EngineDeps.entityAlgs(jwk));
+    proof = decodeCompactJws(body.proof);
+  } catch (e) {
+    throw badRequest(`proof: not a compact JWS (${(e as Error).message})`, e);
+  }
+  const claims = parseBody(proofPayload, parseJsonOr400(proof.payload, 'proof'));
+  const entity = requireCanonicalEntity(claims.entity, 'proof.entity');
+  try {
+    verifyDecoded(proof, key, EngineDeps.entityAlgs(jwk));
   } catch (e) {
     throw forbidden(`proof: not a valid signature by the key being registered (${(e as Error).message})`);
   }
-  const claims = parseBody(proofPayload, parseJsonOr400(proof.payload, 'proof'));
-  if (requireEntity(claims.entity, 'proof.entity') !== principal.id) throw forbidden('proof: signed for another entity');
+  if (entity !== principal.id) throw forbidden('proof: signed for another entity');
   if (claims.ephemeralKey !== ctx.ephemeral.uri) throw forbidden('proof: signed for another channel');
   if (Math.abs(claims.iat - ctx.now.getTime() / 1000) > deps.config.clockSkewSec) throw forbidden('proof: iat is not fresh');
 
@@ -77,7 +86,7 @@ export async function registerEntityKey(ctx: RequestContext): Promise<HandlerRes
 
 /** get /entity-keys/<entity>: the entity's public keys, oldest first. */
 export async function listEntityKeys(ctx: RequestContext): Promise<HandlerResult> {
-  const entity = requireEntity(ctx.segments[0], 'uri entity');
+  const entity = requireCanonicalEntity(ctx.segments[0], 'uri entity');
   const keys = await ctx.deps.state.entityKeys(entity);
   return { status: 200, body: { entityKeys: keys.map(view) } };
 }

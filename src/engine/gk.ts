@@ -7,7 +7,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
 import { badRequest, conflict, forbidden, notFound } from '../protocol/errors.js';
 import { parseBody, sha256Hex } from '../protocol/messages.js';
-import { MAX_ENTITY_LENGTH, kmsIdentity, requireEntity } from '../protocol/entity.js';
+import { MAX_ENTITY_LENGTH, kmsIdentity, requireCanonicalEntity } from '../protocol/entity.js';
 import { absoluteUri } from '../protocol/uri.js';
 import { encryptJwe } from '../crypto/jwe.js';
 import { encode as b64u } from '../crypto/base64url.js';
@@ -27,7 +27,7 @@ async function requireMemberAtBlock(deps: EngineDeps, hash: string, entity: stri
   const ref = await deps.state.blockRef(hash);
   if (!ref) throw notFound(`no block ${hash}`);
   if (!isMemberAt(await deps.state.intervals(ref.chain, entity), ref.seq)) throw forbidden(`${entity} is not a member at block ${hash}`);
-  return hash.toLowerCase();
+  return hash;
 }
 
 /** Builds the signed GK with its key wrapped for one entity key. */
@@ -103,7 +103,7 @@ export async function bindGk(ctx: RequestContext): Promise<HandlerResult> {
 export async function getGk(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
   const body = parseBody(getBody, ctx.req.body);
-  const entity = requireEntity(body.entity, 'entity');
+  const entity = requireCanonicalEntity(body.entity, 'entity');
   // protocol-notes §6 item 14: users fetch for themselves; only trusted services act for others.
   if (principal.kind === 'user' && entity !== principal.id) throw forbidden(`${principal.id} may not fetch keys for ${entity}`);
   const gk = await requireGk(deps, ctx.segments);

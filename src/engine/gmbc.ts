@@ -1,13 +1,15 @@
 /**
  * Group membership block chains: post genesis (-03 §4.6.3), append (§4.6.4), get (§4.6.5), with
- * the chain rules of draft-abiggs-saag-primitives-for-conf-group-comms-01 (PCG-01).
+ * the chain rules of draft-abiggs-saag-primitives-for-conf-group-comms-01 (PCG-01). What a block
+ * may contain and how it changes the membership are src/protocol/blocks.ts, which clients use too.
  */
 import { randomUUID } from 'node:crypto';
 import { blockHash } from '../protocol/block-hash.js';
 import { z } from 'zod';
 import { badRequest, conflict, forbidden, notFound, tooLarge } from '../protocol/errors.js';
-import { parseBody, parseJsonOr400, dateTime, sha256Hex } from '../protocol/messages.js';
-import { MAX_ENTITY_LENGTH, kmsIdentity, normalizeEntity } from '../protocol/entity.js';
+import { parseBody, parseJsonOr400 } from '../protocol/messages.js';
+import { MAX_ENTITY_LENGTH, kmsIdentity, requireCanonicalEntity } from '../protocol/entity.js';
+import { applyOperations, parseAppendedBlock, requireFirstMember, type Operation } from '../protocol/blocks.js';
 import { absoluteUri } from '../protocol/uri.js';
 import { decodeCompactJws, verifyDecoded, type DecodedJws } from '../crypto/jws.js';
 import { isMemberAt, type ChainRecord, type Interval, type KmsState } from '../store/kms-state.js';
@@ -15,23 +17,16 @@ import { EngineDeps, type HandlerResult, type RequestContext } from './context.j
 import { KeyedMutex } from '../util/mutex.js';
 
 export { blockHash };
+export type { Operation };
 
-const operationSchema = z.looseObject({ entity: z.string().min(1).max(MAX_ENTITY_LENGTH), optype: z.enum(['add', 'remove']) });
-export type Operation = { entity: string; optype: 'add' | 'remove' };
-
+// XEP "Failure Responses": the genesis request's creator and created are ignored (the KMS is the
+// genesis block's creator), but must be strings when present.
 const genesisBody = z.looseObject({
   blockPayload: z.looseObject({
     creator: z.string().max(MAX_ENTITY_LENGTH).optional(),
-    created: dateTime.optional(),
-    operations: z.array(operationSchema),
+    created: z.string().max(64).optional(),
+    operations: z.array(z.looseObject({ entity: z.string().min(1).max(MAX_ENTITY_LENGTH), optype: z.enum(['add', 'remove']) })),
   }),
-});
-
-const appendedBlock = z.looseObject({
-  antecedent: sha256Hex,
-  creator: z.string().min(1).max(MAX_ENTITY_LENGTH),
-  created: dateTime,
-  operations: z.array(operationSchema),
 });
 
 const appendBody = z.looseObject({ blocks: z.array(z.string().min(1)).min(1) });
@@ -39,7 +34,8 @@ const getBody = z.looseObject({ antecedent: z.string().max(128).optional() });
 
 /**
  * Membership of one chain with not-yet-committed changes on top: what an append checks its blocks
- * against before writing anything.
+ * against before writing anything. Stored as intervals of block numbers per entity; each block's
+ * change is computed by the shared applyOperations.
  */
 class Membership {
   readonly #state: KmsState;
@@ -60,41 +56,33 @@ class Membership {
   /** Is `entity` a member at seq (the state after block seq)? The curator always is (PCG-01). */
   async isMemberAt(entity: string, seq: number): Promise<boolean> {
     if (entity === this.#curator) return true;
-    return isMemberAt(await this.#intervals(entity), seq);
+    return seq >= 0 && isMemberAt(await this.#intervals(entity), seq);
   }
 
-  /** Applies a block's operations, in array order, as block `seq`. */
-  async apply(seq: number, ops: Operation[]): Promise<void> {
-    for (const op of ops) {
-      if (op.entity === this.#curator) continue; // adding the permanent member changes nothing
-      const iv = (await this.#intervals(op.entity)).map((i) => [...i] as Interval);
-      const last = iv[iv.length - 1];
-      const open = last !== undefined && last[1] === null;
-      if (op.optype === 'add' && !open) iv.push([seq, null]);
-      if (op.optype === 'remove' && open) {
-        if (last[0] === seq) iv.pop();
-        else last[1] = seq;
-      }
-      this.staged.set(op.entity, iv);
+  /** Applies a block's operations as block `seq`; returns the members it leaves among those it names. */
+  async apply(seq: number, ops: readonly Operation[]): Promise<Set<string>> {
+    const named = [...new Set(ops.map((o) => o.entity))].filter((e) => e !== this.#curator);
+    const before = new Set<string>();
+    for (const e of named) if (await this.isMemberAt(e, seq - 1)) before.add(e);
+    const after = applyOperations(before, ops, this.#curator);
+    for (const e of named) {
+      const was = before.has(e);
+      const is = after.has(e);
+      if (was === is) continue;
+      const iv = (await this.#intervals(e)).map((i) => [...i] as Interval);
+      if (is) iv.push([seq, null]);
+      else iv[iv.length - 1]![1] = seq;
+      this.staged.set(e, iv);
     }
+    return after;
   }
 }
 
-/** Validates and normalises operations; a block that removes the curator is refused (protocol-notes §6 item 11). */
-function checkOperations(deps: EngineDeps, raw: { entity: string; optype: 'add' | 'remove' }[], where: string): Operation[] {
-  if (raw.length > deps.config.limits.maxOperationsPerBlock) {
+/** Checks the size of a block's operations; their form is checked by src/protocol/blocks.ts. */
+function checkOperationCount(deps: EngineDeps, ops: readonly unknown[], where: string): void {
+  if (ops.length > deps.config.limits.maxOperationsPerBlock) {
     throw tooLarge(`${where}: more than ${deps.config.limits.maxOperationsPerBlock} operations`);
   }
-  const curator = kmsIdentity(deps.config.domain);
-  return raw.map((op, i) => {
-    if (op.entity.toLowerCase() === curator) {
-      if (op.optype === 'remove') throw forbidden(`${where}: operation ${i} removes the curator, a permanent member`);
-      return { entity: curator, optype: op.optype };
-    }
-    const entity = normalizeEntity(op.entity);
-    if (!entity) throw badRequest(`${where}: operation ${i}: entity must be a user address`);
-    return { entity, optype: op.optype };
-  });
 }
 
 /** The chain id of a genesis URI segment, or 404. */
@@ -110,13 +98,18 @@ export async function postGenesis(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
   if (principal.kind !== 'user') throw forbidden('only users create chains');
   const body = parseBody(genesisBody, ctx.req.body);
-  const operations = checkOperations(deps, body.blockPayload.operations, 'blockPayload');
-  // PCG-01: a genesis block adds at least one member.
+  const raw = body.blockPayload.operations;
+  checkOperationCount(deps, raw, 'blockPayload');
   const curator = kmsIdentity(deps.config.domain);
-  if (!operations.some((o) => o.optype === 'add' && o.entity !== curator)) {
-    throw badRequest('blockPayload: a genesis block must add at least one member');
-  }
+  // XEP "Entities and Hashes": entities are canonical on the wire; the curator may be named as itself.
+  const operations: Operation[] = raw.map((op, i) => ({
+    entity: op.entity === curator ? curator : requireCanonicalEntity(op.entity, `blockPayload.operations[${i}].entity`),
+    optype: op.optype,
+  }));
   const id = randomUUID();
+  const m = new Membership(deps.state, id, curator);
+  // PCG-01: a genesis block adds at least one member.
+  requireFirstMember(await m.apply(0, operations), 'blockPayload');
   const payload = {
     uri: absoluteUri(deps.config.domain, 'blocks', id),
     nonce: randomUUID(),
@@ -127,8 +120,6 @@ export async function postGenesis(ctx: RequestContext): Promise<HandlerResult> {
   };
   const jws = deps.signAsKms(payload);
   const hash = blockHash(jws);
-  const m = new Membership(deps.state, id, curator);
-  await m.apply(0, operations);
   const chain: ChainRecord = { id, uri: payload.uri, created: payload.created, length: 1, tail: hash };
   await deps.state.commitBlocks({ chain, blocks: [{ seq: 0, jws, hash }], members: m.staged });
   return { status: 201, body: { block: jws } };
@@ -148,7 +139,7 @@ export async function appendBlocks(ctx: RequestContext): Promise<HandlerResult> 
     const chain = (await deps.state.chain(first.id))!;
     const curator = kmsIdentity(deps.config.domain);
     const m = new Membership(deps.state, chain.id, curator);
-    // KMS policy (protocol-notes §6 item 12): the requester must be a current member.
+    // XEP "Failure Responses": only a current member may append (stricter than the drafts).
     if (principal.kind !== 'user' || !(await m.isMemberAt(principal.id, chain.length - 1))) {
       throw forbidden(`${principal.id} is not a member of ${chain.uri}`);
     }
@@ -158,19 +149,21 @@ export async function appendBlocks(ctx: RequestContext): Promise<HandlerResult> 
       const seq = chain.length + i;
       const where = `blocks[${i}]`;
       const decoded = decodeJwsOr400(jws, where);
-      const block = parseBody(appendedBlock, parseJsonOr400(decoded.payload, where));
+      const payload = parseJsonOr400(decoded.payload, where);
+      if (payload && typeof payload === 'object' && Array.isArray((payload as { operations?: unknown }).operations)) {
+        checkOperationCount(deps, (payload as { operations: unknown[] }).operations, where);
+      }
+      // The one block rule clients verify with (src/protocol/blocks.ts): kid, lowercase antecedent, canonical entities.
+      const block = parseAppendedBlock(decoded.header, payload, curator, where);
       // -03 §4.6.4: the first antecedent is the tail's hash; a mismatch means the chain moved on.
-      if (block.antecedent.toLowerCase() !== expected) {
+      if (block.antecedent !== expected) {
         if (i === 0) throw conflict(`${where}: antecedent is not the hash of the chain's last block (the chain has ${chain.length} blocks)`);
         throw badRequest(`${where}: antecedent is not the hash of blocks[${i - 1}]`);
       }
-      const creator = normalizeEntity(block.creator);
-      if (!creator) throw badRequest(`${where}: creator must be a user address`);
       // PCG-01: the creator must be a member before its block.
-      if (!(await m.isMemberAt(creator, seq - 1))) throw forbidden(`${where}: ${creator} is not a member before this block`);
-      await verifyBlockSignature(deps, decoded, creator, where);
-      const ops = checkOperations(deps, block.operations, where);
-      await m.apply(seq, ops);
+      if (!(await m.isMemberAt(block.creator, seq - 1))) throw forbidden(`${where}: ${block.creator} is not a member before this block`);
+      await verifyBlockSignature(deps, decoded, block.creator, block.kid, where);
+      await m.apply(seq, block.operations);
       const hash = blockHash(jws);
       if ((await deps.state.blockRef(hash)) || written.some((w) => w.hash === hash)) throw conflict(`${where}: this block is already stored`);
       written.push({ seq, jws, hash });
@@ -182,21 +175,15 @@ export async function appendBlocks(ctx: RequestContext): Promise<HandlerResult> 
   });
 }
 
-/** The block is signed by one of the creator's registered keys (the header's kid picks it). */
-async function verifyBlockSignature(deps: EngineDeps, jws: DecodedJws, creator: string, where: string): Promise<void> {
-  const keys = await deps.state.entityKeys(creator);
-  const kid = jws.header.kid;
-  const candidates = typeof kid === 'string' ? keys.filter((k) => k.kid === kid) : keys;
-  if (candidates.length === 0) throw forbidden(`${where}: no registered key of ${creator}${typeof kid === 'string' ? ` with kid ${kid}` : ''}`);
-  for (const k of candidates) {
-    try {
-      verifyDecoded(jws, deps.keyObject(k.kid, k.jwk), EngineDeps.entityAlgs(k.jwk));
-      return;
-    } catch {
-      // try the next key
-    }
+/** The block is signed by the creator's registered key that the header's kid names. */
+async function verifyBlockSignature(deps: EngineDeps, jws: DecodedJws, creator: string, kid: string, where: string): Promise<void> {
+  const key = (await deps.state.entityKeys(creator)).find((k) => k.kid === kid);
+  if (!key) throw forbidden(`${where}: ${creator} has no registered key with kid ${kid}`);
+  try {
+    verifyDecoded(jws, deps.keyObject(key.kid, key.jwk), EngineDeps.entityAlgs(key.jwk));
+  } catch {
+    throw forbidden(`${where}: the signature does not verify with ${creator}'s key ${kid}`);
   }
-  throw forbidden(`${where}: the signature does not verify with ${creator}'s key`);
 }
 
 /** get <chain uri>: the whole chain, or the blocks after a given antecedent (-03 §4.6.5). */

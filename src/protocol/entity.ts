@@ -1,33 +1,76 @@
 /**
- * Entity identifiers. PCG-01 uses acct URIs, the -03 examples bare `user@domain`, and the KMS
- * calls itself `kms://<domain>`. We compare entities as bare JIDs: `acct:`/`xmpp:` prefixes and
- * any resource are dropped and the whole JID is lower-cased (protocol-notes §6 item 9).
+ * Entity identifiers (XEP "Entities and Hashes"). An entity is a user, written on the wire in one
+ * canonical spelling only: a bare JID `local@domain`, Unicode NFC, lower-cased, with no `acct:` or
+ * `xmpp:` prefix and no resource. The KMS refuses any other spelling in a request or a block with
+ * 400, so that the KMS and every client apply the same strings to membership and can never
+ * disagree about who is a member. `canonicalEntity` turns what a person types (or what an identity
+ * provider puts in a token) into that spelling; both sides use this one function.
  */
 import { badRequest } from './errors.js';
 
-export const MAX_ENTITY_LENGTH = 3071; // RFC 7622: localpart 1023 + '@' + domainpart 1023 (+ slack)
-const BARE_JID = /^[^@/\s<>'"&:]{1,1023}@[^@/\s<>'"&]{1,1023}$/u;
+/** RFC 7622: a localpart and a domainpart of at most 1023 octets each, and the '@'. */
+export const MAX_PART_LENGTH = 1023;
+export const MAX_ENTITY_LENGTH = 2 * MAX_PART_LENGTH + 1;
 
-/** Normalises an entity to a bare JID, or returns undefined when it is not one. */
-export function normalizeEntity(value: string): string | undefined {
-  if (typeof value !== 'string' || value.length === 0 || value.length > MAX_ENTITY_LENGTH) return undefined;
+/** Characters no part may hold: separators, controls, format and unassigned code points, and XML/JID delimiters. */
+const FORBIDDEN = /[\p{C}\p{Z}@/<>'"&]/u;
+
+/** The canonical spelling of an entity, or undefined when `value` is not a user address at all. Idempotent. */
+export function canonicalEntity(value: unknown): string | undefined {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 4 * MAX_ENTITY_LENGTH) return undefined;
   let v = value.trim();
-  if (v.startsWith('acct:')) v = v.slice(5);
-  else if (v.startsWith('xmpp:')) v = v.slice(5);
+  if (v.startsWith('acct:') || v.startsWith('xmpp:')) v = v.slice(5);
   const slash = v.indexOf('/');
   if (slash >= 0) v = v.slice(0, slash);
-  v = v.toLowerCase();
-  return BARE_JID.test(v) ? v : undefined;
+  v = fold(v);
+  const at = v.indexOf('@');
+  if (at <= 0 || at === v.length - 1) return undefined;
+  const local = v.slice(0, at);
+  const domain = v.slice(at + 1);
+  if (local.length > MAX_PART_LENGTH || domain.length > MAX_PART_LENGTH) return undefined;
+  if (FORBIDDEN.test(local) || local.includes(':') || FORBIDDEN.test(domain)) return undefined;
+  if (domain.startsWith('.') || domain.endsWith('.') || domain.includes('..')) return undefined;
+  return v;
 }
 
-/** Like normalizeEntity, but a bad value is a 400 naming the field. */
-export function requireEntity(value: unknown, field: string): string {
-  const e = typeof value === 'string' ? normalizeEntity(value) : undefined;
-  if (e === undefined) throw badRequest(`${field} must be a user address (user@domain)`);
-  return e;
+/** NFC and lower case, repeated until stable (one pass is not always a fixed point in Unicode). */
+function fold(s: string): string {
+  let v = s;
+  for (let i = 0; i < 4; i++) {
+    const next = v.normalize('NFC').toLowerCase().normalize('NFC');
+    if (next === v) return v;
+    v = next;
+  }
+  return v;
+}
+
+/** True when `value` is an entity written canonically (what the wire requires). */
+export function isCanonicalEntity(value: unknown): value is string {
+  return typeof value === 'string' && canonicalEntity(value) === value;
+}
+
+/**
+ * The entity a request field names, which must already be canonical; otherwise a 400 that names
+ * the field and, when there is one, the canonical spelling the sender should have used.
+ */
+export function requireCanonicalEntity(value: unknown, field: string): string {
+  if (isCanonicalEntity(value)) return value;
+  const c = canonicalEntity(value);
+  if (c !== undefined) throw badRequest(`${field} must be written canonically: "${c}" (a lower-case bare JID, no prefix, no resource)`);
+  throw badRequest(`${field} must be a user address (a bare JID: user@domain)`);
 }
 
 /** The KMS's own identity as it appears in blocks and GKs. */
 export function kmsIdentity(domain: string): string {
   return `kms://${domain}`;
+}
+
+/** A lowercase hex SHA-256, the only spelling of a block hash (XEP "Entities and Hashes"). */
+export const BLOCK_HASH = /^[0-9a-f]{64}$/;
+
+/** The block hash a request field names, which must be lowercase hex; otherwise a 400. */
+export function requireBlockHash(value: unknown, field: string): string {
+  if (typeof value === 'string' && BLOCK_HASH.test(value)) return value;
+  if (typeof value === 'string' && /^[0-9a-fA-F]{64}$/.test(value)) throw badRequest(`${field} must be written in lowercase hex`);
+  throw badRequest(`${field} must be a block hash (64 lowercase hex digits)`);
 }

@@ -3,7 +3,8 @@
  * are validated by their handlers (src/engine/gmbc.ts, gk.ts, entity-keys.ts).
  */
 import { z } from 'zod';
-import { badRequest } from './errors.js';
+import { badRequest, unauthenticated } from './errors.js';
+import { BLOCK_HASH } from './entity.js';
 
 /** Methods of both vocabularies (-03 operations use post/get; the content rule create/retrieve/update/delete). */
 export const METHODS = ['post', 'get', 'create', 'retrieve', 'update', 'delete'] as const;
@@ -19,14 +20,18 @@ const credentialSchema = z.union([
     .strict(),
 ]);
 
+/** XEP "Failure Responses": requestId is required, a string of 1 to 256 characters or a finite number. */
+const requestIdSchema = z.union([z.string().min(1).max(256), z.number().finite()]);
+
 const requestSchema = z.looseObject({
   client: z.looseObject({
     clientId: z.string().min(1).max(256),
-    credential: credentialSchema,
+    // Checked apart (parseRequestValue): a missing credential is a 401, a malformed one a 400.
+    credential: z.unknown().optional(),
   }),
   method: z.enum(METHODS),
   uri: z.string().min(1).max(2048),
-  requestId: z.union([z.string().max(256), z.number()]).optional(),
+  requestId: requestIdSchema,
 });
 
 /** A parsed KMS request. Body fields stay in `body` for the operation to validate. */
@@ -35,7 +40,7 @@ export interface KmsRequest {
   credential: { bearer: string } | { jwk: Record<string, unknown> & { x5c: string[] } };
   method: Method;
   uri: string;
-  requestId?: string | number;
+  requestId: string | number;
   body: Record<string, unknown>;
 }
 
@@ -43,7 +48,7 @@ export interface KmsRequest {
 export function peekRequestId(payload: unknown): string | number | undefined {
   if (payload && typeof payload === 'object' && !Array.isArray(payload)) {
     const id = (payload as Record<string, unknown>).requestId;
-    if ((typeof id === 'string' && id.length <= 256) || (typeof id === 'number' && Number.isFinite(id))) return id;
+    if (requestIdSchema.safeParse(id).success) return id as string | number;
   }
   return undefined;
 }
@@ -56,15 +61,13 @@ export function parseRequestValue(payload: unknown): KmsRequest {
     throw badRequest(`invalid request: ${issue.path.join('.') || '(root)'}: ${issue.message}`);
   }
   const { client, method, uri, requestId, ...body } = r.data;
-  const out: KmsRequest = {
-    clientId: client.clientId,
-    credential: client.credential as KmsRequest['credential'],
-    method,
-    uri,
-    body,
-  };
-  if (requestId !== undefined) out.requestId = requestId;
-  return out;
+  if (client.credential === undefined || client.credential === null) throw unauthenticated('client.credential is missing');
+  const c = credentialSchema.safeParse(client.credential);
+  if (!c.success) {
+    const issue = c.error.issues[0]!;
+    throw badRequest(`invalid request: client.credential${issue.path.length ? `.${issue.path.join('.')}` : ''}: ${issue.message}`);
+  }
+  return { clientId: client.clientId, credential: c.data as KmsRequest['credential'], method, uri, requestId, body };
 }
 
 /** Validates an operation body with a zod schema, turning failures into a 400. */
@@ -77,10 +80,9 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   return r.data;
 }
 
-/** RFC 3339 date-time, as -03 uses for createDate, created, expirationDate. */
-export const dateTime = z.string().max(64).refine((s) => !Number.isNaN(Date.parse(s)), 'must be an RFC 3339 date-time');
-/** A lowercase-or-uppercase hex SHA-256. */
-export const sha256Hex = z.string().regex(/^[0-9a-fA-F]{64}$/, 'must be a hex SHA-256');
+export { dateTime } from './blocks.js';
+/** A block hash: SHA-256 in lowercase hex, its only spelling (XEP "Entities and Hashes"). */
+export const sha256Hex = z.string().regex(BLOCK_HASH, 'must be a block hash (64 lowercase hex digits)');
 
 /** JSON bytes (a JWS payload) parsed, or a 400 naming `where`. */
 export function parseJsonOr400(payload: Buffer, where: string): unknown {

@@ -87,7 +87,7 @@ for (const keyType of ['EC', 'RSA'] as const) {
 
     it('echoes requestId with its JSON type, on success and failure, on the channel and at the handshake', async () => {
       const ch = await openRawChannel(kms.identity, handle, token);
-      for (const id of ['abc', '', '42', 42, 0, -1.5, 1e21]) {
+      for (const id of ['abc', 'x', '42', 42, 0, -1.5, 1e21]) {
         const ok = ch.open(await handle(ch.seal('update', '/ping', {}, id)));
         expect(ok).to.deep.equal({ status: 200, requestId: id });
         const bad = ch.open(await handle(ch.seal('get', '/nope', {}, id)));
@@ -112,9 +112,11 @@ for (const keyType of ['EC', 'RSA'] as const) {
         expect(refused.requestId).to.equal(id);
         expect(typeof refused.requestId).to.equal(typeof id);
       }
-      // Without a requestId, the answer has none.
+      // requestId is required (XEP "Failure Responses"): without one the request is refused, and the answer has none.
       const noId = encryptDir(ch.key, JSON.stringify({ client: { clientId: ch.clientId, credential: { bearer: token } }, method: 'get', uri: '/ping' }), { enc: 'A256GCM', kid: ch.uri });
-      expect(ch.open(await handle(noId))).to.deep.equal({ status: 200 });
+      const refusedNoId = ch.open(await handle(noId));
+      expect(refusedNoId).to.include({ status: 400, reason: 'invalid request: requestId: Invalid input' });
+      expect(refusedNoId).to.not.have.property('requestId');
     });
 
     it('routes relative and absolute kms:// request URIs alike', async () => {

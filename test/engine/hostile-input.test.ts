@@ -261,21 +261,21 @@ describe('engine: hostile input', function () {
       for (const h of [{ alg: 'none', enc: 'A256GCM' }, { alg: 'none', enc: 'A256GCM', kid: kms.identity.kid }, { alg: 'none', enc: 'none' }]) {
         await refused(kms, none(h), { status: 400, reason: /handshake alg none is not accepted/, form: 'signed' });
       }
-      // Anything but dir is a handshake, and a handshake must be addressed to the static key.
-      await refused(kms, none({ alg: 'none', enc: 'A256GCM', kid: aliceCh.uri }), { status: 401, reason: /the handshake is addressed to \/ecdhe\//, form: 'signed' });
+      // A message under an ephemeral key must be dir; any other alg there is a 400 that says so.
+      await refused(kms, none({ alg: 'none', enc: 'A256GCM', kid: aliceCh.uri }), { status: 400, reason: /a message under an ephemeral key uses alg dir/, form: 'signed' });
     });
 
     it('refuses dir with enc none, and dir with an encrypted key, under a real channel', async () => {
       const good = aliceCh.seal(aliceCh.payload('update', '/ping')).split('.');
       const noneEnc = [b64json({ alg: 'dir', enc: 'none', kid: aliceCh.uri }), '', good[2], good[3], good[4]].join('.');
-      await refused(kms, noneEnc, { status: 400, reason: /could not be decrypted under its ephemeral key/, form: 'encrypted' }, aliceCh.key);
+      await refused(kms, noneEnc, { status: 400, reason: /uses enc A256GCM, not none/, form: 'encrypted' }, aliceCh.key);
       const withKey = [good[0], b64u(Buffer.alloc(40, 1)), good[2], good[3], good[4]].join('.');
       await refused(kms, withKey, { status: 400, reason: /could not be decrypted under its ephemeral key/, form: 'encrypted' }, aliceCh.key);
     });
 
     it('refuses a handshake under a key management alg the static key does not take', async () => {
       const { jwk } = clientEcdh();
-      const payload = { client: aliceCh.client(), method: 'create', uri: '/ecdhe', jwk };
+      const payload = { client: aliceCh.client(), method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk };
       // A dir JWE "to the static key" is not a handshake: it names no ephemeral key.
       const m = encryptDir(Buffer.alloc(32, 7), JSON.stringify(payload), { enc: 'A256GCM', kid: kms.identity.kid });
       await refused(kms, m, { status: 401, reason: /unknown ephemeral key/, form: 'signed' });
@@ -283,7 +283,7 @@ describe('engine: hostile input', function () {
       await refused(kms, rsaOaep, { status: 400, reason: /handshake alg RSA-OAEP is not accepted/, form: 'signed' });
       const other = toStaticKey(kms, payload).split('.');
       other[0] = b64json({ ...JSON.parse(Buffer.from(other[0]!, 'base64url').toString()), kid: 'kms://other.example.net' });
-      await refused(kms, other.join('.'), { status: 401, reason: /addressed to kms:\/\/other\.example\.net/, form: 'signed' });
+      await refused(kms, other.join('.'), { status: 400, reason: /addressed to kms:\/\/other\.example\.net/, form: 'signed' });
     });
 
     it('refuses a bearer JWT signed HS256 with the issuer\'s public key as the secret', async () => {
@@ -299,7 +299,7 @@ describe('engine: hostile input', function () {
           .setExpirationTime(now + 600)
           .sign(new Uint8Array(secret));
         const { jwk } = clientEcdh();
-        await refused(kms, toStaticKey(kms, { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: '/ecdhe', jwk }), {
+        await refused(kms, toStaticKey(kms, { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk }), {
           status: 401,
           reason: /bearer token rejected: algorithm not allowed/,
           form: 'signed',
@@ -322,11 +322,11 @@ describe('engine: hostile input', function () {
       expect((await aliceCh.send(good)).body.status).to.equal(200);
     });
 
-    it('refuses a tampered handshake (signed 401)', async () => {
+    it('refuses a tampered handshake (signed 400)', async () => {
       const { jwk } = clientEcdh();
-      const good = toStaticKey(kms, { client: aliceCh.client(), method: 'create', uri: '/ecdhe', jwk });
+      const good = toStaticKey(kms, { client: aliceCh.client(), method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk });
       for (const part of [3, 4, 2]) {
-        await refused(kms, tamper(good, part), { status: 401, reason: /could not be decrypted with the KMS static key/, form: 'signed' });
+        await refused(kms, tamper(good, part), { status: 400, reason: /could not be decrypted with the KMS static key/, form: 'signed' });
       }
     });
 
@@ -370,7 +370,7 @@ describe('engine: hostile input', function () {
   });
 
   describe('credentials', () => {
-    const handshakeWith = (token: string, clientId = 'c') => toStaticKey(kms, { client: { clientId, credential: { bearer: token } }, method: 'create', uri: '/ecdhe', jwk: clientEcdh().jwk });
+    const handshakeWith = (token: string, clientId = 'c') => toStaticKey(kms, { client: { clientId, credential: { bearer: token } }, method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk: clientEcdh().jwk });
 
     it('refuses an expired token at the handshake (signed) and on a channel (encrypted)', async () => {
       const token = await kms.issuer.mint({ subject: ALICE, audience: AUDIENCE, ttlSec: -3600 });
@@ -402,7 +402,7 @@ describe('engine: hostile input', function () {
       const other = await KmsFixture.create({ issuer: evil });
       try {
         const token = await evil.mint({ subject: ALICE, audience: AUDIENCE });
-        await refused(other, toStaticKey(other, { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: '/ecdhe', jwk: clientEcdh().jwk }), {
+        await refused(other, toStaticKey(other, { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk: clientEcdh().jwk }), {
           status: 401,
           reason: /bearer token rejected: claim iss/,
           form: 'signed',
@@ -457,15 +457,20 @@ describe('engine: hostile input', function () {
         [{ ...base, requestId: { id: 1 } }, /invalid request: requestId/],
         [{ ...base, requestId: 'r'.repeat(300) }, /invalid request: requestId/],
         [{ ...base, client: { credential: { bearer: alice.token } } }, /invalid request: client\.clientId/],
-        [{ ...base, client: { clientId: aliceCh.clientId } }, /invalid request: client\.credential/],
+        [{ ...base, requestId: undefined }, /invalid request: requestId/],
+        [{ ...base, requestId: '' }, /invalid request: requestId/],
+        [{ ...base, requestId: Number.NaN }, /invalid request: requestId/],
         [{ ...base, client: { clientId: aliceCh.clientId, credential: { bearer: alice.token, jwk: { kty: 'EC', x5c: ['x'] } } } }, /invalid request: client\.credential/],
         [{ ...base, client: { clientId: aliceCh.clientId, credential: {} } }, /invalid request: client\.credential/],
       ];
       for (const [p, reason] of cases) {
         const r = await refusedOn(aliceCh, JSON.parse(JSON.stringify(p)), 400, reason);
-        if (typeof p.requestId !== 'string' || p.requestId.length > 256) expect(r.body).to.not.have.property('requestId');
+        if (typeof p.requestId !== 'string' || p.requestId.length > 256 || p.requestId.length === 0) expect(r.body).to.not.have.property('requestId');
         else expect(r.body.requestId).to.equal(p.requestId);
       }
+      // A missing credential is a 401 (XEP "Failure Responses"), a malformed one a 400.
+      const noCredential = await refusedOn(aliceCh, { ...base, client: { clientId: aliceCh.clientId } }, 401, /client\.credential is missing/);
+      expect(noCredential.body.requestId).to.equal(base.requestId);
       for (const text of ['not json', '[]', '"x"', 'null', '5']) {
         await refused(kms, encryptDir(aliceCh.key, text, { enc: 'A256GCM', kid: aliceCh.uri }), { status: 400, reason: /not JSON|invalid request/, form: 'encrypted' }, aliceCh.key);
       }
@@ -523,8 +528,13 @@ describe('engine: hostile input', function () {
         [{ ...blk, creator: 42 }, /creator/],
         [{ ...blk, created: 'yesterday' }, /created/],
         [{ ...blk, antecedent: 12 }, /antecedent/],
-        [[blk], /invalid request/],
-        [null, /invalid request/],
+        [[blk], /blocks\[0\]: \(payload\)/],
+        [null, /blocks\[0\]: \(payload\)/],
+        [{ ...blk, antecedent: tail.toUpperCase() }, /blocks\[0\]: antecedent: must be a block hash in lowercase hex/],
+        [{ ...blk, creator: ALICE.toUpperCase() }, /blocks\[0\]: creator: must be a canonical entity/],
+        [{ ...blk, creator: `${ALICE}/laptop` }, /blocks\[0\]: creator: must be a canonical entity/],
+        [{ ...blk, operations: [add(`acct:${CAROL}`)] }, /blocks\[0\]: operations\.0\.entity: must be a canonical entity/],
+        [{ ...blk, operations: [add('Carol@Example.COM/phone')] }, /blocks\[0\]: operations\.0\.entity: must be a canonical entity/],
       ];
       for (const [payload, reason] of bad) await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [signed(payload)] }), 400, reason);
       const notJson = signCompact(alice.key.privateKey, alice.key.alg, 'not json', { kid: alice.key.kid });
@@ -598,7 +608,6 @@ describe('engine: hostile input', function () {
       const payload = JSON.stringify({ antecedent: tail, creator: ALICE, created: new Date().toISOString(), operations: [add(MALLORY)] });
       const forged = [
         signCompact(mallory.key.privateKey, mallory.key.alg, payload, { kid: alice.key.kid }), // alice's kid, mallory's key
-        signCompact(mallory.key.privateKey, mallory.key.alg, payload), // no kid: tried against all of alice's keys
         signCompact(generateEntityKey({ type: 'EC' }).privateKey, 'ES256', payload, { kid: alice.key.kid }),
         `${b64json({ alg: 'none', kid: alice.key.kid })}.${b64u(payload)}.`,
         `${b64json({ alg: 'HS256', kid: alice.key.kid })}.${b64u(payload)}.${b64u(Buffer.alloc(32))}`,
@@ -608,17 +617,39 @@ describe('engine: hostile input', function () {
         await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [jws] }), 403, /blocks\[0\]: the signature does not verify with alice@example\.com's key/);
       }
       const otherKid = signCompact(mallory.key.privateKey, mallory.key.alg, payload, { kid: mallory.key.kid });
-      await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [otherKid] }), 403, /no registered key of alice@example\.com with kid/);
+      await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [otherKid] }), 403, /alice@example\.com has no registered key with kid/);
+      // A block without kid cannot be verified by the XEP's rule: refused with 400, even when alice signed it.
+      for (const signer of [mallory.key, alice.key]) {
+        const noKid = signCompact(signer.privateKey, signer.alg, payload);
+        await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [noKid] }), 400, /blocks\[0\]: the JWS header must carry kid/);
+      }
       // The same payload signed by alice herself is fine: the refusals were about the signature.
       const genuine = signCompact(alice.key.privateKey, alice.key.alg, payload, { kid: alice.key.kid });
       expect(payloadOf(genuine).creator).to.equal(ALICE);
     });
 
-    it('refuses a block that removes the curator (403), however it is spelled', async () => {
-      for (const curator of [`kms://${DOMAIN}`, `KMS://${DOMAIN.toUpperCase()}`]) {
-        await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [alice.block(tail, [add(CAROL), remove(curator)])] }), 403, /removes the curator/);
-        await refusedOn(aliceCh, aliceCh.payload('post', '/blocks', { blockPayload: { operations: [add(ALICE), remove(curator)] } }), 403, /removes the curator/);
+    it('refuses a request without requestId, a state-changing append included, and changes nothing (400)', async () => {
+      const before = await kms.digest();
+      const requests = [
+        aliceCh.payload('post', chainUri, { blocks: [alice.block(tail, [add(CAROL)])] }),
+        aliceCh.payload('post', '/blocks', { blockPayload: { operations: [add(ALICE)] } }),
+        aliceCh.payload('post', '/gks', {}),
+      ];
+      for (const p of requests) {
+        delete (p as { requestId?: unknown }).requestId;
+        const r = await refusedOn(aliceCh, p, 400, /invalid request: requestId/);
+        expect(r.body).to.not.have.property('requestId');
       }
+      expect(await kms.digest()).to.equal(before);
+    });
+
+    it('refuses a block that removes the curator (403); any other spelling of it is not an entity (400)', async () => {
+      const curator = `kms://${DOMAIN}`;
+      await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [alice.block(tail, [add(CAROL), remove(curator)])] }), 403, /removes the curator/);
+      await refusedOn(aliceCh, aliceCh.payload('post', '/blocks', { blockPayload: { operations: [add(ALICE), remove(curator)] } }), 403, /removes the curator/);
+      const shouted = `KMS://${DOMAIN.toUpperCase()}`;
+      await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [alice.block(tail, [add(CAROL), remove(shouted)])] }), 400, /operations\.1\.entity: must be a canonical entity/);
+      await refusedOn(aliceCh, aliceCh.payload('post', '/blocks', { blockPayload: { operations: [add(ALICE), remove(shouted)] } }), 400, /operations\[1\]\.entity must be a user address/);
     });
 
     it('applies an append all or nothing: block 2 of 3 bad, or block 3 of 3 bad, leaves the chain as it was', async () => {
@@ -673,7 +704,9 @@ describe('engine: hostile input', function () {
     it('refuses rebinding a bound GK to another block (409); the same block again is an idempotent 200', async () => {
       const bound = payloadOf(await alice.getGk(boundGk)).block as string;
       await refusedOn(aliceCh, aliceCh.payload('post', boundGk, { block: blockHash(genesis) }), 409, /already bound to another block/);
-      for (const block of [bound, bound.toUpperCase()]) {
+      // A hash has one spelling, lowercase hex: the same block in upper case is a 400 and changes nothing.
+      await refusedOn(aliceCh, aliceCh.payload('post', boundGk, { block: bound.toUpperCase() }), 400, /lowercase/);
+      for (const block of [bound, bound]) {
         const before = await kms.digest();
         const r = await aliceCh.request('post', boundGk, { block });
         expect(r.body.status).to.equal(200);
@@ -687,7 +720,8 @@ describe('engine: hostile input', function () {
     it('refuses a GK to a non-member (403) and for another entity (403)', async () => {
       await refusedOn(malloryCh, malloryCh.payload('get', boundGk, { entity: MALLORY }), 403, /mallory@example\.com may not have .* under retrieval policy 1/);
       await refusedOn(bobCh, bobCh.payload('get', boundGk, { entity: ALICE }), 403, /bob@example\.com may not fetch keys for alice@example\.com/);
-      await refusedOn(malloryCh, malloryCh.payload('get', boundGk, { entity: `acct:${BOB}` }), 403, /may not fetch keys for bob@example\.com/);
+      // Any spelling but the canonical one is a 400 that names it (XEP "Entities and Hashes").
+      await refusedOn(malloryCh, malloryCh.payload('get', boundGk, { entity: `acct:${BOB}` }), 400, /entity must be written canonically: "bob@example\.com"/);
       await refusedOn(malloryCh, malloryCh.payload('get', unboundGk, { entity: ALICE }), 403, /may not fetch keys for alice@example\.com/);
     });
   });
@@ -735,7 +769,7 @@ describe('engine: hostile input', function () {
         const before = await f.digest();
         const [res] = await a.session.batch([{ method: 'post', uri, body: { blocks: [forged] } }]);
         expect(res!.status, String(res!.reason)).to.equal(403);
-        expect(res!.reason).to.match(/no registered key of alice@example\.com with kid/);
+        expect(res!.reason).to.match(/alice@example\.com has no registered key with kid/);
         expect(await f.digest()).to.equal(before);
         // A GK for Alice is wrapped to her own key.
         openGk(await a.createGk(), f.identity.publicKey, a.key);
@@ -746,34 +780,22 @@ describe('engine: hostile input', function () {
   });
 
   describe('the client\'s handshake JWK', () => {
-    it('ignores a private d (matching or not): the handshake succeeds and d is neither stored nor echoed', async () => {
+    it('refuses private members in the handshake jwk (400): nothing stored, the private value never echoed', async () => {
       const { ecdh, jwk } = clientEcdh();
       const stray = createECDH('prime256v1');
       stray.generateKeys();
-      for (const d of [b64u(ecdh.getPrivateKey()), b64u(stray.getPrivateKey())]) {
-        const before = new Set<string>();
-        for await (const [k] of kms.kv.entries({})) before.add(k);
-        const msg = toStaticKey(kms, { client: aliceCh.client(), method: 'create', uri: '/ecdhe', requestId: 'd-test', jwk: { ...jwk, d } });
+      for (const [member, value] of [['d', b64u(ecdh.getPrivateKey())], ['d', b64u(stray.getPrivateKey())], ['k', b64u(Buffer.alloc(32, 9))]] as const) {
+        const before = await kms.digest();
+        const msg = toStaticKey(kms, { client: aliceCh.client(), method: 'create', uri: '/ecdhe', requestId: 'd-test', jwk: { ...jwk, [member]: value } });
         const raw = await kms.engine.handle(msg);
         const reply = openReply(kms, raw);
-        expect(reply.body.status).to.equal(201);
-        expect(raw).to.not.include(d);
-        expect(JSON.stringify(reply.body)).to.not.include(d);
-        const key = reply.body.key as { uri: string; jwk: Record<string, unknown> };
-        expect(key.jwk).to.not.have.property('d');
-        expect(Object.keys(key.jwk).sort()).to.deep.equal(['crv', 'kty', 'x', 'y']);
-        // The channel works with the key derived from x/y: d played no part.
-        const ch = new RawChannel(kms, key.uri, deriveChannelKey(ecdh, importPublicJwk(key.jwk)), alice.token, aliceCh.clientId, reply);
-        knownSecrets.ephemeral.add(ch.key.toString('hex'));
-        expect((await ch.request('update', '/ping')).body.status).to.equal(200);
-        // The only new record is the ephemeral key, and nothing in the store holds d or the client's point.
-        const added: string[] = [];
-        for await (const [k, v] of kms.kv.entries({})) {
-          expect(v).to.not.include(d);
-          expect(v).to.not.include(jwk.x as string);
-          if (!before.has(k)) added.push(k);
-        }
-        expect(added).to.deep.equal([`e!${key.uri.split('/').pop()}`]);
+        expect(reply.form).to.equal('signed');
+        expect(reply.body.status).to.equal(400);
+        expect(reply.body.reason).to.match(new RegExp(`jwk: carries private key members \\(${member}\\)`));
+        expect(reply.body.requestId).to.equal('d-test');
+        expect(raw).to.not.include(value);
+        expect(JSON.stringify(reply.body)).to.not.include(value);
+        expect(await kms.digest()).to.equal(before);
       }
     });
   });
