@@ -432,9 +432,19 @@ describe('engine: hostile input', function () {
     });
 
     it('refuses a token without the user claim, or whose user is not an address', async () => {
-      for (const subject of ['', 'not-an-address', 'kms://kms.example.com']) {
+      for (const subject of ['', 'not-an-address', 'kms://kms.example.com', `${ALICE}\u0000mallory`, `alice\u0000@example.com`, `${ALICE}\u202e`, 'alice @example.com']) {
         const token = await kms.issuer.mint({ subject, audience: AUDIENCE });
-        await refused(kms, handshakeWith(token), { status: 401, reason: /bearer token rejected/, form: 'signed' });
+        await refused(kms, handshakeWith(token), { status: 401, reason: /bearer token rejected: claim sub is not a user address/, form: 'signed' });
+      }
+    });
+
+    it('canonicalises the token\'s user claim: any harmless spelling of alice is alice', async () => {
+      for (const subject of [`acct:${ALICE}`, 'Alice@Example.COM', `${ALICE}/laptop`]) {
+        const token = await kms.issuer.mint({ subject, audience: AUDIENCE });
+        const r = await kms.engine.handle(handshakeWith(token));
+        const reply = openReply(kms, r);
+        expect(reply.body.status, subject).to.equal(201);
+        expect((reply.body.key as { userId: string }).userId).to.equal(ALICE);
       }
     });
 
