@@ -344,10 +344,15 @@ describe('engine: hostile input', function () {
     it('refuses a request under an expired ephemeral key (signed 401), and the key works again when time is back', async () => {
       const ch = await RawChannel.open(kms, alice.token);
       const exp = Date.parse((ch.handshake.body.key as { expirationDate: string }).expirationDate);
-      const msg = ch.seal(ch.payload('update', '/ping'));
+      const msg = ch.seal({ ...ch.payload('update', '/ping'), requestId: 'late-1' });
       offsetMs = exp - Date.now() + 1;
       try {
-        await refused(kms, msg, { status: 401, reason: /ephemeral key \/ecdhe\/[0-9a-f-]{36} expired/, form: 'signed' });
+        // The KMS still holds the expired key, so it reads the request and echoes its requestId.
+        const r = await refused(kms, msg, { status: 401, reason: /ephemeral key \/ecdhe\/[0-9a-f-]{36} expired/, form: 'signed' });
+        expect(r.body.requestId).to.equal('late-1');
+        // Garbage under the expired key: still a signed 401, with no requestId to echo.
+        const r2 = await refused(kms, tamper(msg, 3), { status: 401, reason: /expired/, form: 'signed' });
+        expect(r2.body).to.not.have.property('requestId');
       } finally {
         offsetMs = 0;
       }
@@ -359,8 +364,20 @@ describe('engine: hostile input', function () {
       const del = await ch.request('delete', ch.uri);
       expect(del.form).to.equal('encrypted');
       expect(del.body.status).to.equal(204);
-      await refused(kms, ch.seal(ch.payload('update', '/ping')), { status: 401, reason: /unknown ephemeral key/, form: 'signed' });
+      // A deleted key is gone: the KMS cannot read the request, so the signed 401 has no requestId.
+      const r = await refused(kms, ch.seal(ch.payload('update', '/ping')), { status: 401, reason: /unknown ephemeral key/, form: 'signed' });
+      expect(r.body).to.not.have.property('requestId');
       await refused(kms, ch.seal(ch.payload('delete', ch.uri)), { status: 401, reason: /unknown ephemeral key/, form: 'signed' });
+    });
+
+    it('refuses a live channel named by its absolute URI (signed 401 that says how to write the kid)', async () => {
+      const body = JSON.stringify(aliceCh.payload('update', '/ping'));
+      const absolute = `kms://${DOMAIN}${aliceCh.uri}`;
+      await refused(kms, encryptDir(aliceCh.key, body, { enc: 'A256GCM', kid: absolute }), { status: 401, reason: /exactly as the handshake returned it/, form: 'signed' });
+      // Under the relative URI the same request works, and the reply carries the kid it was sent under.
+      const ok = await aliceCh.send(encryptDir(aliceCh.key, body, { enc: 'A256GCM', kid: aliceCh.uri }));
+      expect(ok.body.status).to.equal(200);
+      expect(JSON.parse(Buffer.from(ok.raw.split('.')[0]!, 'base64url').toString()).kid).to.equal(aliceCh.uri);
     });
 
     it('refuses deleting another channel\'s ephemeral key (404), which keeps working', async () => {
@@ -755,8 +772,26 @@ describe('engine: hostile input', function () {
       for (const [proof, reason] of cases) {
         await refusedOn(ch, ch.payload('post', '/entity-keys', { jwk: dave.publicJwk, proof }), 403, reason);
       }
-      // A private JWK is registered by its public part only; a bad key is a 400.
-      await refusedOn(ch, ch.payload('post', '/entity-keys', { jwk: { kty: 'oct', k: 'AAAA' }, proof: 'x' }), 400, /jwk/);
+      // A malformed proof is a 400 (XEP "Entity Keys"): not a JWS, not JSON, claims missing or mistyped.
+      const iat = Math.floor(now / 1000);
+      const signedBy = (payload: string) => signCompact(dave.privateKey, 'PS256', payload);
+      const malformed: [string, RegExp][] = [
+        ['x', /proof: not a compact JWS/],
+        ['a.b', /proof: not a compact JWS/],
+        [signedBy('not json'), /proof: the payload is not JSON/],
+        [signedBy(JSON.stringify({ entity: 'eve@example.com', ephemeralKey: ch.uri })), /invalid request: iat/],
+        [signedBy(JSON.stringify({ entity: 'eve@example.com', ephemeralKey: ch.uri, iat: 'now' })), /invalid request: iat/],
+        [signedBy(JSON.stringify({ entity: 'Eve@Example.com', ephemeralKey: ch.uri, iat })), /proof\.entity must be written canonically/],
+      ];
+      for (const [proof, reason] of malformed) {
+        await refusedOn(ch, ch.payload('post', '/entity-keys', { jwk: dave.publicJwk, proof }), 400, reason);
+      }
+      // A JWK with private members is refused, never registered by its public part; a bad key is a 400.
+      const before = await kms.digest();
+      for (const jwk of [{ kty: 'oct', k: 'AAAA' }, { ...dave.publicJwk, d: 'AAAA' }, { ...dave.publicJwk, p: 'AAAA', q: 'AAAA' }]) {
+        await refusedOn(ch, ch.payload('post', '/entity-keys', { jwk, proof: registrationProof(dave, 'eve@example.com', ch.uri) }), 400, /jwk: carries private key members/);
+      }
+      expect(await kms.digest()).to.equal(before);
       // The proof signed right goes through (the refusals were about the proof).
       const ok = await ch.request('post', '/entity-keys', { jwk: dave.publicJwk, proof: registrationProof(dave, 'eve@example.com', ch.uri) });
       expect(ok.body.status).to.equal(201);
