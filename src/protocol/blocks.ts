@@ -7,7 +7,7 @@
  */
 import { z } from 'zod';
 import { badRequest, forbidden } from './errors.js';
-import { BLOCK_HASH, MAX_ENTITY_LENGTH, isCanonicalEntity } from './entity.js';
+import { BLOCK_HASH, MAX_ENTITY_LENGTH, canonicalEntity, isCanonicalEntity } from './entity.js';
 
 /** One membership change of a block. */
 export type Operation = { entity: string; optype: 'add' | 'remove' };
@@ -70,7 +70,12 @@ function check<T>(schema: z.ZodType<T>, value: unknown, where: string): T {
   const r = schema.safeParse(value);
   if (!r.success) {
     const issue = r.error.issues[0]!;
-    throw badRequest(`${where}: ${issue.path.join('.') || '(payload)'}: ${issue.message}`);
+    // For an entity in another spelling, say which spelling the block should have carried.
+    let at: unknown = value;
+    for (const k of issue.path) at = at !== null && typeof at === 'object' ? (at as Record<PropertyKey, unknown>)[k as PropertyKey] : undefined;
+    const c = typeof at === 'string' ? canonicalEntity(at) : undefined;
+    const hint = c !== undefined && c !== at ? `; write "${c}"` : '';
+    throw badRequest(`${where}: ${issue.path.join('.') || '(payload)'}: ${issue.message}${hint}`);
   }
   return r.data;
 }

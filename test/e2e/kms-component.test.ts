@@ -185,6 +185,10 @@ for (const kind of serverKinds()) {
         ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'not jose at all')), 'set'],
         ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'a.b.c')), 'get'],
         ['malformed-payload', xml('identity', { xmlns: NS }), 'set'],
+        // XEP "Transport of KMS Messages": a message is 3 (JWS) or 5 (JWE) parts, and carries no attributes.
+        ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'a.b.c.d')), 'set'],
+        ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'a.b.c.d.e.f')), 'set'],
+        ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', { id: '1' }, 'a.b.c')), 'set'],
         ['too-many-messages', xml('kms', { xmlns: NS }, ...Array.from({ length: 17 }, () => xml('message', {}, 'a.b.c'))), 'set'],
         ['payload-too-large', xml('kms', { xmlns: NS }, xml('message', {}, 'a.' + 'b'.repeat(70_000) + '.c')), 'set'],
       ];

@@ -148,6 +148,7 @@ describe('xep (the protocol document, its schema and its error tables)', functio
         'Business Rules',
         'Implementation Notes',
         'Security Considerations',
+        'Conformance',
         'IANA Considerations',
         'XMPP Registrar Considerations',
         'XML Schema',
