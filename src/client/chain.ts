@@ -7,6 +7,7 @@ import type { KeyObject } from 'node:crypto';
 import { blockHash } from '../protocol/block-hash.js';
 import { applyOperations, parseAppendedBlock, parseGenesisBlock, requireFirstMember, type Operation } from '../protocol/blocks.js';
 import { KmsError } from '../protocol/errors.js';
+import { ChainVerificationError } from './errors.js';
 import { parseJsonOr400 } from '../protocol/messages.js';
 import { decodeCompactJws, signatureAlgsFor, signCompact, verifyCompact, verifyDecoded, type DecodedJws, type JwsAlg } from '../crypto/jws.js';
 
@@ -44,8 +45,8 @@ export interface VerifyOptions {
 }
 
 /** A chain is invalid at block `index`: the first block that breaks a rule. */
-function invalid(index: number, reason: string): Error {
-  return new Error(`block ${index}: ${reason}`);
+function invalid(index: number, reason: string, cause?: unknown): ChainVerificationError {
+  return new ChainVerificationError(`block ${index}: ${reason}`, { block: index, cause });
 }
 
 /** Runs a shared block rule (src/protocol/blocks.ts), reporting its failure as block `index`'s. */
@@ -53,13 +54,13 @@ function rule<T>(index: number, f: () => T): T {
   try {
     return f();
   } catch (e) {
-    if (e instanceof KmsError) throw invalid(index, e.reason);
+    if (e instanceof KmsError) throw invalid(index, e.message, e);
     throw e;
   }
 }
 
 /**
- * Verifies a chain per PCG-01 and throws an Error naming the first bad block: a whole chain,
+ * Verifies a chain per PCG-01 and throws a ChainVerificationError naming the first bad block: a whole chain,
  * genesis first, or, with `from` (a chain verified before), only the blocks that follow it. Each
  * block must pass the same rule the KMS applied when it stored it (src/protocol/blocks.ts), and
  * membership is computed by the same applyOperations, so that the client and the KMS agree on

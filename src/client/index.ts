@@ -14,7 +14,23 @@ export {
   type OpenedMessage,
 } from './muc.js';
 export { KmsSession, type Transport, type CredentialSource, type KmsResponse, type EphemeralKeyInfo, type SessionOptions } from './session.js';
-export { discoverKms, fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
+export { discoverKms, fetchKmsIdentity, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
 export { generateEntityKey, createEntityKey, entityKeyFromJwk, registrationProof, openGk, type EntityKey, type EntityKeyOptions, type GroupKey } from './keys.js';
 export { signBlock, verifyChain, blockHash, type Operation, type VerifiedChain, type SigningKey } from './chain.js';
-export { KmsResponseError } from './errors.js';
+export {
+  KmsResponseError,
+  KmsStanzaError,
+  KmsTimeoutError,
+  BadResponseError,
+  ChainVerificationError,
+  IdentityValidationError,
+} from './errors.js';
+export {
+  KmsError,
+  KMS_ERRORS,
+  CLIENT_ERRORS,
+  isRetryable,
+  type KmsErrorCode,
+  type KmsServerCode,
+  type KmsClientCode,
+} from '../protocol/errors.js';

@@ -10,7 +10,8 @@ import { decodeCompactJws, signatureAlgsFor, verifyCompact, verifyDecoded, type 
 import { importPublicJwk } from '../crypto/keys.js';
 import { deriveChannelKey } from '../crypto/channel.js';
 import { encode as b64u } from '../crypto/base64url.js';
-import { KmsResponseError } from './errors.js';
+import { responseCode } from '../protocol/errors.js';
+import { BadResponseError, KmsResponseError } from './errors.js';
 
 /** Sends request messages, returns one response message each, in order. */
 export type Transport = (messages: string[]) => Promise<string[]>;
@@ -39,8 +40,8 @@ export interface EphemeralKeyInfo {
   expirationDate: string;
 }
 
-/** A decrypted response: status, requestId and the operation's fields. */
-export type KmsResponse = { status: number; reason?: string; requestId?: string | number } & Record<string, unknown>;
+/** A decrypted response: status, requestId and the operation's fields; an error response also has code and reason (XEP "KMS Error Codes"). */
+export type KmsResponse = { status: number; code?: string; reason?: string; requestId?: string | number } & Record<string, unknown>;
 
 interface Channel {
   info: EphemeralKeyInfo;
@@ -101,13 +102,21 @@ export class KmsSession {
     });
     const [reply] = await this.#o.transport([message]);
     const res = this.#verifySigned(reply ?? '');
-    if (res.requestId !== requestId) throw new KmsResponseError(502, 'the handshake response answers another request');
-    if (res.status !== 201) throw KmsResponseError.from(res);
+    if (res.requestId !== undefined && res.requestId !== requestId) throw new BadResponseError('the handshake response answers another request');
+    // A refusal the KMS could not match to the request (it could not decrypt it) has no requestId.
+    if (res.status >= 400) throw KmsResponseError.from(res);
+    if (res.requestId !== requestId) throw new BadResponseError('the handshake response has no requestId');
+    if (res.status !== 201) throw new BadResponseError(`the handshake response has status ${res.status}, not 201`);
     const key = (res.key ?? res['ephemeral-key']) as (EphemeralKeyInfo & { jwk: unknown }) | undefined;
     if (!key || typeof key.uri !== 'string' || typeof key.expirationDate !== 'string') {
-      throw new KmsResponseError(502, 'the handshake response has no ephemeral key');
+      throw new BadResponseError('the handshake response has no ephemeral key');
     }
-    const kmsPublic = importPublicJwk(key.jwk);
+    let kmsPublic: KeyObject;
+    try {
+      kmsPublic = importPublicJwk(key.jwk);
+    } catch (e) {
+      throw new BadResponseError('the handshake response\'s ephemeral key is not a public key', { cause: e });
+    }
     const info: EphemeralKeyInfo = {
       uri: key.uri,
       userId: key.userId,
@@ -124,10 +133,10 @@ export class KmsSession {
     let payload: Buffer;
     try {
       ({ payload } = decoded ? verifyDecoded(decoded, this.#o.kmsKey, this.#sigAlgs) : verifyCompact(message, this.#o.kmsKey, this.#sigAlgs));
-    } catch {
-      throw new KmsResponseError(502, 'the response is not signed by the KMS');
+    } catch (e) {
+      throw new BadResponseError('the response is not signed by the KMS', { cause: e });
     }
-    return JSON.parse(payload.toString('utf8')) as KmsResponse;
+    return parseResponse(payload);
   }
 
   async #currentChannel(): Promise<Channel> {
@@ -153,7 +162,8 @@ export class KmsSession {
       let channelLost = false;
       const opened = replies.map((reply) => this.#open(reply, channel));
       for (const res of opened) {
-        if (res.signed && res.response.status === 401) channelLost = true;
+        // A signed UNAUTHENTICATED: the KMS cannot read our channel (XEP "Ending a Channel").
+        if (res.signed && res.response.status >= 400 && responseCode(res.response) === 'UNAUTHENTICATED') channelLost = true;
         byId.set(res.response.requestId, res.response);
       }
       if (channelLost && attempt === 0) {
@@ -165,7 +175,7 @@ export class KmsSession {
     }
   }
 
-  /** One request; a status >= 400 becomes a KmsResponseError. */
+  /** One request; a status >= 400 becomes a KmsResponseError with the response's code. */
   async request(method: string, uri: string, body?: Record<string, unknown>): Promise<KmsResponse> {
     const [res] = await this.batch([{ method, uri, ...(body ? { body } : {}) }]);
     if (res!.status >= 400) throw KmsResponseError.from(res!);
@@ -175,11 +185,24 @@ export class KmsSession {
   #open(message: string, channel: Channel): { signed: boolean; response: KmsResponse } {
     const parts = message.split('.').length;
     // Each reply is parsed once: a malformed one throws here, before any key is tried.
-    if (parts === 3) return { signed: true, response: this.#verifySigned(message, decodeCompactJws(message)) };
-    const parsed = parseCompactJwe(message);
-    if (parsed.header.kid !== channel.info.uri) throw new KmsResponseError(502, 'the response is under another ephemeral key');
-    const { plaintext } = decryptDirParsed(parsed, channel.key, ['A256GCM']);
-    return { signed: false, response: JSON.parse(plaintext.toString('utf8')) as KmsResponse };
+    if (parts === 3) {
+      let decoded: DecodedJws;
+      try {
+        decoded = decodeCompactJws(message);
+      } catch (e) {
+        throw new BadResponseError('the response is not a compact JWS', { cause: e });
+      }
+      return { signed: true, response: this.#verifySigned(message, decoded) };
+    }
+    let plaintext: Buffer;
+    try {
+      const parsed = parseCompactJwe(message);
+      if (parsed.header.kid !== channel.info.uri) throw new BadResponseError('the response is under another ephemeral key');
+      ({ plaintext } = decryptDirParsed(parsed, channel.key, ['A256GCM']));
+    } catch (e) {
+      throw e instanceof BadResponseError ? e : new BadResponseError('the response does not decrypt under the channel key', { cause: e });
+    }
+    return { signed: false, response: parseResponse(plaintext) };
   }
 
   /** Deletes the ephemeral key on the KMS (-03 §4.6.2) and forgets it. */
@@ -196,5 +219,19 @@ export class KmsSession {
 }
 
 function missing(): never {
-  throw new KmsResponseError(502, 'the KMS did not answer every request');
+  throw new BadResponseError('the KMS did not answer every request');
+}
+
+/** A response payload: a JSON object with a numeric status, or a BadResponseError. */
+function parseResponse(payload: Buffer): KmsResponse {
+  let res: unknown;
+  try {
+    res = JSON.parse(payload.toString('utf8'));
+  } catch (e) {
+    throw new BadResponseError('the response is not JSON', { cause: e });
+  }
+  if (!res || typeof res !== 'object' || Array.isArray(res) || typeof (res as { status?: unknown }).status !== 'number') {
+    throw new BadResponseError('the response has no numeric status');
+  }
+  return res as KmsResponse;
 }

@@ -7,38 +7,61 @@
 import type { KeyObject, X509Certificate } from 'node:crypto';
 import { xml, type Element } from '@xmpp/xml';
 import { NS } from '../protocol/namespace.js';
-import { parseStanzaError, type ParsedStanzaError } from '../protocol/stanza-errors.js';
+import { parseStanzaError } from '../protocol/stanza-errors.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { certificateMatchesHost, validateChain } from '../crypto/x509.js';
 import type { Transport } from './session.js';
+import { BadResponseError, IdentityValidationError, KmsStanzaError, KmsTimeoutError } from './errors.js';
+
+export { KmsStanzaError } from './errors.js';
 
 /** The part of an xmpp.js entity the binding uses. */
 export interface XmppEntity {
   iqCaller: { request(stanza: Element, timeout?: number): Promise<Element> };
+  /** The connection's status ('online' when stanzas can be sent), as an @xmpp/client entity has it. */
+  readonly status?: string;
 }
 
-/** An XMPP-level refusal (a stanza error), rebuilt from the reply. */
-export class KmsStanzaError extends Error {
-  readonly key: ParsedStanzaError['key'] | undefined;
-  readonly condition: string;
-  readonly type: string;
+/** Node's codes for a socket that failed or was closed under a write (ECONNRESET, EPIPE, a destroyed stream). */
+const CONNECTION_LOST = new Set([
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'EPIPE',
+  'ENOTCONN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ERR_STREAM_DESTROYED',
+  'ERR_STREAM_WRITE_AFTER_END',
+  'ERR_SOCKET_CLOSED',
+]);
 
-  constructor(parsed: ParsedStanzaError | undefined, condition: string, type: string, text?: string) {
-    super(text ?? parsed?.text ?? condition);
-    this.name = 'KmsStanzaError';
-    this.key = parsed?.key;
-    this.condition = parsed?.condition ?? condition;
-    this.type = parsed?.type ?? type;
-  }
+/** True for Node's error of a socket that failed or closed (by its `code`, never by its message). */
+export function isConnectionLost(e: unknown): boolean {
+  const code = (e as { code?: unknown } | null)?.code;
+  return typeof code === 'string' && CONNECTION_LOST.has(code);
 }
 
-/** Turns the error xmpp.js raises for an `<iq type='error'/>` into a KmsStanzaError. */
-function rethrow(e: unknown): never {
-  const err = e as Error & { element?: Element; condition?: string; text?: string };
-  if (err && err.element) {
+/**
+ * Turns what an xmpp.js IQ request rejects with into the library's errors, by class and code:
+ *   - a StanzaError (@xmpp/middleware builds it from the reply's `<error/>` element, with the
+ *     element as `element` and its type as `type`) becomes a KmsStanzaError;
+ *   - @xmpp/events' TimeoutError, a socket error, or any failure while the connection is not
+ *     online (xmpp.js writes to a closed or missing socket) becomes a KmsTimeoutError;
+ *   - anything else is rethrown as it is.
+ */
+function rethrow(e: unknown, entity: XmppEntity, to: string, timeoutMs: number): never {
+  const err = e as (Error & { element?: Element; condition?: string; text?: string; type?: string }) | undefined;
+  if (err?.name === 'StanzaError' && err.element) {
+    // err.element is the <error/> element itself, not the IQ.
     const parsed = parseStanzaError(err.element);
-    const errorEl = err.element.getChild('error');
-    throw new KmsStanzaError(parsed, err.condition ?? 'undefined-condition', errorEl?.attrs.type ?? 'cancel', err.text);
+    throw new KmsStanzaError(parsed, err.condition ?? 'undefined-condition', err.type ?? err.element.attrs.type ?? '', err.text);
+  }
+  if (err?.name === 'TimeoutError') throw new KmsTimeoutError(`no answer from ${to} within ${timeoutMs} ms`, { cause: e });
+  if (isConnectionLost(e)) throw new KmsTimeoutError(`the XMPP connection was lost before ${to} answered`, { cause: e });
+  if (entity.status !== undefined && entity.status !== 'online') {
+    throw new KmsTimeoutError(`the XMPP connection is ${entity.status}, not online: no answer from ${to}`, { cause: e });
   }
   throw e;
 }
@@ -56,7 +79,7 @@ export async function discoverKms(entity: XmppEntity, domain: string, timeoutMs 
   try {
     items = await entity.iqCaller.request(xml('iq', { type: 'get', to: domain }, xml('query', { xmlns: NS_DISCO_ITEMS })), timeoutMs);
   } catch (e) {
-    rethrow(e);
+    rethrow(e, entity, domain, timeoutMs);
   }
   const jids = (items.getChild('query', NS_DISCO_ITEMS)?.getChildren('item') ?? []).map((i) => i.attrs.jid).filter((j): j is string => !!j);
   for (const jid of jids) {
@@ -75,25 +98,56 @@ export interface KmsIdentityInfo {
   encAlg: string;
 }
 
-/** Asks the component for its static key and accepts it only if the chain validates for the kid's host. */
+/**
+ * Asks the component for its static key and accepts it only after the checks of XEP "Validating
+ * the Static Key": a certificate chain to `anchors`, a first certificate for the kid's host, that
+ * host the component's own domain, and the published key the certificate's. Any failed check is
+ * an IdentityValidationError (a KmsStanzaError or KmsTimeoutError when the component did not answer).
+ */
 export async function fetchKmsIdentity(entity: XmppEntity, component: string, anchors: X509Certificate[], timeoutMs = 10_000): Promise<KmsIdentityInfo> {
   let reply: Element;
   try {
     reply = await entity.iqCaller.request(xml('iq', { type: 'get', to: component }, xml('identity', { xmlns: NS })), timeoutMs);
   } catch (e) {
-    rethrow(e);
+    rethrow(e, entity, component, timeoutMs);
   }
   const id = reply.getChild('identity', NS);
-  if (!id) throw new Error(`${component} sent no <identity/>`);
+  if (!id) throw new IdentityValidationError(`${component} sent no <identity/>`);
   const kid = id.attrs.kid ?? '';
-  if (!kid.startsWith('kms://')) throw new Error(`${component} published a kid that is not kms://<domain>`);
-  const x5c = id.getChildren('x5c').map((c) => c.getText().trim());
-  const chain = validateChain(x5c, anchors);
+  if (!kid.startsWith('kms://')) throw new IdentityValidationError(`${component} published a kid that is not kms://<domain>`);
   const host = kid.slice('kms://'.length);
-  if (!certificateMatchesHost(chain.leaf, host)) throw new Error(`the KMS certificate is not for ${host}`);
-  const jwk = importPublicJwk(JSON.parse(id.getChildText('jwk') ?? 'null'));
-  if (!jwk.equals(chain.publicKey)) throw new Error('the published key is not the certificate\'s key');
-  return { kid, key: chain.publicKey, sigAlg: id.attrs['sig-alg'] ?? '', encAlg: id.attrs['enc-alg'] ?? '' };
+  if (host.toLowerCase() !== component.toLowerCase()) throw new IdentityValidationError(`${component} published the key of another KMS (${kid})`);
+  const x5c = id.getChildren('x5c').map((c) => c.getText().trim());
+  let chain: ReturnType<typeof validateChain>;
+  try {
+    chain = validateChain(x5c, anchors);
+  } catch (e) {
+    throw new IdentityValidationError(`the KMS certificate chain does not validate: ${(e as Error).message}`, { cause: e });
+  }
+  if (!certificateMatchesHost(chain.leaf, host)) throw new IdentityValidationError(`the KMS certificate is not for ${host}`);
+  let jwk: KeyObject;
+  let published: unknown;
+  try {
+    published = JSON.parse(id.getChildText('jwk') ?? 'null');
+    jwk = importPublicJwk(published);
+  } catch (e) {
+    throw new IdentityValidationError(`${component} published a <jwk/> that is not a public key: ${(e as Error).message}`, { cause: e });
+  }
+  if (!jwk.equals(chain.publicKey)) throw new IdentityValidationError('the published key is not the certificate\'s key');
+  // XEP "Validating the Static Key" rules 3 and 4: the JWK's own kid, if any, is the kid; the
+  // algorithms fit the key type (PS256 and RSA-OAEP for RSA of 2048 bits or more, ES256 and ECDH-ES for P-256).
+  const jwkKid = (published as { kid?: unknown }).kid;
+  if (jwkKid !== undefined && jwkKid !== kid) throw new IdentityValidationError(`the <jwk/> names kid ${String(jwkKid).slice(0, 100)}, not ${kid}`);
+  const sigAlg = id.attrs['sig-alg'] ?? '';
+  const encAlg = id.attrs['enc-alg'] ?? '';
+  const type = chain.publicKey.asymmetricKeyType;
+  const details = chain.publicKey.asymmetricKeyDetails;
+  const fits =
+    type === 'rsa'
+      ? (details?.modulusLength ?? 0) >= 2048 && (sigAlg === 'PS256' || sigAlg === 'RS256') && encAlg === 'RSA-OAEP'
+      : type === 'ec' && details?.namedCurve === 'prime256v1' && sigAlg === 'ES256' && encAlg === 'ECDH-ES';
+  if (!fits) throw new IdentityValidationError(`sig-alg ${sigAlg} and enc-alg ${encAlg} do not fit the static key (${type})`);
+  return { kid, key: chain.publicKey, sigAlg, encAlg };
 }
 
 /** A Transport over XMPP: one `<kms/>` IQ per batch, replies in order. */
@@ -104,11 +158,11 @@ export function xmppTransport(entity: XmppEntity, component: string, timeoutMs =
     try {
       reply = await entity.iqCaller.request(iq, timeoutMs);
     } catch (e) {
-      rethrow(e);
+      rethrow(e, entity, component, timeoutMs);
     }
     const kms = reply.getChild('kms', NS);
     const out = kms ? kms.getChildren('message').map((m) => m.getText().trim()) : [];
-    if (out.length !== messages.length) throw new Error(`the KMS answered ${out.length} of ${messages.length} messages`);
+    if (out.length !== messages.length) throw new BadResponseError(`the KMS answered ${out.length} of ${messages.length} messages`);
     return out;
   };
 }

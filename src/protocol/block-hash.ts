@@ -1,4 +1,4 @@
-/** hex(SHA-256(compact JWS as stored)): how blocks are named (protocol-notes §2.2), for antecedents and GK bindings. */
+/** hex(SHA-256(compact JWS as stored)): how blocks are named (XEP "Entities and Hashes"), for antecedents and GK bindings. */
 import { createHash } from 'node:crypto';
 
 export function blockHash(jws: string): string {

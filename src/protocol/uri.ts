@@ -1,6 +1,6 @@
 /**
  * KMS request URIs: relative (`/ecdhe/…`, `/ping`) or absolute (`kms://<domain>/blocks/…`) as
- * the -03 examples mix both (protocol-notes §6 item 2). Routing uses the path only.
+ * the -03 examples mix both (XEP "Sending KMS Requests"). Routing uses the path only.
  */
 import { badRequest, notFound } from './errors.js';
 

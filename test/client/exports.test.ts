@@ -7,6 +7,11 @@ describe('package exports', function () {
     for (const name of ['KmsClient', 'EncryptedRoom', 'KmsSession', 'fetchKmsIdentity', 'encryptRoomMessage', 'verifyChain', 'KmsResponseError']) {
       expect(m, name).to.have.property(name).that.is.a('function');
     }
+    // One error model: every error class the library throws is a KmsError, and all are exported.
+    for (const name of ['KmsResponseError', 'KmsStanzaError', 'KmsTimeoutError', 'BadResponseError', 'ChainVerificationError', 'IdentityValidationError']) {
+      expect(m, name).to.have.property(name).that.is.a('function');
+      expect((m as Record<string, unknown>)[name] as object, name).to.satisfy((c: { prototype: unknown }) => c.prototype instanceof m.KmsError);
+    }
   });
 
   it('xmpp-kms: the server side', async function () {

@@ -2,11 +2,20 @@
 // cached, chains verified on the client, appends that survive a concurrent writer, retries with
 // backoff on transient transport failures, and renewal of the ephemeral key before it expires.
 import { expect } from 'chai';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { KmsFixture, AUDIENCE } from '../support/kms-fixture.js';
-import { KmsClient, withRetry } from '../../src/client/kms-client.js';
-import { KmsResponseError } from '../../src/client/errors.js';
-import { KmsStanzaError } from '../../src/client/xmpp.js';
-import type { Transport } from '../../src/client/session.js';
+import { KmsClient, isTransient, withRetry } from '../../src/client/kms-client.js';
+import {
+  BadResponseError,
+  ChainVerificationError,
+  IdentityValidationError,
+  KmsResponseError,
+  KmsStanzaError,
+  KmsTimeoutError,
+} from '../../src/client/errors.js';
+import { KmsSession, type Transport } from '../../src/client/session.js';
+import { KmsError } from '../../src/protocol/errors.js';
+import { encryptDir } from '../../src/crypto/jwe.js';
 import { verifyChain } from '../../src/client/chain.js';
 import type { EngineOverrides } from '../../src/engine/config.js';
 
@@ -88,6 +97,7 @@ describe('client: KmsClient (in process, real engine)', function () {
     for (const r of results) {
       expect(r.status).to.equal('rejected');
       expect((r as PromiseRejectedResult).reason).to.be.instanceOf(KmsResponseError).with.property('status', 403);
+      expect((r as PromiseRejectedResult).reason).to.have.property('code', 'FORBIDDEN');
     }
     expect(mallory.hasGk(gk.uri)).to.equal(false);
     await mallory.gk(gk.uri).catch(() => undefined);
@@ -179,5 +189,87 @@ describe('client: withRetry', function () {
     }, { retries: 5, backoffMs: 1 });
     await refused(['x']).catch(() => undefined);
     expect(n).to.equal(1);
+  });
+});
+
+describe('client: one error model', function () {
+  let kms: KmsFixture;
+  afterEach(async () => kms?.close());
+
+  const failure = (p: Promise<unknown>) => p.then(() => expect.fail('expected a failure'), (e: Error) => e);
+
+  it('rebuilds the KMS\'s code: BAD_REQUEST and UNSUPPORTED, both status 400, arrive distinct', async function () {
+    kms = await KmsFixture.create();
+    const alice = await clientFor(kms, 'alice@example.com');
+    const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({ format: 'jwk' });
+    const unsupported = await failure(alice.session.request('post', '/entity-keys', { jwk: p384, proof: 'x' }));
+    const bad = await failure(alice.session.request('post', '/entity-keys', { jwk: alice.entityKey.publicJwk, proof: 'not a JWS' }));
+    expect(unsupported).to.be.instanceOf(KmsResponseError).and.instanceOf(KmsError);
+    expect(bad).to.be.instanceOf(KmsResponseError);
+    expect([(unsupported as KmsResponseError).code, (unsupported as KmsResponseError).status]).to.deep.equal(['UNSUPPORTED', 400]);
+    expect([(bad as KmsResponseError).code, (bad as KmsResponseError).status]).to.deep.equal(['BAD_REQUEST', 400]);
+    const missing = await failure(alice.session.request('get', '/nowhere'));
+    expect([(missing as KmsResponseError).code, (missing as KmsResponseError).status]).to.deep.equal(['NOT_FOUND', 404]);
+  });
+
+  it('falls back to the status when a response has no code, or one it does not know', function () {
+    const rebuilt = (res: { status: number; code?: unknown; reason?: unknown }) => {
+      const e = KmsResponseError.from(res);
+      return [e.code, e.status];
+    };
+    expect(rebuilt({ status: 400, code: 'UNSUPPORTED' })).to.deep.equal(['UNSUPPORTED', 400]);
+    expect(rebuilt({ status: 404 })).to.deep.equal(['NOT_FOUND', 404]);
+    expect(rebuilt({ status: 400 })).to.deep.equal(['BAD_REQUEST', 400]);
+    expect(rebuilt({ status: 403, code: 'NOT_A_CODE' })).to.deep.equal(['FORBIDDEN', 403]);
+    // Client-only codes never travel: one in a response is unknown.
+    expect(rebuilt({ status: 409, code: 'TIMEOUT' })).to.deep.equal(['CONFLICT', 409]);
+    expect(rebuilt({ status: 418 })).to.deep.equal(['BAD_REQUEST', 418]);
+    expect(rebuilt({ status: 503 })).to.deep.equal(['INTERNAL', 503]);
+    expect(KmsResponseError.from({ status: 400, code: 'BAD_REQUEST', reason: 'blocks: required' }).message).to.equal('blocks: required');
+  });
+
+  it('invents no status: a response it cannot accept is a BadResponseError without status, and is not retried', async function () {
+    kms = await KmsFixture.create();
+    let mode: 'engine' | 'none' | 'foreign-key' | 'garbage' = 'engine';
+    const transport: Transport = async (messages) => {
+      if (mode === 'none') return [];
+      if (mode === 'foreign-key') return messages.map(() => encryptDir(randomBytes(32), '{"status":200}', { enc: 'A256GCM', kid: '/ecdhe/someone-else' }));
+      if (mode === 'garbage') return messages.map(() => 'x.y.z');
+      return kms.transport(messages);
+    };
+    const token = await kms.issuer.mint({ subject: 'alice@example.com', audience: AUDIENCE });
+    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport, bearer: () => token });
+    await session.handshake();
+    for (const m of ['none', 'foreign-key', 'garbage'] as const) {
+      mode = m;
+      const e = await failure(session.request('update', '/ping'));
+      expect(e, m).to.be.instanceOf(BadResponseError);
+      expect([(e as BadResponseError).code, (e as BadResponseError).status, isTransient(e)], m).to.deep.equal(['BAD_RESPONSE', undefined, false]);
+    }
+  });
+
+  it('retries by code, never by message text', async function () {
+    const cases: [string, () => Error, boolean][] = [
+      ['TIMEOUT', () => new KmsTimeoutError('no answer'), true],
+      ['STANZA_ERROR wait (rate-limited)', () => new KmsStanzaError({ key: 'rate-limited', type: 'wait', condition: 'resource-constraint', text: undefined }, 'resource-constraint', 'wait'), true],
+      ['STANZA_ERROR from the server, component away', () => new KmsStanzaError(undefined, 'remote-server-timeout', 'wait'), true],
+      ['STANZA_ERROR modify (malformed-payload)', () => new KmsStanzaError({ key: 'malformed-payload', type: 'modify', condition: 'bad-request', text: undefined }, 'bad-request', 'modify'), false],
+      ['INTERNAL response', () => KmsResponseError.from({ status: 500, code: 'INTERNAL' }), false],
+      ['CONFLICT response', () => KmsResponseError.from({ status: 409, code: 'CONFLICT' }), false],
+      ['BAD_RESPONSE', () => new BadResponseError('the response is not signed by the KMS'), false],
+      ['CHAIN_INVALID', () => new ChainVerificationError('block 1: bad signature', { block: 1 }), false],
+      ['IDENTITY_INVALID', () => new IdentityValidationError('no anchor'), false],
+      ['a socket closed (Node code)', () => Object.assign(new Error('read ECONNRESET'), { code: 'ECONNRESET' }), true],
+      ['a message that only says so', () => new Error('connection lost: socket offline, disconnected'), false],
+    ];
+    for (const [what, make, retried] of cases) {
+      let n = 0;
+      const t = withRetry(async () => {
+        n++;
+        throw make();
+      }, { retries: 2, backoffMs: 1 });
+      await failure(t(['x']));
+      expect(n, what).to.equal(retried ? 3 : 1);
+    }
   });
 });
