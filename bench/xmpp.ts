@@ -101,7 +101,7 @@ async function componentHost(): Promise<void> {
 
   const connectKms = async () => {
     const component = new KmsComponent(
-      { handle: (m) => kms!.engine.handle(m), identity: kms!.identity },
+      { handle: (m, o) => kms!.engine.handle(m, o), identity: kms!.identity },
       componentSettings(kms!.config),
       logger!,
     );

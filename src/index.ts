@@ -4,7 +4,7 @@
  */
 export { startKms, masterKey, type RunningKms } from './cli/start.js';
 export { loadConfig, ConfigError, type KmsConfig } from './cli/config.js';
-export { KmsEngine, type EngineOptions } from './engine/engine.js';
+export { KmsEngine, type EngineOptions, type HandleOptions } from './engine/engine.js';
 export { engineConfig, type EngineConfig, type EngineOverrides, type RetrievalPolicy } from './engine/config.js';
 export { KmsComponent, type ComponentSettings, type ComponentLimits } from './xmpp/component.js';
 export { openLevelStore, openMemoryStore, type KvStore } from './store/kv.js';

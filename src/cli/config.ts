@@ -6,6 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
+import { largestBlockReplyBytes, minReplyBytes, RESERVED_PER_MESSAGE } from '../xmpp/reply-budget.js';
 
 const positiveInt = z.number().int().positive();
 /** A file path: a set but empty path would resolve to the working directory. */
@@ -61,11 +62,27 @@ export const configSchema = z
         maxMessagesPerIq: positiveInt.max(256).default(16),
         maxMessageBytes: positiveInt.default(64 * 1024),
         maxStanzaBytes: positiveInt.default(256 * 1024),
+        /** Largest reply stanza (max-reply-size): below the server's stanza limit for components (Prosody and ejabberd: 1 MiB). */
+        maxReplyBytes: positiveInt.default(512 * 1024),
         ratePerSec: positiveInt.default(200),
         rateBurst: positiveInt.default(400),
       })
       .strict()
       .refine((x) => x.reconnectInitialMs <= x.reconnectMaxMs, { path: ['reconnectInitialMs'], message: 'must not be above xmpp.reconnectMaxMs' })
+      .superRefine((x, ctx) => {
+        // D7: a get-chain request first in a full IQ must still get one block.
+        const min = minReplyBytes(x.maxMessagesPerIq, x.maxMessageBytes);
+        if (x.maxReplyBytes < min) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['maxReplyBytes'],
+            message:
+              `must be at least ${min} bytes with xmpp.maxMessagesPerIq ${x.maxMessagesPerIq} and xmpp.maxMessageBytes ${x.maxMessageBytes}: ` +
+              `(${x.maxMessagesPerIq} - 1) x ${RESERVED_PER_MESSAGE} bytes reserved for the other messages of a request, plus ` +
+              `${largestBlockReplyBytes(x.maxMessageBytes)} for a reply carrying one block of a chain; got ${x.maxReplyBytes}`,
+          });
+        }
+      })
       .prefault({}),
     /** LevelDB store, sealed identity and local issuer live here. */
     dataDir: path.default('./data'),
@@ -131,6 +148,7 @@ export const ENV_SETTINGS: Record<string, { path: string[]; type: 'string' | 'in
   KMS_XMPP_SECRET: { path: ['xmpp', 'secret'], type: 'string' },
   KMS_KEEPALIVE_SEC: { path: ['xmpp', 'keepaliveSec'], type: 'int' },
   KMS_RATE_PER_SEC: { path: ['xmpp', 'ratePerSec'], type: 'int' },
+  KMS_MAX_REPLY_BYTES: { path: ['xmpp', 'maxReplyBytes'], type: 'int' },
   KMS_DATA_DIR: { path: ['dataDir'], type: 'string' },
   KMS_MASTER_KEY_FILE: { path: ['masterKeyFile'], type: 'string' },
   KMS_IDENTITY_KEY_TYPE: { path: ['identity', 'keyType'], type: 'string' },

@@ -102,6 +102,7 @@ export function componentSettings(config: KmsConfig): ComponentSettings {
       maxMessagesPerIq: x.maxMessagesPerIq,
       maxMessageBytes: x.maxMessageBytes,
       maxStanzaBytes: x.maxStanzaBytes,
+      maxReplyBytes: x.maxReplyBytes,
       ratePerSec: x.ratePerSec,
       rateBurst: x.rateBurst,
     },
@@ -162,7 +163,7 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?:
   let component: KmsComponent | undefined;
   if (opts.xmpp !== false) {
     component = new KmsComponent(
-      { handle: (m) => engine.handle(m), identity },
+      { handle: (m, o) => engine.handle(m, o), identity },
       componentSettings(config),
       logger,
     );

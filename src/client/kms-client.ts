@@ -7,11 +7,13 @@
 import type { KeyObject, X509Certificate } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { KmsSession, type CredentialSource, type KmsResponse, type Transport } from './session.js';
-import { discoverKms, fetchKmsIdentity, KmsStanzaError, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
+import { discoverKms, fetchKmsIdentity, isConnectionLost, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
 import { createEntityKey, openGk, registrationProof, type EntityKey, type EntityKeyOptions, type GroupKey } from './keys.js';
 import { blockHash, signBlock, verifyChain, type Operation, type VerifiedChain } from './chain.js';
-import { KmsResponseError } from './errors.js';
+import { KmsError, isClientCode } from '../protocol/errors.js';
+import { BadResponseError, ChainVerificationError, KmsResponseError } from './errors.js';
 import { importPublicJwk } from '../crypto/keys.js';
+import { canonicalEntity } from '../protocol/entity.js';
 import { Lru } from '../util/lru.js';
 
 export interface RetryOptions {
@@ -47,12 +49,16 @@ export interface KmsClientOptions extends RetryOptions {
   identity?: KmsIdentityInfo;
 }
 
-/** Is this failure worth another attempt? Timeouts, a lost connection and 'wait' errors are; refusals are not. */
+/**
+ * Is this failure worth another attempt? Decided by class and code, never by message text: a
+ * KmsError by its code and stanza error type (isRetryable in src/protocol/errors.ts: TIMEOUT, and
+ * stanza errors of type wait or from the XMPP server in place of an absent component); from a
+ * transport of another kind, a TimeoutError or Node's error of a failed or closed socket. A KMS
+ * response (KmsResponseError) never is.
+ */
 export function isTransient(e: unknown): boolean {
-  if (e instanceof KmsStanzaError) return e.type === 'wait';
-  if (e instanceof KmsResponseError) return false;
-  const name = (e as Error | undefined)?.name;
-  return name === 'TimeoutError' || name === 'AbortError' || /socket|connection|offline|disconnect/i.test(String((e as Error)?.message ?? ''));
+  if (e instanceof KmsError) return e.retryable;
+  return (e as Error | undefined)?.name === 'TimeoutError' || isConnectionLost(e);
 }
 
 /** Wraps a transport so that transient failures are retried with exponential backoff and jitter. */
@@ -159,7 +165,7 @@ export class KmsClient {
 
   /** Creates a chain whose genesis adds this user and `members`; returns it verified. */
   async createChain(members: string[]): Promise<ChainView> {
-    const entities = [...new Set([this.entity, ...members.map((m) => m.toLowerCase())])];
+    const entities = [...new Set([this.entity, ...members.map(toEntity)])];
     const res = await this.session.request('post', this.#abs('/blocks'), {
       blockPayload: { operations: entities.map((entity) => ({ entity, optype: 'add' })) },
     });
@@ -169,15 +175,32 @@ export class KmsClient {
     return view;
   }
 
-  /** The chain, brought up to date (only blocks after the known tail are fetched) and verified here. */
+  /**
+   * The chain, brought up to date and verified here: only blocks after the known tail are fetched,
+   * a page at a time (XEP "Reading a Chain"): while the KMS answers "more", the next get names the
+   * last block received as its antecedent, and each page is verified after the blocks before it.
+   * Every get goes in an IQ of its own, where the KMS has room for at least one block: a page that
+   * comes back empty is asked for once more, and a second empty one is a bad response.
+   */
   async chain(uri: string): Promise<ChainView> {
     const known = this.#chains.get(uri);
-    const res = await this.session.request('get', uri, known ? { antecedent: known.tail } : undefined);
-    const fresh = res.blocks as string[];
-    if (known && fresh.length === 0) return known;
-    const view = await this.#verify(fresh, known);
-    if (view.uri !== uri) throw new KmsResponseError(502, `the KMS returned chain ${view.uri} for ${uri}`);
-    this.#chains.set(uri, view);
+    let view = known;
+    let empty = 0;
+    for (;;) {
+      const res = await this.session.request('get', uri, view ? { antecedent: view.tail } : undefined);
+      const fresh = res.blocks;
+      if (!Array.isArray(fresh) || !fresh.every((b) => typeof b === 'string')) throw new BadResponseError('the get-chain response has no "blocks"');
+      if (fresh.length > 0) {
+        empty = 0;
+        view = await this.#verify(fresh, view);
+        if (view.uri !== uri) throw new BadResponseError(`the KMS returned chain ${view.uri} for ${uri}`);
+      }
+      // A KMS before paging sends no "more": its one response is the whole chain.
+      if (res.more !== true) break;
+      if (fresh.length === 0 && ++empty > 1) throw new BadResponseError(`the KMS answered "more" but no block of ${uri}, twice`);
+    }
+    if (!view) throw new BadResponseError(`the KMS returned no block of ${uri}`);
+    if (view !== known) this.#chains.set(uri, view);
     return view;
   }
 
@@ -195,7 +218,14 @@ export class KmsClient {
     } catch {
       // A member may have registered a key since we cached theirs: fetch again, verify once more.
       this.#entityKeys.clear();
+    }
+    try {
       return { ...(await verifyChain(fresh, opts, known)), blocks };
+    } catch (e) {
+      // Failures of the requests for keys (KMS refusals, timeouts, bad responses) pass as they are;
+      // anything else means that the chain does not verify.
+      if (e instanceof KmsResponseError || (e instanceof KmsError && isClientCode(e.code))) throw e;
+      throw new ChainVerificationError(`the chain does not verify: ${(e as Error).message}`, { cause: e });
     }
   }
 
@@ -216,27 +246,27 @@ export class KmsClient {
   async append(uri: string, operations: Operation[], attempts = 3): Promise<ChainView> {
     for (let i = 0; ; i++) {
       const chain = await this.chain(uri);
-      const block = signBlock(this.entityKey, this.entity, chain.tail, operations);
+      const block = signBlock(this.entityKey, this.entity, chain.tail, operations.map((o) => ({ entity: toEntity(o.entity), optype: o.optype })));
       try {
         await this.session.request('post', uri, { blocks: [block] });
       } catch (e) {
-        if (!(e instanceof KmsResponseError && e.status === 409) || i + 1 >= attempts) throw e;
+        if (!(e instanceof KmsResponseError && e.code === 'CONFLICT') || i + 1 >= attempts) throw e;
         continue;
       }
       const after = await this.chain(uri);
       if (!after.hashes.includes(blockHash(block))) {
-        throw new KmsResponseError(502, 'the appended block is not in the chain the KMS returns');
+        throw new BadResponseError('the appended block is not in the chain the KMS returns');
       }
       return after;
     }
   }
 
   addMembers(uri: string, entities: string[]): Promise<ChainView> {
-    return this.append(uri, entities.map((entity) => ({ entity: entity.toLowerCase(), optype: 'add' })));
+    return this.append(uri, entities.map((entity) => ({ entity: toEntity(entity), optype: 'add' })));
   }
 
   removeMembers(uri: string, entities: string[]): Promise<ChainView> {
-    return this.append(uri, entities.map((entity) => ({ entity: entity.toLowerCase(), optype: 'remove' })));
+    return this.append(uri, entities.map((entity) => ({ entity: toEntity(entity), optype: 'remove' })));
   }
 
   // ---- group keys ----
@@ -249,8 +279,13 @@ export class KmsClient {
 
   /** Checks the KMS's signature on a GK, unwraps it with this device's key and caches it. */
   #keep(gkJws: string, expectedUri?: string): GroupKey {
-    const gk = openGk(gkJws, this.kmsKey, this.entityKey);
-    if (expectedUri !== undefined && gk.uri !== expectedUri) throw new KmsResponseError(502, `the KMS returned ${gk.uri} for ${expectedUri}`);
+    let gk: GroupKey;
+    try {
+      gk = openGk(gkJws, this.kmsKey, this.entityKey);
+    } catch (e) {
+      throw new BadResponseError(`the group key the KMS returned cannot be opened: ${(e as Error).message}`, { cause: e });
+    }
+    if (expectedUri !== undefined && gk.uri !== expectedUri) throw new BadResponseError(`the KMS returned ${gk.uri} for ${expectedUri}`);
     this.#gks.set(gk.uri, gk);
     return gk;
   }
@@ -290,4 +325,15 @@ export class KmsClient {
     this.#gks.clear();
     await this.session.close().catch(() => undefined);
   }
+}
+
+/**
+ * The canonical spelling of a user address given by a caller (`Bob@Example.com/phone` becomes
+ * `bob@example.com`), as the XEP requires on the wire ("Entities and Hashes"); a RangeError when it
+ * is not a user address at all.
+ */
+function toEntity(input: string): string {
+  const e = canonicalEntity(input);
+  if (e === undefined) throw new RangeError(`not a user address (a bare JID, user@domain): ${JSON.stringify(String(input).slice(0, 100))}`);
+  return e;
 }

@@ -6,6 +6,7 @@ import type { Sealer } from '../crypto/seal.js';
 import type { StaticIdentity } from './identity.js';
 import type { KmsRequest } from '../protocol/messages.js';
 import type { Principal } from './principal.js';
+import type { ResponseSizer } from './response-size.js';
 import type { JwsAlg } from '../crypto/jws.js';
 import { compactSigner } from '../crypto/jws.js';
 import { importPublicJwk } from '../crypto/keys.js';
@@ -92,6 +93,8 @@ export interface RequestContext {
   now: Date;
   /** Path segments of the request URI, after the collection name. */
   segments: string[];
+  /** The response's budget and its size arithmetic (get chain fills its page up to the budget). */
+  response: ResponseSizer;
 }
 
 /** What a handler returns: the status and the body fields beside status/requestId. */

@@ -1,6 +1,6 @@
 /**
  * The KMS engine: a function from one compact JOSE request message to one compact JOSE response
- * message, plus the state it keeps. Transport-agnostic (protocol-notes §6 item 20): the XMPP
+ * message, plus the state it keeps. Transport-agnostic (-03 leaves the transport open; XEP "Introduction"): the XMPP
  * component, tests and benchmarks all call `handle`.
  *
  * Message classes (-03 §4.5):
@@ -23,11 +23,12 @@ import { EngineDeps, type HandlerResult, type RequestContext } from './context.j
 import { appendBlocks, getChain, postGenesis } from './gmbc.js';
 import { bindGk, createGk, getGk } from './gk.js';
 import { deleteEntityKey, listEntityKeys, registerEntityKey } from './entity-keys.js';
+import { b64uLength, defaultResponseBudget, type ResponseSizer } from './response-size.js';
 import type { Logger } from '../util/logger.js';
 
 type Verb = 'create' | 'read' | 'update' | 'delete';
 
-/** Both method vocabularies, folded (protocol-notes §6 item 1). `post` means create on a collection, update on an object. */
+/** Both method vocabularies, folded (XEP "Sending KMS Requests"). `post` means create on a collection, update on an object. */
 function verbOf(method: Method, onObject: boolean): Verb {
   switch (method) {
     case 'post':
@@ -63,8 +64,20 @@ async function deleteEphemeral(ctx: RequestContext): Promise<HandlerResult> {
   const id = ctx.segments[0];
   // Only the owner may delete; a client deletes the key it is talking under (-03 §4.6.2).
   if (id !== ctx.ephemeral.id) throw notFound('only the ephemeral key of this channel can be deleted on it');
-  // The 204 is encrypted under the key being deleted; the key goes after that (protocol-notes §6 item 17).
+  // The 204 is encrypted under the key being deleted; the key goes after that (XEP "Ending a Channel").
   return { status: 204, after: () => ctx.deps.state.deleteEphemeral(id) };
+}
+
+/** How the transport bounds one response (see `KmsEngine.handle`). */
+export interface HandleOptions {
+  /**
+   * The most bytes the response message may have: the transport's room for it (the XMPP
+   * component's share of its max-reply-size, decision D7). Get chain returns the blocks that fit
+   * (and "more"); any other response over it becomes 413 TOO_LARGE. Without it, get chain pages at
+   * defaultResponseBudget(limits) and nothing else is limited. Signed responses (handshakes,
+   * failures without a channel) are small and not held to it.
+   */
+  maxResponseBytes?: number;
 }
 
 export interface EngineOptions {
@@ -88,6 +101,8 @@ const sealContext = (id: string) => `ecdhe:${id}`;
 interface Channel {
   key: KeyObject;
   encrypt: (plaintext: string) => string;
+  /** Bytes of a response message besides its ciphertext (header, IV, tag, dots): the size of an empty one. */
+  overhead: number;
 }
 
 /** The KMS engine. */
@@ -105,16 +120,23 @@ export class KmsEngine {
   }
 
   /** Handles one request message and returns its response message. Never throws. */
-  async handle(message: string): Promise<string> {
+  async handle(message: string, opts?: HandleOptions): Promise<string> {
     try {
-      return await this.#handle(message);
+      return await this.#handle(message, this.#budget(opts));
     } catch (e) {
       const ce = e instanceof ChannelError ? e : new ChannelError(this.#internal(e));
       return this.#signedError(ce.error, ce.requestId);
     }
   }
 
-  async #handle(message: string): Promise<string> {
+  /** The response budget of a request: the transport's, or the default page size. */
+  #budget(opts: HandleOptions | undefined): number {
+    const max = opts?.maxResponseBytes;
+    if (typeof max === 'number' && max >= 0) return Math.floor(max);
+    return defaultResponseBudget(this.deps.config.limits);
+  }
+
+  async #handle(message: string, budget: number): Promise<string> {
     if (typeof message !== 'string') throw new ChannelError(badRequest('the message must be a string'));
     const max = this.deps.config.limits.maxMessageBytes;
     // UTF-8 takes at most 3 bytes per UTF-16 code unit: short messages need no byte count.
@@ -128,7 +150,7 @@ export class KmsEngine {
     } catch (e) {
       throw new ChannelError(badRequest('the message is not a compact JWE', e));
     }
-    if (parsed.header.alg === 'dir') return this.#onChannel(parsed);
+    if (parsed.header.alg === 'dir') return this.#onChannel(parsed, budget);
     return this.#handshake(parsed);
   }
 
@@ -197,7 +219,7 @@ export class KmsEngine {
         createDate: record.createDate,
         expirationDate: record.expirationDate,
       };
-      // protocol-notes §6 item 3: `key` (content rule, -02, node-kms) and the -03 example's `ephemeral-key`.
+      // XEP "Choices Made Where the Draft Is Open": `key` (the -03 content rule) and the -03 example's `ephemeral-key`.
       // Signed before the key is stored, so that a failure here stores nothing.
       const response = deps.signAsKms(withRequestId({ status: 201, key: keyObject, 'ephemeral-key': keyObject }, requestId));
       // Written behind (KmsState.putEphemeral): readable at once, on disk within milliseconds.
@@ -230,7 +252,7 @@ export class KmsEngine {
 
   // ---- the channel ----
 
-  async #onChannel(parsed: ParsedJwe): Promise<string> {
+  async #onChannel(parsed: ParsedJwe, budget: number): Promise<string> {
     const { deps } = this;
     const header = parsed.header;
     const now = deps.clock();
@@ -265,12 +287,21 @@ export class KmsEngine {
       if (principal.id !== eph.userId || req.clientId !== eph.clientId) {
         throw unauthenticated('the credential is not the one this ephemeral key was made for');
       }
-      const result = await this.#route({ deps, req, principal, ephemeral: eph, now, segments: [] });
-      const response = channel.encrypt(JSON.stringify(withRequestId({ status: result.status, ...(result.body ?? {}) }, req.requestId)));
+      const response: ResponseSizer = {
+        budget,
+        plaintextBytes: (status, body) => Buffer.byteLength(JSON.stringify(withRequestId({ status, ...body }, req.requestId))),
+        encryptedBytes: (n) => channel.overhead + b64uLength(n),
+      };
+      const result = await this.#route({ deps, req, principal, ephemeral: eph, now, segments: [], response });
+      const json = JSON.stringify(withRequestId({ status: result.status, ...(result.body ?? {}) }, req.requestId));
+      // D7: measured before encrypting. Only reads are this large (get chain pages itself to fit), so nothing changed.
+      const size = channel.overhead + b64uLength(Buffer.byteLength(json));
+      if (size > budget) throw tooLarge(`the response (${size} bytes) exceeds the ${budget} bytes left for it in this reply: send this request in an IQ of its own`);
+      const encrypted = channel.encrypt(json);
       if (result.after) await result.after();
-      return response;
+      return encrypted;
     } catch (e) {
-      const err = this.#asKmsError(e);
+      const err = this.#fitting(this.#asKmsError(e), requestId, channel, budget);
       return channel.encrypt(JSON.stringify(withRequestId(errorResponse(err), requestId)));
     }
   }
@@ -286,7 +317,8 @@ export class KmsEngine {
       // Sealed under another master key (a rotated KMS): as good as unknown, so the client handshakes again.
       throw new ChannelError(unauthenticated(`unknown ephemeral key ${eph.uri}`));
     }
-    channel = { key, encrypt: dirEncrypter(key, { enc: 'A256GCM', kid: eph.uri }) };
+    const encrypt = dirEncrypter(key, { enc: 'A256GCM', kid: eph.uri });
+    channel = { key, encrypt, overhead: encrypt('').length };
     this.#channels.set(eph, channel);
     return channel;
   }
@@ -328,6 +360,14 @@ export class KmsEngine {
   }
 
   // ---- errors ----
+
+  /** The error itself, or 413 when its encrypted response would exceed the budget (a reason that quotes a long request field). */
+  #fitting(err: KmsError, requestId: string | number | undefined, channel: Channel, budget: number): KmsError {
+    const plaintext = JSON.stringify(withRequestId(errorResponse(err), requestId));
+    const size = channel.overhead + b64uLength(Buffer.byteLength(plaintext));
+    if (size <= budget) return err;
+    return tooLarge(`the response (${size} bytes) exceeds the ${budget} bytes left for it in this reply: send this request in an IQ of its own`);
+  }
 
   #asKmsError(e: unknown): KmsError {
     return e instanceof KmsError ? e : this.#internal(e);

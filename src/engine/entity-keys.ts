@@ -1,6 +1,6 @@
 /**
  * Entity keys: an extension to -03, which never says where members' public keys come from
- * (protocol-notes §6 item 7). A key becomes an entity's key only through that entity's own
+ * (XEP "Registering an Entity Key"). A key becomes an entity's key only through that entity's own
  * authenticated channel and a proof of possession: a JWS by the key over the entity, the channel's
  * ephemeral key URI and a fresh `iat`. The transport's word is never enough.
  *

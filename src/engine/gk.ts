@@ -36,7 +36,7 @@ async function issue(deps: EngineDeps, gk: GkRecord, entity: string, kid: string
   const raw = gkKey.export();
   const jwk = JSON.stringify({ kty: 'oct', k: b64u(raw), alg: 'A256GCM', kid: gk.uri });
   raw.fill(0);
-  // PCG-01 MTI and protocol-notes §6 item 8: a single-recipient compact JWE to the entity's key.
+  // PCG-01 MTI and XEP "Entity Keys": a single-recipient compact JWE to the entity's key.
   const wrapped = encryptJwe(deps.keyObject(key.kid, key.jwk), jwk, {
     alg: key.jwk.kty === 'EC' ? 'ECDH-ES+A256KW' : 'RSA-OAEP',
     enc: 'A256GCM',
@@ -104,11 +104,11 @@ export async function getGk(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
   const body = parseBody(getBody, ctx.req.body);
   const entity = requireCanonicalEntity(body.entity, 'entity');
-  // protocol-notes §6 item 14: users fetch for themselves; only trusted services act for others.
+  // XEP "Group Key Retrieval Policy": users fetch for themselves; only trusted services act for others.
   if (principal.kind === 'user' && entity !== principal.id) throw forbidden(`${principal.id} may not fetch keys for ${entity}`);
   const gk = await requireGk(deps, ctx.segments);
   if (gk.block === undefined) {
-    // An unbound GK is its owner's alone (-02's unbound keys; protocol-notes §6 item 15).
+    // An unbound GK is its owner's alone (-02's unbound keys; XEP "Group Key Retrieval Policy").
     if (entity !== gk.owner) throw forbidden(`${gk.uri} is not bound and belongs to another user`);
   } else if (!(await policyAllows(deps, gk.block, entity))) {
     throw forbidden(`${entity} may not have ${gk.uri} under retrieval policy ${deps.config.policy}`);

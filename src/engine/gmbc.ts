@@ -8,7 +8,7 @@ import { blockHash } from '../protocol/block-hash.js';
 import { z } from 'zod';
 import { badRequest, conflict, forbidden, notFound, tooLarge } from '../protocol/errors.js';
 import { parseBody, parseJsonOr400 } from '../protocol/messages.js';
-import { MAX_ENTITY_LENGTH, kmsIdentity, requireCanonicalEntity } from '../protocol/entity.js';
+import { MAX_ENTITY_LENGTH, kmsIdentity, requireBlockHash, requireCanonicalEntity } from '../protocol/entity.js';
 import { applyOperations, parseAppendedBlock, requireFirstMember, type Operation } from '../protocol/blocks.js';
 import { absoluteUri } from '../protocol/uri.js';
 import { decodeCompactJws, verifyDecoded, type DecodedJws } from '../crypto/jws.js';
@@ -119,6 +119,12 @@ export async function postGenesis(ctx: RequestContext): Promise<HandlerResult> {
     operations,
   };
   const jws = deps.signAsKms(payload);
+  // A genesis block with many members may not fit what is left of the reply (XEP "Transport of
+  // KMS Messages"): refused before anything is stored, so that the 413 changes nothing.
+  const r = ctx.response;
+  if (r.encryptedBytes(r.plaintextBytes(201, { block: jws })) > r.budget) {
+    throw tooLarge('the genesis block does not fit in what is left of this reply; send this request in an IQ of its own');
+  }
   const hash = blockHash(jws);
   const chain: ChainRecord = { id, uri: payload.uri, created: payload.created, length: 1, tail: hash };
   await deps.state.commitBlocks({ chain, blocks: [{ seq: 0, jws, hash }], members: m.staged });
@@ -186,7 +192,7 @@ async function verifyBlockSignature(deps: EngineDeps, jws: DecodedJws, creator: 
   }
 }
 
-/** get <chain uri>: the whole chain, or the blocks after a given antecedent (-03 §4.6.5). */
+/** get <chain uri>: the chain, or the blocks after a given antecedent (-03 §4.6.5), a page at a time (D7). */
 export async function getChain(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
   const body = parseBody(getBody, ctx.req.body);
@@ -196,13 +202,32 @@ export async function getChain(ctx: RequestContext): Promise<HandlerResult> {
   if (!allowed) throw forbidden(`${principal.id} may not read ${chain.uri}`);
   let from = 0;
   const a = body.antecedent;
-  if (a !== undefined && a !== '' && a !== '0x0') {
-    if (!/^[0-9a-fA-F]{64}$/.test(a)) throw badRequest('antecedent must be a hex SHA-256');
+  if (a !== undefined) {
+    // XEP "Entities and Hashes": a hash has one spelling, lowercase hex; no antecedent means from the genesis.
+    requireBlockHash(a, 'antecedent');
     const ref = await deps.state.blockRef(a);
     if (!ref || ref.chain !== chain.id) throw notFound(`no block ${a} in ${chain.uri}`);
     from = ref.seq + 1;
   }
-  return { status: 200, body: { blocks: from >= chain.length ? [] : await deps.state.blocks(chain.id, from) } };
+  if (from >= chain.length) return { status: 200, body: { blocks: [], more: false } };
+  // D7: the blocks that fit the response's budget, in order; "more" when the rest were left out.
+  // Sized exactly, with "more": false (the longer value); a block is strict base64url (decodeCompactJws),
+  // so it takes its length and two quotes in the JSON, and a comma after the first.
+  const { response } = ctx;
+  let plaintext = response.plaintextBytes(200, { blocks: [], more: false });
+  const blocks: string[] = [];
+  let more = false;
+  for await (const jws of deps.state.blocksFrom(chain.id, from)) {
+    const bytes = /^[A-Za-z0-9_.-]*$/.test(jws) ? jws.length + 2 : Buffer.byteLength(JSON.stringify(jws));
+    const next = plaintext + bytes + (blocks.length > 0 ? 1 : 0);
+    if (response.encryptedBytes(next) > response.budget) {
+      more = true;
+      break;
+    }
+    blocks.push(jws);
+    plaintext = next;
+  }
+  return { status: 200, body: { blocks, more } };
 }
 
 function decodeJwsOr400(jws: string, where: string) {

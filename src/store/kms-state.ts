@@ -40,7 +40,7 @@ export interface GkRecord {
   id: string;
   uri: string;
   created: string;
-  /** The authenticated user that created it (-03 is silent; protocol-notes §6 item 15). */
+  /** The authenticated user that created it (-03 is silent; XEP "Group Key Retrieval Policy"). */
   owner: string;
   clientId: string;
   /** Sealed raw key bytes. */
@@ -140,8 +140,13 @@ export class KmsState {
   /** Blocks of `chain` with seq >= from, in order. */
   async blocks(chain: string, from = 0): Promise<string[]> {
     const out: string[] = [];
-    for await (const [, v] of this.kv.entries({ gte: blockKey(chain, from), lt: `b!${chain}!~` })) out.push(v);
+    for await (const v of this.blocksFrom(chain, from)) out.push(v);
     return out;
+  }
+
+  /** Blocks of `chain` with seq >= from, in order, read as the caller goes (stop early to read no further). */
+  async *blocksFrom(chain: string, from = 0): AsyncIterable<string> {
+    for await (const [, v] of this.kv.entries({ gte: blockKey(chain, from), lt: `b!${chain}!~` })) yield v;
   }
 
   async intervals(chain: string, entity: string): Promise<Interval[]> {

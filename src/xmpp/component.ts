@@ -14,6 +14,7 @@ import { NS, NS_STANZAS } from '../protocol/namespace.js';
 import { stanzaError, type StanzaErrorKey } from '../protocol/stanza-errors.js';
 import { RateLimiter } from './rate-limit.js';
 import { coalesceThisTick, type Corkable } from './coalesce.js';
+import { MESSAGE_WRAPPING, messageBudget } from './reply-budget.js';
 import type { Logger } from '../util/logger.js';
 
 const NS_DISCO_INFO = 'http://jabber.org/protocol/disco#info';
@@ -22,12 +23,13 @@ const NS_PING = 'urn:xmpp:ping';
 type StreamSocket = Corkable & { setNoDelay?(on: boolean): void; destroy?(): void };
 /** A reconnection attempt gets this many of xmpp.js's timeouts (open, handshake) to come online. */
 const ATTEMPT_TIMEOUTS = 3;
-/** Compact JWS/JWE: base64url parts separated by dots. */
-const COMPACT_JOSE = /^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]*){2,4}$/;
+/** Compact JOSE: a JWS of 3 base64url parts or a JWE of 5, separated by dots (RFC 7515 §7.1, RFC 7516 §7.1). */
+const COMPACT_JOSE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*)?$/;
 
 /** What the component needs of the KMS. */
 export interface KmsBackend {
-  handle(message: string): Promise<string>;
+  /** One response message; `maxResponseBytes` is its share of max-reply-size (see src/xmpp/reply-budget.ts). */
+  handle(message: string, opts?: { maxResponseBytes?: number }): Promise<string>;
   identity: { kid: string; sigAlg: string; handshakeAlgs: string[]; jwk: Record<string, unknown> & { x5c: string[] } };
 }
 
@@ -35,6 +37,8 @@ export interface ComponentLimits {
   maxMessagesPerIq: number;
   maxMessageBytes: number;
   maxStanzaBytes: number;
+  /** Largest reply stanza the component sends (max-reply-size, decision D7). */
+  maxReplyBytes: number;
   /** Requests (messages) per second per sender, and the burst allowed. */
   ratePerSec: number;
   rateBurst: number;
@@ -308,9 +312,23 @@ export class KmsComponent {
       this.#log.info({ event: 'rate-limited', sender }, 'sender over its rate');
       throw new StanzaFailure('rate-limited', `at most ${this.#s.limits.ratePerSec} requests per second`);
     }
+    // D7: no reply over max-reply-size. Each message gets what is left of it, less 8 KiB for each
+    // message still to come (src/xmpp/reply-budget.ts); responses are base64url, one byte a character.
+    const limit = this.#s.limits.maxReplyBytes;
+    let used = replyEnvelopeBytes(iq);
     const out: Element[] = [];
     // In order: a batch may hold requests that depend on each other (create then bind).
-    for (const m of messages) out.push(xml('message', {}, await this.#kms.handle(m)));
+    for (const [i, m] of messages.entries()) {
+      const response = await this.#kms.handle(m, { maxResponseBytes: messageBudget(limit, used, i, messages.length) });
+      used += MESSAGE_WRAPPING + Buffer.byteLength(response);
+      out.push(xml('message', {}, response));
+    }
+    if (used > limit) {
+      // Only an envelope (the IQ's id, the requester's JID) too large for any budget gets here: the
+      // server would close the component's stream on a stanza over its limit, so it is never sent.
+      this.#log.warn({ event: 'reply-too-large', id: iq.attrs.id, bytes: used, maxReplyBytes: limit }, 'a reply would exceed max-reply-size');
+      throw new StanzaFailure('payload-too-large', `the reply would exceed ${limit} bytes (max-reply-size)`);
+    }
     return xml('kms', { xmlns: NS }, ...out);
   }
 
@@ -323,6 +341,10 @@ export class KmsComponent {
     return children.map((c, i) => {
       if (c.name !== 'message' || (c.getNS() ?? NS) !== NS || c.getChildElements().length > 0) {
         throw new StanzaFailure('malformed-payload', `child ${i} of <kms/> is not a <message/> of text`);
+      }
+      // XEP "Transport of KMS Messages": a <message/> has no attributes (a namespace declaration aside).
+      if (Object.keys(c.attrs).some((a) => a !== 'xmlns')) {
+        throw new StanzaFailure('malformed-payload', `message ${i} has attributes; a <message/> carries only its text`);
       }
       const text = c.getText().trim();
       total += text.length;
@@ -361,6 +383,7 @@ export class KmsComponent {
         field('max-messages', String(l.maxMessagesPerIq)),
         field('max-message-size', String(l.maxMessageBytes)),
         field('max-stanza-size', String(l.maxStanzaBytes)),
+        field('max-reply-size', String(l.maxReplyBytes)),
       ),
     );
   }
@@ -373,6 +396,12 @@ function bare(jid: string): string {
 
 function result(iq: Element, child: Element | undefined): Element {
   return xml('iq', { type: 'result', id: iq.attrs.id, to: iq.attrs.from, from: iq.attrs.to }, child);
+}
+
+/** Bytes of the reply to `iq` with an empty `<kms/>` (its start and end tags written out), as the stream carries it. */
+function replyEnvelopeBytes(iq: Element): number {
+  const one = result(iq, xml('kms', { xmlns: NS }, xml('message', {}, 'x'))).toString();
+  return Buffer.byteLength(one) - MESSAGE_WRAPPING - 1;
 }
 
 function errorReply(iq: Element, error: Element): Element {

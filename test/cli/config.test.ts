@@ -87,6 +87,16 @@ const BAD: { what: string; file?: unknown; env?: Record<string, string>; expect:
   { what: 'an unknown key at the top', file: { domian: 'kms.example.org' }, expect: [/setting domian/, /unknown setting/] },
   { what: 'an unknown key in a section', file: { xmpp: { port: 5347 } }, expect: [/setting xmpp\.port/, /unknown setting/] },
   { what: 'a reconnect delay above its maximum', file: { xmpp: { reconnectInitialMs: 5000, reconnectMaxMs: 1000 } }, expect: [/setting xmpp\.reconnectInitialMs/, /reconnectMaxMs/] },
+  {
+    what: 'a max-reply-size too small for one block of a chain after the other messages of a request',
+    env: { KMS_MAX_REPLY_BYTES: '200000' },
+    expect: [/setting xmpp\.maxReplyBytes \(from KMS_MAX_REPLY_BYTES\)/, /at least 225299 bytes/, /maxMessagesPerIq 16/, /maxMessageBytes 65536/],
+  },
+  {
+    what: 'a max-reply-size that more messages per request make too small',
+    file: { xmpp: { maxMessagesPerIq: 64, maxReplyBytes: 524288 } },
+    expect: [/setting xmpp\.maxReplyBytes \(in .*bad\.json\)/, /at least 618515 bytes/],
+  },
   { what: 'a number variable that is not a number', env: { KMS_KEEPALIVE_SEC: 'abc' }, expect: [/KMS_KEEPALIVE_SEC/, /setting xmpp\.keepaliveSec/, /whole number/] },
   { what: 'a number variable with a fraction', env: { KMS_RATE_PER_SEC: '1.5' }, expect: [/KMS_RATE_PER_SEC/, /whole number/] },
   { what: 'an unknown KMS_ variable (a typo)', env: { KMS_XMPP_PORT: 'abc' }, expect: [/KMS_XMPP_PORT/, /unknown environment variable/] },
@@ -113,6 +123,13 @@ describe('configuration', function () {
       expect(c.policy).to.equal(1);
       expect(c.auth.issuer).to.equal('urn:kms:local-issuer');
       expect(c.dataDir).to.equal('./data');
+      expect(c.xmpp.maxReplyBytes).to.equal(512 * 1024);
+    });
+
+    it('accepts a max-reply-size down to (max-messages - 1) x 8 KiB plus the largest reply with one block', () => {
+      // 15 x 8192 + (4/3 (65536 + 8192) = 98304 for the response, 19 for <message/>, 4096 for the IQ).
+      expect(loadConfig({ env: { KMS_MAX_REPLY_BYTES: '225299' } }).xmpp.maxReplyBytes).to.equal(225299);
+      expect(() => loadConfig({ env: { KMS_MAX_REPLY_BYTES: '225298' } })).to.throw(ConfigError, /at least 225299 bytes/);
     });
 
     it('reads a file and lets KMS_* variables override it', async () => {

@@ -10,7 +10,10 @@ import type { Element } from '@xmpp/xml';
 import { connectClient, disconnect } from './harness/clients.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
 import { startTestKms } from './harness/kms.js';
-import type { RunningKms } from '../../src/cli/start.js';
+import { startKms, type RunningKms } from '../../src/cli/start.js';
+import { silentLogger } from '../../src/util/logger.js';
+import { KmsClient } from '../../src/client/kms-client.js';
+import { isRetryable } from '../../src/protocol/errors.js';
 import { fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo } from '../../src/client/xmpp.js';
 import { KmsSession } from '../../src/client/session.js';
 import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
@@ -110,6 +113,7 @@ for (const kind of serverKinds()) {
       expect(q.getChild('identity')!.attrs).to.include({ category: 'component', type: 'generic' });
       expect(q.getChildren('feature').map((f) => f.attrs.var)).to.include(NS);
       expect(q.getChild('x')!.getChildren('field').find((f) => f.attrs.var === 'max-messages')!.getChildText('value')).to.equal('16');
+      expect(q.getChild('x')!.getChildren('field').find((f) => f.attrs.var === 'max-reply-size')!.getChildText('value')).to.equal(String(512 * 1024));
     });
 
     it('publishes a static key that validates to the trust anchor, and refuses it without the anchor', async () => {
@@ -159,6 +163,57 @@ for (const kind of serverKinds()) {
       expect(res.map((r) => r.status)).to.deep.equal([200, 404, 404]);
     });
 
+    it('reads a chain far larger than one stanza through the client library, in pages, and stays online', async () => {
+      // Decision D7. 30 blocks of about 44 KB (1.3 MB) would make one get-chain response of 1.76 MB,
+      // over both servers' 1 MiB stanza limit for components: the server would close the
+      // component's stream, losing every request in flight. In pages, no reply exceeds
+      // max-reply-size (512 KiB) and the component stays online.
+      const [alice, bob] = people as [Person, Person];
+      const clientOf = async (p: Person) => {
+        const token = await kms.issuer!.mint({ subject: p.jid, audience: 'kms://kms.localhost' });
+        return KmsClient.connect({ xmpp: p.xmpp, kms: 'kms.localhost', anchors, bearer: () => token, entityKey: p.key });
+      };
+      const writer = await clientOf(alice);
+      const { uri } = await writer.createChain([bob.jid]);
+      // 31 operations on a member with a 1000-character name ("add" of a member changes nothing):
+      // a block of about 44 KB, appended in a message under the 64 KiB limit.
+      const ops = Array.from({ length: 31 }, () => ({ entity: `${'p'.repeat(1000)}@localhost`, optype: 'add' as const }));
+      for (let i = 0; i < 30; i++) await writer.append(uri, ops);
+
+      const reader = await clientOf(bob);
+      const component = kms.component!.xmpp;
+      const replies: number[] = [];
+      let drops = 0;
+      const onSend = (el: Element) => {
+        if (el.is('iq') && el.attrs.to === bob.xmpp.jid!.toString()) replies.push(Buffer.byteLength(el.toString()));
+      };
+      const onDisconnect = () => drops++;
+      component.on('send', onSend);
+      component.on('disconnect', onDisconnect);
+      try {
+        const view = await reader.chain(uri);
+        expect(view.hashes).to.have.length(31);
+        expect(view.blocks.slice(1).every((b) => b.length > 43_000 && b.length < 45_000), 'blocks of about 44 KB').to.equal(true);
+        expect(view.blocks.reduce((n, b) => n + b.length, 0)).to.be.greaterThan(1.3e6);
+        expect(view.tail).to.equal((await writer.chain(uri)).tail);
+        // In a full IQ, a page leaves 8 KiB for each of the 15 messages after it (pings here).
+        const batch = await bob.session.batch([{ method: 'get', uri }, ...Array.from({ length: 15 }, () => ({ method: 'update', uri: '/ping' }))]);
+        expect(batch[0]).to.include({ status: 200, more: true });
+        expect((batch[0]!.blocks as string[]).length).to.be.within(1, 30);
+        expect(batch.slice(1).map((r) => r.status)).to.deep.equal(Array(15).fill(200));
+        // Still online, on the same stream: a ping answers.
+        expect((await reader.ping()).status).to.equal(200);
+      } finally {
+        component.off('send', onSend);
+        component.off('disconnect', onDisconnect);
+      }
+      expect(drops, 'the component kept its stream').to.equal(0);
+      expect(component.status).to.equal('online');
+      // Each reply within max-reply-size; the chain came in several full pages.
+      expect(Math.max(...replies)).to.be.at.most(512 * 1024);
+      expect(replies.filter((n) => n > 400 * 1024).length, 'full pages').to.be.at.least(3);
+    });
+
     it('answers each IQ exactly once (no second, automatic error reply from the XMPP library)', async () => {
       const p = people[1]!;
       const seen: Element[] = [];
@@ -205,6 +260,50 @@ for (const kind of serverKinds()) {
       // A KMS-level failure is a KMS response, not a stanza error.
       const [signed] = await xmppTransport(p.xmpp, 'kms.localhost')(['eyJhbGciOiJub25lIn0.e30.']);
       expect(signed!.split('.')).to.have.length(3);
+    });
+
+    it('retries a KmsClient request made while the component is away, which succeeds once the component is back', async () => {
+      // What each server answers for an IQ to the component while it is not connected (recorded on
+      // Prosody 0.12 and ejabberd 23.01 with the harness's configs, where ejabberd has no s2s).
+      const AWAY = {
+        prosody: { type: 'wait', condition: 'remote-server-timeout' },
+        ejabberd: { type: 'auth', condition: 'forbidden' },
+      } as const;
+      const p = people[0]!;
+      const token = await kms.issuer!.mint({ subject: p.jid, audience: 'kms://kms.localhost' });
+      const client = await KmsClient.connect({
+        xmpp: p.xmpp,
+        kms: 'kms.localhost',
+        anchors,
+        bearer: () => token,
+        entityKey: p.key,
+        retries: 40,
+        backoffMs: 100,
+        maxBackoffMs: 500,
+      });
+      const away: Element[] = [];
+      const listen = (el: Element) => {
+        if (el.is('iq') && el.attrs.type === 'error' && el.attrs.from === 'kms.localhost') away.push(el.getChild('error')!);
+      };
+      p.xmpp.on('stanza', listen);
+      try {
+        const config = kms.config;
+        await kms.stop();
+        const t0 = Date.now();
+        const ping = client.ping();
+        ping.catch(() => undefined); // awaited below, once the component is back
+        while (away.length === 0 && Date.now() - t0 < 10_000) await new Promise((r) => setTimeout(r, 20));
+        expect(away.length, `${kind} answered for the absent component`).to.be.at.least(1);
+        kms = await startKms(config, silentLogger());
+        expect((await ping).status).to.equal(200);
+        const answer = away[0]!;
+        const condition = answer.getChildElements().find((c) => c.getNS() === 'urn:ietf:params:xml:ns:xmpp-stanzas' && c.name !== 'text')?.name;
+        expect({ type: answer.attrs.type, condition }, answer.toString()).to.deep.equal(AWAY[kind]);
+        expect(isRetryable('STANZA_ERROR', { type: answer.attrs.type!, fromKms: false })).to.equal(true);
+      } finally {
+        p.xmpp.off('stanza', listen);
+        await client.close();
+      }
     });
 
     it('survives hostile stanzas and rate-limits a flood from one sender', async () => {

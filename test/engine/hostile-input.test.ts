@@ -15,6 +15,7 @@ import { encode as b64u } from '../../src/crypto/base64url.js';
 import { LocalIssuer } from '../../src/auth/local-issuer.js';
 import { blockHash } from '../../src/client/chain.js';
 import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
+import { KMS_ERRORS } from '../../src/protocol/errors.js';
 
 // ---- a raw channel: what a client does, by hand, so that every byte can be chosen ----
 
@@ -31,12 +32,22 @@ function openReply(kms: KmsFixture, raw: string, key?: Buffer): Reply {
   if (parts === 3) {
     const { header, payload } = verifyCompact(raw, kms.identity.publicKey, [kms.identity.sigAlg]);
     expect(header.kid).to.equal(`kms://${DOMAIN}`);
-    return { form: 'signed', body: JSON.parse(payload.toString('utf8')), raw };
+    return coded({ form: 'signed', body: JSON.parse(payload.toString('utf8')), raw });
   }
   expect(parts, 'a compact JWE').to.equal(5);
   if (!key) throw new Error(`an encrypted answer where none was expected: kid ${String(readJweHeader(raw).kid)}`);
   const { plaintext } = decryptDir(raw, key, ['A256GCM']);
-  return { form: 'encrypted', body: JSON.parse(plaintext.toString('utf8')), raw };
+  return coded({ form: 'encrypted', body: JSON.parse(plaintext.toString('utf8')), raw });
+}
+
+/** XEP "KMS Error Codes": every error answer carries a code of the registry, with that code's status. */
+function coded(r: Reply): Reply {
+  const { status, code } = r.body as { status?: number; code?: unknown };
+  if (typeof status === 'number' && status >= 400) {
+    expect(Object.keys(KMS_ERRORS), JSON.stringify(r.body)).to.include(code);
+    expect(KMS_ERRORS[code as keyof typeof KMS_ERRORS].status, JSON.stringify(r.body)).to.equal(status);
+  }
+  return r;
 }
 
 /** A handshake message to the static key with any payload. */
@@ -541,7 +552,10 @@ describe('engine: hostile input', function () {
         [aliceCh.payload('get', boundGk, { entity: ALICE, kid: '' }), /kid must not be empty/],
         [aliceCh.payload('post', boundGk, { block: 'zz' }), /invalid request: block/],
         [aliceCh.payload('post', `/gks`, { block: 5 }), /invalid request: block/],
-        [aliceCh.payload('get', chainUri, { antecedent: 'nothex' }), /antecedent must be a hex SHA-256/],
+        [aliceCh.payload('get', chainUri, { antecedent: 'nothex' }), /antecedent must be a block hash \(64 lowercase hex digits\)/],
+        [aliceCh.payload('get', chainUri, { antecedent: '' }), /antecedent must be a block hash/],
+        [aliceCh.payload('get', chainUri, { antecedent: '0x0' }), /antecedent must be a block hash/],
+        [aliceCh.payload('get', chainUri, { antecedent: tail.toUpperCase() }), /antecedent must be written in lowercase hex/],
         [aliceCh.payload('post', '/entity-keys', { jwk: 'x', proof: 'y' }), /invalid request: jwk/],
         [aliceCh.payload('get', '/entity-keys/not-an-address'), /uri entity must be a user address/],
       ];
