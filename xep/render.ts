@@ -128,6 +128,54 @@ export function tableRows(root: Element, caption: string): string[][] {
   return table.getChildren('tr').map((tr) => tr.getChildElements().map((cell) => textOf(cell)));
 }
 
+/** The RFC 2119 keywords that state a requirement (SHOULD, MAY and RECOMMENDED do not). */
+const NORMATIVE = /\b(?:MUST NOT|MUST|REQUIRED|SHALL NOT|SHALL)\b/g;
+
+/** The requirement keywords of a text, in order ("MUST NOT" is one keyword, not a MUST). */
+export function normativeKeywords(text: string): string[] {
+  return [...text.matchAll(NORMATIVE)].map((m) => m[0]);
+}
+
+/** One requirement keyword of the XEP: the section that states it, the keyword and its sentence's surroundings. */
+export interface Requirement {
+  anchor: string;
+  keyword: string;
+  context: string;
+}
+
+/**
+ * Every requirement keyword of the XEP's prose (examples and code aside), each with the anchor of
+ * the innermost section that holds it; the sections whose anchors are in `skip` (by default the
+ * Conformance section, which repeats them) are left out. A paragraph that ends in "MUST:" (or
+ * "MUST NOT:") and introduces a list states one requirement per item of the list, and counts so.
+ */
+export function requirementsOf(root: Element, skip: ReadonlySet<string> = new Set(['conformance'])): Requirement[] {
+  const out: Requirement[] = [];
+  const walk = (section: Element) => {
+    const anchor = section.attrs.anchor ?? '';
+    const children = section.getChildElements();
+    children.forEach((child, i) => {
+      const name = child.getName();
+      if (/^section[1-5]$/.test(name)) {
+        if (!skip.has(child.attrs.anchor ?? '')) walk(child);
+        return;
+      }
+      if (name === 'example' || name === 'code') return;
+      const text = textOf(child);
+      const next = children[i + 1];
+      const list = name === 'p' && next && (next.getName() === 'ol' || next.getName() === 'ul') ? next : undefined;
+      for (const m of text.matchAll(NORMATIVE)) {
+        const context = text.slice(Math.max(0, m.index - 80), m.index + m[0].length + 80);
+        const leadIn = list && m.index + m[0].length === text.length - 1 && text.endsWith(':');
+        const times = leadIn ? list.getChildren('li').length : 1;
+        for (let n = 0; n < times; n++) out.push({ anchor, keyword: m[0], context });
+      }
+    });
+  };
+  for (const s1 of root.getChildren('section1')) if (!skip.has(s1.attrs.anchor ?? '')) walk(s1);
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Markdown
 

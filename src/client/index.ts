@@ -2,7 +2,8 @@
  * The client library (`xmpp-kms/client`): what an XMPP client needs to use a KMS over XMPP and to
  * chat in end-to-end encrypted rooms. Start with KmsClient.connect and EncryptedRoom.
  */
-export { KmsClient, withRetry, isTransient, type KmsClientOptions, type RetryOptions, type ChainView } from './kms-client.js';
+export { KmsClient, type KmsClientOptions, type ChainView } from './kms-client.js';
+export { isTransient, retrying, type RetryOptions } from './retry.js';
 export { EncryptedRoom, type RoomOptions, type RoomMessage, type Undecryptable } from './room.js';
 export {
   encryptRoomMessage,

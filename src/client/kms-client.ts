@@ -5,25 +5,20 @@
  * multi-user chat on it.
  */
 import type { KeyObject, X509Certificate } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
 import { KmsSession, type CredentialSource, type KmsResponse, type Transport } from './session.js';
-import { discoverKms, fetchKmsIdentity, isConnectionLost, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
+import { isTransient, type RetryOptions } from './retry.js';
+import { discoverKms, fetchKmsIdentity, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
 import { createEntityKey, openGk, registrationProof, type EntityKey, type EntityKeyOptions, type GroupKey } from './keys.js';
 import { blockHash, signBlock, verifyChain, type Operation, type VerifiedChain } from './chain.js';
 import { KmsError, isClientCode } from '../protocol/errors.js';
 import { BadResponseError, ChainVerificationError, KmsResponseError } from './errors.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { canonicalEntity } from '../protocol/entity.js';
+import { encodeSegment } from '../protocol/uri.js';
 import { Lru } from '../util/lru.js';
 
-export interface RetryOptions {
-  /** Attempts after the first one (default 2). */
-  retries?: number;
-  /** Delay before the first retry; doubled each time, with jitter (default 250 ms). */
-  backoffMs?: number;
-  /** Longest delay between two attempts (default 5 s). */
-  maxBackoffMs?: number;
-}
+export type { RetryOptions };
+export { isTransient };
 
 export interface KmsClientOptions extends RetryOptions {
   /** The client's XMPP connection (an @xmpp/client instance, online). */
@@ -47,36 +42,6 @@ export interface KmsClientOptions extends RetryOptions {
   /** Tests: a transport other than XMPP, and the identity it would have discovered. */
   transport?: Transport;
   identity?: KmsIdentityInfo;
-}
-
-/**
- * Is this failure worth another attempt? Decided by class and code, never by message text: a
- * KmsError by its code and stanza error type (isRetryable in src/protocol/errors.ts: TIMEOUT, and
- * stanza errors of type wait or from the XMPP server in place of an absent component); from a
- * transport of another kind, a TimeoutError or Node's error of a failed or closed socket. A KMS
- * response (KmsResponseError) never is.
- */
-export function isTransient(e: unknown): boolean {
-  if (e instanceof KmsError) return e.retryable;
-  return (e as Error | undefined)?.name === 'TimeoutError' || isConnectionLost(e);
-}
-
-/** Wraps a transport so that transient failures are retried with exponential backoff and jitter. */
-export function withRetry(transport: Transport, o: RetryOptions = {}): Transport {
-  const retries = o.retries ?? 2;
-  const base = o.backoffMs ?? 250;
-  const max = o.maxBackoffMs ?? 5000;
-  return async (messages) => {
-    for (let attempt = 0; ; attempt++) {
-      try {
-        return await transport(messages);
-      } catch (e) {
-        if (attempt >= retries || !isTransient(e)) throw e;
-        const delay = Math.min(max, base * 2 ** attempt);
-        await sleep(delay / 2 + Math.random() * (delay / 2));
-      }
-    }
-  };
 }
 
 /** A chain as the client last verified it, with its blocks. */
@@ -108,6 +73,7 @@ export class KmsClient {
       kmsKey: identity.key,
       transport,
       bearer: o.bearer,
+      retry: { ...(o.retries !== undefined ? { retries: o.retries } : {}), ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}), ...(o.maxBackoffMs !== undefined ? { maxBackoffMs: o.maxBackoffMs } : {}) },
       ...(o.renewBeforeMs !== undefined ? { renewBeforeMs: o.renewBeforeMs } : {}),
     });
   }
@@ -134,7 +100,7 @@ export class KmsClient {
     }
     if (!kms) throw new Error('KmsClient.connect: name the KMS (kms) when giving a transport');
     const entityKey = o.entityKey ?? (await createEntityKey(o.entityKeyType));
-    const client = new KmsClient({ ...o, kms, entityKey }, identity, withRetry(transport, o));
+    const client = new KmsClient({ ...o, kms, entityKey }, identity, transport);
     await client.#register();
     return client;
   }
@@ -232,7 +198,7 @@ export class KmsClient {
   async #keysOf(entity: string): Promise<{ kid: string; key: KeyObject }[]> {
     let keys = this.#entityKeys.get(entity);
     if (!keys) {
-      const res = await this.session.request('get', `/entity-keys/${encodeURIComponent(entity)}`);
+      const res = await this.session.request('get', `/entity-keys/${encodeSegment(entity)}`);
       keys = (res.entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({ kid: k.kid, key: importPublicJwk(k.jwk) }));
       this.#entityKeys.set(entity, keys);
     }

@@ -12,6 +12,7 @@ import { deriveChannelKey } from '../crypto/channel.js';
 import { encode as b64u } from '../crypto/base64url.js';
 import { responseCode } from '../protocol/errors.js';
 import { BadResponseError, KmsResponseError } from './errors.js';
+import { retrying, type RetryOptions } from './retry.js';
 
 /** Sends request messages, returns one response message each, in order. */
 export type Transport = (messages: string[]) => Promise<string[]>;
@@ -28,6 +29,8 @@ export interface SessionOptions {
   clientId?: string;
   /** Renew the ephemeral key this long before it expires (ms). */
   renewBeforeMs?: number;
+  /** Retries after a transient failure (a timeout, a lost connection, a stanza error of type wait); each retry is sealed anew with fresh requestIds. */
+  retry?: RetryOptions;
   clock?: () => number;
 }
 
@@ -78,7 +81,8 @@ export class KmsSession {
 
   /** Makes a new ephemeral key (create /ecdhe, -03 §4.6.1). Concurrent callers share one handshake. */
   async handshake(): Promise<EphemeralKeyInfo> {
-    this.#handshaking ??= this.#doHandshake().finally(() => (this.#handshaking = undefined));
+    // A retried handshake is a new one: a fresh key pair and requestId each time.
+    this.#handshaking ??= retrying(() => this.#doHandshake(), this.#o.retry).finally(() => (this.#handshaking = undefined));
     this.#channel = await this.#handshaking;
     return this.#channel.info;
   }
@@ -148,16 +152,19 @@ export class KmsSession {
   /** Sends several requests in one transport call; responses are matched by requestId. */
   async batch(requests: { method: string; uri: string; body?: Record<string, unknown> }[]): Promise<KmsResponse[]> {
     for (let attempt = 0; ; attempt++) {
+      // A retry after a transient failure is a new exchange: sealed again, with fresh requestIds.
       const channel = await this.#currentChannel();
-      const client = await this.#credential();
-      const ids = requests.map(() => randomUUID());
-      const messages = requests.map((r, i) =>
-        encryptDir(channel.key, JSON.stringify({ client, method: r.method, uri: r.uri, requestId: ids[i], ...(r.body ?? {}) }), {
-          enc: 'A256GCM',
-          kid: channel.info.uri,
-        }),
-      );
-      const replies = await this.#o.transport(messages);
+      const { ids, replies } = await retrying(async () => {
+        const client = await this.#credential();
+        const ids = requests.map(() => randomUUID());
+        const messages = requests.map((r, i) =>
+          encryptDir(channel.key, JSON.stringify({ client, method: r.method, uri: r.uri, requestId: ids[i], ...(r.body ?? {}) }), {
+            enc: 'A256GCM',
+            kid: channel.info.uri,
+          }),
+        );
+        return { ids, replies: await this.#o.transport(messages) };
+      }, this.#o.retry);
       const byId = new Map<string | number | undefined, KmsResponse>();
       let channelLost = false;
       const opened = replies.map((reply) => this.#open(reply, channel));
@@ -171,7 +178,14 @@ export class KmsSession {
         this.#channel = undefined;
         continue;
       }
-      return ids.map((id, i) => byId.get(id) ?? opened[i]?.response ?? missing());
+      // By requestId; by position only for a response that carries none (the KMS could not read the
+      // request). A response with another requestId answers nothing we asked: a replay (XEP "Replay").
+      return ids.map((id, i) => {
+        const own = byId.get(id);
+        if (own) return own;
+        const at = opened[i]?.response;
+        return at !== undefined && at.requestId === undefined ? at : missing();
+      });
     }
   }
 

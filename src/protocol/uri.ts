@@ -47,3 +47,18 @@ export function parseKmsUri(uri: string, domain: string): ParsedUri {
 export function absoluteUri(domain: string, collection: string, id: string): string {
   return `kms://${domain}/${collection}/${id}`;
 }
+
+/**
+ * A URI path segment for `value` (an entity in `/entity-keys/{entity}`): every UTF-8 byte
+ * percent-encoded except the characters a segment may carry as they are, ASCII letters, digits and
+ * `-._~@+` (XEP "Entities and Hashes"). encodeURIComponent leaves `!*'()` as they are, which the
+ * KMS refuses in a segment.
+ */
+export function encodeSegment(value: string): string {
+  let out = '';
+  for (const byte of new TextEncoder().encode(value)) {
+    const c = String.fromCharCode(byte);
+    out += /[A-Za-z0-9\-._~@+]/.test(c) ? c : `%${byte.toString(16).toUpperCase().padStart(2, '0')}`;
+  }
+  return out;
+}

@@ -4,7 +4,11 @@
 import { expect } from 'chai';
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { KmsFixture, AUDIENCE } from '../support/kms-fixture.js';
-import { KmsClient, isTransient, withRetry } from '../../src/client/kms-client.js';
+import { KmsClient } from '../../src/client/kms-client.js';
+import { isTransient, retrying, type RetryOptions } from '../../src/client/retry.js';
+
+/** A transport whose failures are retried by `retrying`, as the session retries its exchanges. */
+const withRetry = (t: Transport, o: RetryOptions): Transport => (m) => retrying(() => t(m), o);
 import {
   BadResponseError,
   ChainVerificationError,
@@ -156,7 +160,7 @@ describe('client: KmsClient (in process, real engine)', function () {
   });
 });
 
-describe('client: withRetry', function () {
+describe('client: retrying', function () {
   const timeout = () => Object.assign(new Error('timed out'), { name: 'TimeoutError' });
 
   it('retries timeouts and "wait" stanza errors with growing delays, then succeeds', async function () {

@@ -9,7 +9,11 @@ import parse from '@xmpp/xml/lib/parse.js';
 import { xml, type Element } from '@xmpp/xml';
 import { fetchKmsIdentity, xmppTransport, type XmppEntity } from '../../src/client/xmpp.js';
 import { IdentityValidationError, KmsStanzaError, KmsTimeoutError } from '../../src/client/errors.js';
-import { isTransient, withRetry } from '../../src/client/kms-client.js';
+import { isTransient, retrying, type RetryOptions } from '../../src/client/retry.js';
+import type { Transport } from '../../src/client/session.js';
+
+/** A transport whose failures are retried by `retrying`, as the session retries its exchanges. */
+const withRetry = (t: Transport, o: RetryOptions): Transport => (m) => retrying(() => t(m), o);
 import { KmsError } from '../../src/protocol/errors.js';
 import { NS } from '../../src/protocol/namespace.js';
 import { stanzaError } from '../../src/protocol/stanza-errors.js';
@@ -119,7 +123,7 @@ describe('client: the XMPP binding reads xmpp.js errors', function () {
     expect(isTransient(e)).to.equal(false);
   });
 
-  it('with withRetry, a request made while the component is away succeeds once it is back', async function () {
+  it('retried, a request made while the component is away succeeds once it is back', async function () {
     for (const away of [PROSODY_COMPONENT_AWAY, EJABBERD_COMPONENT_AWAY]) {
       const e = entity((_, n) => (n < 2 ? away : kmsReply(1)));
       const out = await withRetry(xmppTransport(e, 'kms.localhost'), { retries: 3, backoffMs: 1 })(['a.b.c']);

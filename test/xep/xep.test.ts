@@ -4,7 +4,7 @@
  * is current, and the XEP's error tables match the code's registries in both directions.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { expect } from 'chai';
@@ -24,7 +24,9 @@ import {
   descendants,
   examplesOf,
   loadXep,
+  normativeKeywords,
   renderMarkdown,
+  requirementsOf,
   tableRows,
   textOf,
 } from '../../xep/render.js';
@@ -36,6 +38,67 @@ const exampleFiles = readdirSync(EXAMPLES_DIR)
   .filter((f) => f.endsWith('.xml'))
   .sort();
 const exampleText = (file: string) => readFileSync(join(EXAMPLES_DIR, file), 'utf8').replace(/\s+$/, '');
+
+/** The repository's root: test files named in the XEP's Conformance table are relative to it. */
+const REPO = resolve(XEP_DIR, '..');
+
+/** One row of the Conformance table: its requirement, the anchors its Section cell links to, its Test cell. */
+interface ConformanceRow {
+  requirement: string;
+  anchors: string[];
+  test: string;
+}
+
+function conformanceTable(root: Element): { head: string[]; rows: ConformanceRow[] } {
+  const table = descendants(root, 'table').find((t) => t.attrs.caption === 'Conformance');
+  if (!table) throw new Error('no table with caption "Conformance"');
+  const [head, ...rows] = table.getChildren('tr');
+  return {
+    head: head!.getChildElements().map((c) => textOf(c)),
+    rows: rows.map((tr) => {
+      const [requirement, section, test] = tr.getChildElements();
+      const anchors = descendants(section!, 'link')
+        .map((l) => l.attrs.url ?? '')
+        .filter((u) => u.startsWith('#'))
+        .map((u) => u.slice(1));
+      return { requirement: textOf(requirement!), anchors, test: textOf(test!) };
+    }),
+  };
+}
+
+/**
+ * A Test cell: "not tested: <reason>", or references `test/….test.ts › "<it() title>"` separated
+ * by "; ", optionally after "not conforming: <what is missing>; " (then some of them are skipped).
+ */
+function parseTestCell(cell: string): { untested?: string; gap?: string; refs: { file: string; title: string }[] } {
+  if (cell.startsWith('not tested: ')) return { untested: cell.slice('not tested: '.length), refs: [] };
+  const gap = /^not conforming: ([^;]+); /.exec(cell);
+  const rest = gap ? cell.slice(gap[0].length) : cell;
+  const refs = rest.split(/(?<=");\s+(?=test\/)/).map((ref) => {
+    const m = /^(test\/[\w./-]+\.test\.ts) › "(.+)"$/.exec(ref.trim());
+    if (!m) throw new Error(`not a test reference (test/….test.ts › "title"): ${ref}`);
+    return { file: m[1]!, title: m[2]! };
+  });
+  return { ...(gap ? { gap: gap[1]! } : {}), refs };
+}
+
+/** The it() titles of a test file; a template title's ${…} parts match anything. */
+function itTitles(source: string): { matches: (title: string) => boolean; skipped: boolean }[] {
+  const unescape = (s: string) => s.replace(/\\(.)/g, '$1');
+  const literal = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  const out: { matches: (title: string) => boolean; skipped: boolean }[] = [];
+  for (const m of source.matchAll(/\bit(\.skip|\.only)?\(\s*(?:'((?:[^'\\\n]|\\.)*)'|"((?:[^"\\\n]|\\.)*)"|`((?:[^`\\]|\\.)*)`)/g)) {
+    const skipped = m[1] === '.skip';
+    if (m[4] !== undefined) {
+      const pattern = new RegExp(`^${m[4].split(/\$\{[^}]*\}/).map((part) => literal(unescape(part))).join('.+')}$`);
+      out.push({ matches: (t) => pattern.test(t), skipped });
+    } else {
+      const title = unescape(m[2] ?? m[3] ?? '');
+      out.push({ matches: (t) => t === title, skipped });
+    }
+  }
+  return out;
+}
 
 function xmllint(args: string[]): { ok: boolean; output: string } {
   const run = spawnSync('xmllint', args, { encoding: 'utf8' });
@@ -190,6 +253,68 @@ describe('xep (the protocol document, its schema and its error tables)', functio
       );
       expect(rows).to.have.length(Object.keys(registry).length);
       expect(documented).to.deep.equal(registry);
+    });
+
+    describe('Conformance', function () {
+      const { head, rows } = conformanceTable(root);
+
+      it('has a row per requirement, each stating one MUST, MUST NOT or REQUIRED and linking to the sections that state it', function () {
+        expect(head).to.deep.equal(['Requirement', 'Section', 'Test']);
+        expect(rows.length).to.be.greaterThan(50);
+        for (const row of rows) {
+          expect(normativeKeywords(row.requirement), row.requirement).to.have.length(1);
+          expect(row.anchors, row.requirement).to.not.be.empty;
+        }
+      });
+
+      it('accounts for every requirement of the document: for each section, its rows state the same MUSTs, MUST NOTs and REQUIREDs as its text', function () {
+        const stated = new Map<string, string[]>();
+        const contexts = new Map<string, string[]>();
+        for (const r of requirementsOf(root)) {
+          stated.set(r.anchor, [...(stated.get(r.anchor) ?? []), r.keyword]);
+          contexts.set(r.anchor, [...(contexts.get(r.anchor) ?? []), `…${r.context}…`]);
+        }
+        expect([...stated.values()].flat().length, 'requirements found in the text').to.be.greaterThan(80);
+        const listed = new Map<string, string[]>();
+        for (const row of rows) {
+          for (const anchor of new Set(row.anchors)) listed.set(anchor, [...(listed.get(anchor) ?? []), ...normativeKeywords(row.requirement)]);
+        }
+        const count = (words: string[] = []) => Object.fromEntries([...new Set(words)].sort().map((w) => [w, words.filter((x) => x === w).length]));
+        const mismatches: Record<string, unknown> = {};
+        for (const anchor of new Set([...stated.keys(), ...listed.keys()])) {
+          const text = count(stated.get(anchor));
+          const table = count(listed.get(anchor));
+          if (JSON.stringify(text) !== JSON.stringify(table)) mismatches[anchor] = { text, table, requirements: contexts.get(anchor) ?? [] };
+        }
+        expect(mismatches, 'sections whose requirements and Conformance rows differ (add or remove a row)').to.deep.equal({});
+      });
+
+      it('names for each requirement tests that exist, skipped only where it says "not conforming", or says why it is not tested', function () {
+        const sources = new Map<string, ReturnType<typeof itTitles>>();
+        const problems: string[] = [];
+        for (const row of rows) {
+          const cell = parseTestCell(row.test);
+          if (cell.untested !== undefined) {
+            if (cell.untested.length < 20) problems.push(`${row.requirement}: say why it is not tested`);
+            continue;
+          }
+          expect(cell.refs, row.requirement).to.not.be.empty;
+          const skippedRefs: string[] = [];
+          for (const { file, title } of cell.refs) {
+            if (!existsSync(resolve(REPO, file))) {
+              problems.push(`${file}: no such file`);
+              continue;
+            }
+            if (!sources.has(file)) sources.set(file, itTitles(readFileSync(resolve(REPO, file), 'utf8')));
+            const found = sources.get(file)!.filter((t) => t.matches(title));
+            if (found.length === 0) problems.push(`${file}: no it() titled "${title}"`);
+            else if (found.every((t) => t.skipped)) skippedRefs.push(title);
+          }
+          if (cell.gap === undefined && skippedRefs.length > 0) problems.push(`${row.requirement}: skipped test(s) ${skippedRefs.join(', ')} in a row that does not say "not conforming"`);
+          if (cell.gap !== undefined && skippedRefs.length === 0) problems.push(`${row.requirement}: "not conforming" but no test of it is skipped (drop the words if it conforms now)`);
+        }
+        expect(problems).to.deep.equal([]);
+      });
     });
 
     it('lists the same KMS error codes and statuses as KMS_ERRORS, in both directions', function () {
