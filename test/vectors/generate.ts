@@ -290,7 +290,7 @@ function newKeys(): KeysFile {
   const kmsJwk = { kty: 'EC', crv: 'P-256', x: b64u(pub.subarray(1, 33)), y: b64u(pub.subarray(33)), d: b64u(d), kid: CURATOR };
   const entity = (name: string, k: EntityKey) => {
     const full = k.privateKey.export({ format: 'jwk' });
-    const jwk: JsonWebKey =
+    const jwk: Record<string, string | undefined> =
       full.kty === 'RSA'
         ? { kty: 'RSA', n: full.n, e: full.e, d: full.d, p: full.p, q: full.q, dp: full.dp, dq: full.dq, qi: full.qi }
         : { kty: 'EC', crv: full.crv, x: full.x, y: full.y, d: full.d };
@@ -583,9 +583,9 @@ function channel(gkFile: GkFile): ChannelFile {
 
 export interface GenerateOptions {
   /** Where keys.json and the previous vectors are read from (default: this directory). */
-  from?: string;
+  from?: string | undefined;
   /** Where the files are written (default: this directory). */
-  out?: string;
+  out?: string | undefined;
   /** Sign and encrypt afresh instead of reusing the previous signatures and RSA-OAEP keys. */
   resign?: boolean;
   /** Make new test keys (only to replace the keys on purpose). */
