@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the end-to-end tests and the XMPP benchmark need on Debian 12
-# (Prosody, ejabberd, xmllint, tmux), and makes sure the system-wide Prosody/ejabberd services that
+# (Prosody, ejabberd, tmux), and makes sure the system-wide Prosody/ejabberd services that
 # Debian would start on install are stopped and disabled: the tests run their own private instances
 # on free loopback ports, and a system instance would only hold the default ports and an epmd daemon.
 #
@@ -8,7 +8,7 @@
 #   sudo scripts/install-system-deps.sh
 set -euo pipefail
 
-PACKAGES=(prosody lua-unbound ejabberd libxml2-utils tmux)
+PACKAGES=(prosody lua-unbound ejabberd tmux)
 SERVICES=(prosody ejabberd)
 
 log() { printf '[install-system-deps] %s\n' "$*"; }
@@ -82,5 +82,4 @@ fi
 # Report what the tests will find.
 log "prosody:  $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo absent)"
 log "ejabberd: $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo absent)"
-log "xmllint:  $(command -v xmllint || echo absent)"
 log "done"

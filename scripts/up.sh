@@ -13,7 +13,7 @@ EXIT_AFTER_DEMO=0
 
 step() { printf '\n== %s\n' "$*"; }
 
-step "system packages (Prosody, ejabberd, xmllint)"
+step "system packages (Prosody, ejabberd, tmux)"
 if [[ $(id -u) -eq 0 ]]; then bash scripts/install-system-deps.sh; else sudo bash scripts/install-system-deps.sh; fi
 step "npm packages"
 [[ -d node_modules/@xmpp/component ]] || npm ci --no-audit --no-fund
