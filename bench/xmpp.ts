@@ -88,7 +88,7 @@ type HostCommand =
 
 async function componentHost(): Promise<void> {
   const { loadConfig } = await import('../src/cli/config.js');
-  const { startKms, componentSettings } = await import('../src/cli/start.js');
+  const { startKms, componentSettings } = await import('../src/server.js');
   const { createLogger } = await import('../src/util/logger.js');
   const { KmsComponent } = await import('../src/xmpp/component.js');
   type Running = Awaited<ReturnType<typeof startKms>>;

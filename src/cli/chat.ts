@@ -13,7 +13,7 @@ import { clearLine, createInterface, cursorTo, type Interface } from 'node:readl
 import type { Client } from '@xmpp/client';
 import { configFrom, type KmsConfig } from './config.js';
 import { login } from './demo.js';
-import { localTokens } from './start.js';
+import { localTokens } from '../server.js';
 import { KmsClient } from '../client/kms-client.js';
 import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../client/room.js';
 import { fetchKmsIdentity } from '../client/xmpp.js';

@@ -46,26 +46,27 @@ export const LOCAL_ISSUER = 'urn:kms:local-issuer';
 
 export const configSchema = z
   .object({
-    /** The component's domain; the KMS identity is kms://<domain>. */
     domain: z
       .string()
       .regex(/^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i, 'must be a domain name, e.g. kms.example.org')
-      .default('kms.localhost'),
+      .default('kms.localhost')
+      .describe("the component's domain (its JID on the XMPP server); the KMS's identity is kms://<domain>"),
     xmpp: z
       .object({
-        service: z.string().superRefine(checkService).default('xmpp://127.0.0.1:5347'),
-        secret: z.string().min(1, 'must not be empty').default('kms-dev-secret'),
-        keepaliveSec: z.number().int().min(0).default(60),
-        reconnectInitialMs: positiveInt.default(500),
-        reconnectMaxMs: positiveInt.default(30_000),
-        drainMs: positiveInt.default(5_000),
-        maxMessagesPerIq: positiveInt.max(256).default(16),
-        maxMessageBytes: positiveInt.default(64 * 1024),
-        maxStanzaBytes: positiveInt.default(256 * 1024),
-        /** Largest reply stanza (max-reply-size): below the server's stanza limit for components (Prosody and ejabberd: 1 MiB). */
-        maxReplyBytes: positiveInt.default(512 * 1024),
-        ratePerSec: positiveInt.default(200),
-        rateBurst: positiveInt.default(400),
+        service: z.string().superRefine(checkService).default('xmpp://127.0.0.1:5347').describe("the XMPP server's component listener (XEP-0114), xmpp://host:port; plain TCP, so keep it on loopback or tunnel it"),
+        secret: z.string().min(1, 'must not be empty').default('kms-dev-secret').describe('the shared secret of the component, as the XMPP server has it; set your own outside development'),
+        keepaliveSec: z.number().int().min(0).default(60).describe('seconds between whitespace keepalives on the component stream; 0 turns them off'),
+        reconnectInitialMs: positiveInt.default(500).describe('first delay before connecting again after a failed or lost connection; it doubles at each attempt'),
+        reconnectMaxMs: positiveInt.default(30_000).describe('longest delay between connection attempts'),
+        drainMs: positiveInt.default(5_000).describe('at SIGTERM/SIGINT, how long the requests in flight may take to be answered before the stream closes'),
+        maxMessagesPerIq: positiveInt.max(256).default(16).describe('most KMS messages in one request IQ (disco max-messages)'),
+        maxMessageBytes: positiveInt.default(64 * 1024).describe('largest KMS message in a request, in bytes (disco max-message-size)'),
+        maxStanzaBytes: positiveInt.default(256 * 1024).describe('largest sum of the messages of one request IQ, in bytes (disco max-stanza-size)'),
+        maxReplyBytes: positiveInt
+          .default(512 * 1024)
+          .describe("largest reply stanza, in bytes (disco max-reply-size): keep it below the server's stanza limit for components (Prosody and ejabberd: 1 MiB)"),
+        ratePerSec: positiveInt.default(200).describe('KMS messages per second allowed to each sender on average; over it a request is refused as rate-limited'),
+        rateBurst: positiveInt.default(400).describe('KMS messages a sender may send at once above its rate (the size of its token bucket)'),
       })
       .strict()
       .refine((x) => x.reconnectInitialMs <= x.reconnectMaxMs, { path: ['reconnectInitialMs'], message: 'must not be above xmpp.reconnectMaxMs' })
@@ -84,16 +85,16 @@ export const configSchema = z
         }
       })
       .prefault({}),
-    /** LevelDB store, sealed identity and local issuer live here. */
-    dataDir: path.default('./data'),
-    /** The master key: base64url of 32 bytes in KMS_MASTER_KEY, or a file holding it (made on first start when missing). */
-    masterKeyFile: path.optional(),
+    dataDir: path.default('./data').describe("folder of the LevelDB store, the sealed development identity, the local issuer's key and the trust anchor"),
+    masterKeyFile: path
+      .optional()
+      .describe('file holding the master key (base64url of 32 bytes; made on first start when missing); <dataDir>/master.key when unset; KMS_MASTER_KEY gives the key itself instead'),
     identity: z
       .object({
-        keyType: z.enum(['EC', 'RSA']).default('EC'),
-        rsaSigAlg: z.enum(['PS256', 'RS256']).default('PS256'),
-        keyFile: path.optional(),
-        certFile: path.optional(),
+        keyType: z.enum(['EC', 'RSA']).default('EC').describe('kind of static key of the self-signed development identity (EC P-256 or RSA-2048)'),
+        rsaSigAlg: z.enum(['PS256', 'RS256']).default('PS256').describe('signature algorithm of an RSA identity key'),
+        keyFile: path.optional().describe("PEM file of the KMS's static private key (with certFile); a self-signed development identity when unset"),
+        certFile: path.optional().describe("PEM file of the KMS's certificate chain, leaf first, for the key of keyFile"),
       })
       .strict()
       .superRefine((i, ctx) => {
@@ -103,18 +104,19 @@ export const configSchema = z
       .prefault({}),
     auth: z
       .object({
-        /** Token issuer (iss). The local issuer's name by default; required with jwksFile/jwksUrl. */
-        issuer: z.string().min(1).optional(),
-        /** Our audience (aud); kms://<domain> by default. */
-        audience: z.string().min(1).optional(),
-        jwksFile: path.optional(),
-        jwksUrl: z.string().superRefine(checkHttpUrl).optional(),
-        algorithms: z.array(z.enum(['ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512', 'RS256', 'RS384', 'RS512'])).min(1).default(['ES256', 'PS256', 'RS256']),
-        userClaim: z.string().min(1).default('sub'),
-        clockToleranceSec: z.number().int().min(0).max(600).default(30),
-        allowedDomains: z.array(z.string()).optional(),
-        /** PEM file of trust anchors for services (jwk credentials); none by default. */
-        serviceAnchorsFile: path.optional(),
+        issuer: z.string().min(1).optional().describe(`the access tokens' issuer (iss): required with jwksFile or jwksUrl; ${LOCAL_ISSUER} (the local issuer) when unset`),
+        audience: z.string().min(1).optional().describe('the audience (aud) access tokens must name; kms://<domain> when unset'),
+        jwksFile: path.optional().describe("JSON file of the identity provider's token signing keys (a JWKS); the local development issuer when neither it nor jwksUrl is set"),
+        jwksUrl: z.string().superRefine(checkHttpUrl).optional().describe("http(s) URL of the identity provider's JWKS (instead of jwksFile)"),
+        algorithms: z
+          .array(z.enum(['ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512', 'RS256', 'RS384', 'RS512']))
+          .min(1)
+          .default(['ES256', 'PS256', 'RS256'])
+          .describe('signature algorithms accepted on access tokens'),
+        userClaim: z.string().min(1).default('sub').describe('the token claim that names the user (a JID, made a canonical bare JID)'),
+        clockToleranceSec: z.number().int().min(0).max(600).default(30).describe("seconds of clock difference allowed when checking a token's exp and nbf"),
+        allowedDomains: z.array(z.string()).optional().describe('when set, only users of these domains may use the KMS; every domain when unset'),
+        serviceAnchorsFile: path.optional().describe('PEM file of trust anchors for services that authenticate with a jwk credential (an x5c chain); none when unset'),
       })
       .strict()
       .superRefine((a, ctx) => {
@@ -132,10 +134,11 @@ export const configSchema = z
       .min(1, 'must be 1, 2 or 3 (the retrieval policies of PCG-01)')
       .max(3, 'must be 1, 2 or 3 (the retrieval policies of PCG-01)')
       .default(1)
-      .transform((p) => p as 1 | 2 | 3),
-    chainReadPolicy: z.enum(['ever', 'current']).default('ever'),
-    ephemeralLifetimeSec: positiveInt.default(3600),
-    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      .transform((p) => p as 1 | 2 | 3)
+      .describe("group key retrieval policy: 1 a member at the key's block (PCG-01), 2 a member at the chain's last block, 3 both"),
+    chainReadPolicy: z.enum(['ever', 'current']).default('ever').describe('who may read a chain: anyone who has ever been a member, or its current members only'),
+    ephemeralLifetimeSec: positiveInt.default(3600).describe("lifetime of a client's ephemeral key (secure channel), in seconds"),
+    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('the least level of the JSON log lines written to stderr'),
   })
   .strict();
 
@@ -264,27 +267,82 @@ export function showConfig(config: KmsConfig, env: NodeJS.ProcessEnv = process.e
   return JSON.stringify({ ...config, xmpp: { ...config.xmpp, secret: '[hidden]' }, masterKey }, null, 2);
 }
 
-/** The help text of `kms run`: every setting of the file, and the variable that overrides it. */
-export function settingsHelp(): string {
+/** One setting of the configuration file, as `kms run --help` shows it. */
+interface SettingHelp {
+  /** Dotted path in the file, e.g. xmpp.maxReplyBytes. */
+  path: string;
+  /** The kind of value, e.g. `integer >= 1`, `EC | RSA`, `list of strings`. */
+  type: string;
+  /** `default <JSON>`, or `unset by default`. */
+  default: string;
+  /** The setting's `.describe()` text in configSchema. */
+  description: string | undefined;
+  /** The KMS_* variable that overrides it, if any. */
+  env: string | undefined;
+}
+
+/** The part of a JSON Schema (z.toJSONSchema's output) the help reads. */
+interface JsonSchemaNode {
+  type?: string;
+  description?: string;
+  default?: unknown;
+  enum?: unknown[];
+  items?: JsonSchemaNode;
+  properties?: Record<string, JsonSchemaNode>;
+  minimum?: number;
+  exclusiveMinimum?: number;
+  maximum?: number;
+}
+
+function typeOf(node: JsonSchemaNode): string {
+  if (node.enum) return node.enum.map(String).join(' | ');
+  if (node.type === 'array') {
+    const items = node.items;
+    return items?.enum ? `list of ${typeOf(items)}` : `list of ${items?.type ?? 'value'}s`;
+  }
+  if (node.type === 'integer' || node.type === 'number') {
+    const min = node.minimum ?? (node.exclusiveMinimum === undefined ? undefined : node.type === 'integer' ? node.exclusiveMinimum + 1 : undefined);
+    const max = node.maximum !== undefined && node.maximum < Number.MAX_SAFE_INTEGER ? node.maximum : undefined;
+    if (min !== undefined && max !== undefined) return `${node.type} ${min}-${max}`;
+    if (min !== undefined) return `${node.type} >= ${min}`;
+    if (max !== undefined) return `${node.type} <= ${max}`;
+  }
+  return node.type ?? 'value';
+}
+
+/**
+ * Every setting of the configuration file, from configSchema itself (its JSON Schema, as the file
+ * is written: before defaults and transforms): type, default, `.describe()` text and variable.
+ */
+function settingsReference(): SettingHelp[] {
   const byPath = new Map(Object.entries(ENV_SETTINGS).map(([name, s]) => [s.path.join('.'), name]));
-  const lines: string[] = [];
-  const walk = (shape: Record<string, z.ZodType>, prefix: string) => {
-    for (const [key, type] of Object.entries(shape)) {
+  const schema = z.toJSONSchema(configSchema, { io: 'input', unrepresentable: 'any' }) as JsonSchemaNode;
+  const out: SettingHelp[] = [];
+  const walk = (node: JsonSchemaNode, prefix: string) => {
+    for (const [key, child] of Object.entries(node.properties ?? {})) {
       const path = prefix + key;
-      let inner: z.ZodType = type;
-      // Unwrap defaults, optionals, refinements and transforms down to an object, if any.
-      for (let i = 0; i < 8; i++) {
-        const def = (inner as unknown as { def: { innerType?: z.ZodType; in?: z.ZodType; type: string } }).def;
-        if (def.type === 'object') break;
-        const next = def.innerType ?? def.in;
-        if (!next) break;
-        inner = next;
+      if (child.type === 'object' && child.properties) {
+        walk(child, `${path}.`);
+        continue;
       }
-      if ((inner as unknown as { def: { type: string } }).def.type === 'object') walk((inner as unknown as z.ZodObject).shape as Record<string, z.ZodType>, `${path}.`);
-      else lines.push(`  ${path.padEnd(28)} ${byPath.get(path) ?? ''}`.trimEnd());
+      out.push({
+        path,
+        type: typeOf(child),
+        default: 'default' in child ? `default ${JSON.stringify(child.default)}` : 'unset by default',
+        description: child.description,
+        env: byPath.get(path),
+      });
     }
   };
-  walk(configSchema.shape as Record<string, z.ZodType>, '');
+  walk(schema, '');
+  return out;
+}
+
+/** The help text of `kms run`: every setting of the file with its type, default, description and the variable that overrides it. */
+export function settingsHelp(): string {
+  const lines = settingsReference().map(
+    (s) => `  ${s.path}  ${s.type}, ${s.default}${s.env ? `, env ${s.env}` : ''}\n      ${s.description ?? '(no description)'}`,
+  );
   const other = Object.entries(OTHER_ENV_VARS).map(([name, what]) => `  ${name.padEnd(28)} ${what}`);
-  return `\nSettings of the JSON config file, and the environment variable that overrides each:\n${lines.join('\n')}\nOther environment variables:\n${other.join('\n')}\n`;
+  return `\nSettings of the JSON config file: type, default, the KMS_* variable that overrides it (a list variable is comma-separated):\n${lines.join('\n')}\nOther environment variables:\n${other.join('\n')}\n`;
 }

@@ -8,8 +8,9 @@ import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { configFrom, ConfigError, ENV_SETTINGS, OTHER_ENV_VARS } from './config.js';
 import { showConfig, settingsHelp } from './config.js';
-import { startKms, localTokens } from './start.js';
+import { startKms, localTokens } from '../server.js';
 import { createLogger } from '../util/logger.js';
+import { packageVersion } from './version.js';
 import { runDemo } from './demo.js';
 import { openInspector, listChains, describeChain, listGks, describeGk, render, type Inspector } from './inspect.js';
 
@@ -22,6 +23,7 @@ function checkConfig(opts: { config?: string }): void {
 const program = new Command()
   .name('kms')
   .description('Key Management Service (draft-abiggs-saag-key-management-service-03) as an XMPP component')
+  .version(packageVersion(), '-V, --version', 'print the version of xmpp-kms')
   .showHelpAfterError();
 
 program

@@ -1,10 +1,12 @@
 /**
  * The client library (`xmpp-kms/client`): what an XMPP client needs to use a KMS over XMPP and to
  * chat in end-to-end encrypted rooms. Start with KmsClient.connect and EncryptedRoom.
+ *
+ * @module xmpp-kms/client
  */
 export { KmsClient, type KmsClientOptions, type ChainView } from './kms-client.js';
 export { isTransient, retrying, type RetryOptions } from './retry.js';
-export { EncryptedRoom, type RoomOptions, type RoomMessage, type Undecryptable } from './room.js';
+export { EncryptedRoom, type RoomConnection, type RoomOptions, type RoomMessage, type Undecryptable } from './room.js';
 export {
   encryptRoomMessage,
   readEncrypted,

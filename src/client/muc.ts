@@ -5,7 +5,7 @@
  * fallback body and an XEP-0334 store hint. Pure functions: no network, no KMS.
  */
 import { randomBytes, randomInt, randomUUID } from 'node:crypto';
-import { xml, type Element } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import parseXml from '@xmpp/xml/lib/parse.js';
 import { NS } from '../protocol/namespace.js';
 import { decryptDir, encryptDir, readJweHeader } from '../crypto/jwe.js';

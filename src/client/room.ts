@@ -6,8 +6,7 @@
  */
 import { EventEmitter } from 'node:events';
 import { randomUUID } from 'node:crypto';
-import { xml, type Element } from '@xmpp/xml';
-import type { Client } from '@xmpp/client';
+import xml, { type Element } from '@xmpp/xml';
 import type { KmsClient, ChainView } from './kms-client.js';
 import { KmsResponseError } from './errors.js';
 import type { GroupKey } from './keys.js';
@@ -53,8 +52,20 @@ export interface Undecryptable {
   at: Date;
 }
 
+/**
+ * What a room needs of the XMPP connection; an online @xmpp/client `Client` is one. Declared here
+ * so that the library's types do not depend on @xmpp/client's (whose `@types` package does not
+ * type-check under `moduleResolution: NodeNext`).
+ */
+export interface RoomConnection {
+  on(event: 'stanza', listener: (stanza: Element) => void): unknown;
+  off(event: 'stanza', listener: (stanza: Element) => void): unknown;
+  send(stanza: Element): Promise<unknown>;
+  iqCaller: { request(stanza: Element, timeout?: number): Promise<Element> };
+}
+
 export interface RoomOptions {
-  xmpp: Client;
+  xmpp: RoomConnection;
   kms: KmsClient;
   /** The room's bare JID, e.g. planning@conference.example.com. */
   room: string;
@@ -355,7 +366,7 @@ export class EncryptedRoom extends EventEmitter {
       xmpp.on('stanza', collect);
       let fin: Element | undefined;
       try {
-        const rsm = xml('set', { xmlns: NS_RSM }, xml('max', {}, String(Math.min(opts.max ?? 100, 100))), after ? xml('after', {}, after) : null);
+        const rsm = xml('set', { xmlns: NS_RSM }, xml('max', {}, String(Math.min(opts.max ?? 100, 100))), ...(after ? [xml('after', {}, after)] : []));
         const reply = await xmpp.iqCaller.request(xml('iq', { type: 'set', to: this.room }, xml('query', { xmlns: NS_MAM, queryid }, rsm)), opts.timeoutMs ?? 10_000);
         fin = reply.getChild('fin', NS_MAM);
       } finally {

@@ -5,7 +5,7 @@
  * is only accepted with a certificate chain to the caller's trust anchors for the kid's host.
  */
 import type { KeyObject, X509Certificate } from 'node:crypto';
-import { xml, type Element } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import { NS } from '../protocol/namespace.js';
 import { parseStanzaError } from '../protocol/stanza-errors.js';
 import { importPublicJwk } from '../crypto/keys.js';

@@ -1,4 +1,4 @@
-/** The engine's settings. The composition roots (src/cli) read and validate them; the engine only uses them. */
+/** The engine's settings. The composition root (src/server.ts) makes them from the validated configuration; the engine only uses them. */
 
 /** -03 §4.6.8: who may get a bound GK. */
 export type RetrievalPolicy = 1 | 2 | 3;

@@ -4,7 +4,7 @@
  * our namespace (RFC 6120 §8.3.2). KMS-level failures never come here: they stay KMS responses
  * inside `<message/>` (see src/protocol/errors.ts). A test keeps this table and the XEP's table in step.
  */
-import { xml, type Element } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import { NS, NS_STANZAS } from './namespace.js';
 
 /** The error types of RFC 6120 §8.3.2. */

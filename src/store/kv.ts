@@ -1,12 +1,12 @@
 /**
  * The narrow key-value contract the KMS keeps its state in. Keys and values are strings; a
  * logical change is always one atomic `batch`. Implemented on any abstract-level database:
- * LevelDB on disk (`level`) in production, memory-level in unit tests. The same contract tests
- * run against both (test/store/kv.test.ts).
+ * LevelDB on disk (`level`) in production, memory-level in unit tests (test/support/memory-store.ts:
+ * `new LevelKvStore(new MemoryLevel(...))`). The same contract tests run against both
+ * (test/store/kv.test.ts).
  */
 import type { AbstractLevel } from 'abstract-level';
 import { Level } from 'level';
-import { MemoryLevel } from 'memory-level';
 
 /** One write in an atomic batch. */
 export type BatchOp = { type: 'put'; key: string; value: string } | { type: 'del'; key: string };
@@ -211,13 +211,6 @@ export class LevelKvStore implements KvStore {
 /** Opens (creating if needed) a LevelDB store in `dir`. */
 export async function openLevelStore(dir: string, opts?: WriteBehindOptions): Promise<KvStore> {
   const db = new Level<string, string>(dir, { keyEncoding: 'utf8', valueEncoding: 'utf8' });
-  await db.open();
-  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, opts);
-}
-
-/** Opens an in-memory store (tests). */
-export async function openMemoryStore(opts?: WriteBehindOptions): Promise<KvStore> {
-  const db = new MemoryLevel<string, string>({ keyEncoding: 'utf8', valueEncoding: 'utf8' });
   await db.open();
   return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, opts);
 }

@@ -8,6 +8,9 @@
  * with exponential backoff, a whitespace keepalive keeps idle links open, and `stop` answers the
  * requests in flight before closing.
  */
+// @xmpp/component has no types of its own and no @types package: ours, shipped with the package
+// (its declarations reference them: KmsComponent.xmpp is the xmpp.js component).
+/// <reference path="../../types/xmpp__component.d.ts" preserve="true" />
 import { component, xml, type Component } from '@xmpp/component';
 import type { Element } from '@xmpp/xml';
 import { NS, NS_STANZAS } from '../protocol/namespace.js';
@@ -395,7 +398,7 @@ function bare(jid: string): string {
 }
 
 function result(iq: Element, child: Element | undefined): Element {
-  return xml('iq', { type: 'result', id: iq.attrs.id, to: iq.attrs.from, from: iq.attrs.to }, child);
+  return xml('iq', { type: 'result', id: iq.attrs.id, to: iq.attrs.from, from: iq.attrs.to }, ...(child ? [child] : []));
 }
 
 /** Bytes of the reply to `iq` with an empty `<kms/>` (its start and end tags written out), as the stream carries it. */

@@ -5,11 +5,12 @@ import { expect } from 'chai';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { ConfigError, loadConfig } from '../../src/cli/config.js';
+import { z } from 'zod';
+import { ConfigError, ENV_SETTINGS, configSchema, loadConfig, settingsHelp } from '../../src/cli/config.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const KMS = join(ROOT, 'bin', 'kms.js');
@@ -60,6 +61,35 @@ function problem(file: unknown, env: Record<string, string>, dir: string, name =
     }
     throw new Error(`accepted: ${JSON.stringify(file)} ${JSON.stringify(env)}`);
   })();
+}
+
+/**
+ * Every setting of configSchema by its dotted path, found on the zod schema itself (not through
+ * the JSON Schema the help is made from), with its description wherever it was put.
+ */
+function schemaSettings(): { path: string; description: string | undefined }[] {
+  const out: { path: string; description: string | undefined }[] = [];
+  const walk = (shape: Record<string, z.ZodType>, prefix: string) => {
+    for (const [key, type] of Object.entries(shape)) {
+      let node: z.ZodType | undefined = type;
+      let description: string | undefined;
+      let object: z.ZodObject | undefined;
+      // Through defaults, optionals, prefaults and transforms to the setting's own type.
+      while (node) {
+        description ??= node.description;
+        if (node instanceof z.ZodObject) {
+          object = node;
+          break;
+        }
+        const def: { innerType?: z.ZodType; in?: z.ZodType } = (node as unknown as { def: { innerType?: z.ZodType; in?: z.ZodType } }).def;
+        node = def.innerType ?? def.in;
+      }
+      if (object) walk(object.shape as Record<string, z.ZodType>, `${prefix}${key}.`);
+      else out.push({ path: `${prefix}${key}`, description });
+    }
+  };
+  walk(configSchema.shape as Record<string, z.ZodType>, '');
+  return out;
 }
 
 const SECRET = `component-secret-${randomBytes(12).toString('hex')}`;
@@ -180,6 +210,51 @@ describe('configuration', function () {
     });
   });
 
+  describe('kms run --help', () => {
+    const help = settingsHelp();
+    const settings = schemaSettings();
+
+    it('finds the settings of every section', () => {
+      // A walk that missed a section would make the checks below pass on nothing.
+      expect(settings.length).to.be.greaterThan(30);
+      for (const path of ['domain', 'xmpp.maxReplyBytes', 'identity.keyFile', 'auth.algorithms', 'policy', 'logLevel']) expect(settings.map((s) => s.path)).to.include(path);
+    });
+
+    it('every setting has a description in the schema (.describe())', () => {
+      const missing = settings.filter((s) => !s.description?.trim()).map((s) => s.path);
+      expect(missing, `settings without a .describe() in src/cli/config.ts: ${missing.join(', ')}`).to.deep.equal([]);
+    });
+
+    it('shows every setting with its type, its default (or that it is unset) and its description', () => {
+      const escape = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      for (const s of settings) {
+        const entry = new RegExp(`^  ${escape(s.path)}  (\\S.*), (default \\S.*|unset by default)(, env KMS_\\w+)?\\n      (.+)$`, 'm').exec(help);
+        expect(entry, `${s.path} in kms run --help`).to.not.equal(null);
+        expect(entry![1], `${s.path}'s type`).to.match(/^(string|integer|list of|\w+ \|)/);
+        expect(entry![4], `${s.path}'s description`).to.equal(s.description);
+      }
+      expect(help).not.to.include('(no description)');
+      // Exactly one entry per setting.
+      expect(help.match(/^  [a-zA-Z.]+  /gm)).to.have.length(settings.length);
+    });
+
+    it('names the variable of every setting that has one, and every variable names a setting', () => {
+      const paths = new Set(settings.map((s) => s.path));
+      for (const [name, { path }] of Object.entries(ENV_SETTINGS)) {
+        expect(paths, `${name} sets ${path.join('.')}`).to.include(path.join('.'));
+        expect(help).to.match(new RegExp(`^  ${path.join('\\.')}  .*, env ${name}$`, 'm'));
+      }
+    });
+
+    it('shows the defaults the configuration really has', () => {
+      expect(help).to.match(/^  xmpp\.maxReplyBytes  integer >= 1, default 524288, env KMS_MAX_REPLY_BYTES$/m);
+      expect(help).to.match(/^  policy  integer 1-3, default 1, env KMS_POLICY$/m);
+      expect(help).to.match(/^  identity\.keyType  EC \| RSA, default "EC", env KMS_IDENTITY_KEY_TYPE$/m);
+      expect(help).to.match(/^  auth\.algorithms  list of ES256 \| .*, default \["ES256","PS256","RS256"\]$/m);
+      expect(help).to.match(/^  masterKeyFile  string, unset by default, env KMS_MASTER_KEY_FILE$/m);
+    });
+  });
+
   describe('kms check-config and kms run --check-config (processes)', () => {
     let good: string;
 
@@ -205,6 +280,16 @@ describe('configuration', function () {
         expect(r.stderr).not.to.match(/connect/);
       });
     }
+
+    it('kms run --help prints the settings, and kms --version the package version', async () => {
+      const help = await kms(['run', '--help'], {}, dir);
+      expect(help.code, help.stderr).to.equal(0);
+      expect(help.stdout).to.include(settingsHelp());
+      const version = await kms(['--version'], {}, dir);
+      expect(version.code, version.stderr).to.equal(0);
+      const pkg = JSON.parse(await readFile(join(ROOT, 'package.json'), 'utf8')) as { version: string };
+      expect(version.stdout.trim()).to.equal(pkg.version);
+    });
 
     /** The process cases: a subset of BAD covering each kind, plus the file itself going wrong. */
     const processCases = [

@@ -4,9 +4,10 @@
 // TimeoutError). Checks how they become the library's typed errors, and which are retried.
 import { expect } from 'chai';
 import { X509Certificate } from 'node:crypto';
-import iqCaller, { type IqContext } from '@xmpp/iq/caller.js';
+import iqCaller from '@xmpp/iq/caller.js';
+import type { Entity, Middleware } from '@xmpp/middleware';
 import parse from '@xmpp/xml/lib/parse.js';
-import { xml, type Element } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import { fetchKmsIdentity, xmppTransport, type XmppEntity } from '../../src/client/xmpp.js';
 import { IdentityValidationError, KmsStanzaError, KmsTimeoutError } from '../../src/client/errors.js';
 import { isTransient, retrying, type RetryOptions } from '../../src/client/retry.js';
@@ -39,11 +40,14 @@ type Answer = Element | string | Error | undefined;
  * that send() throws, or undefined for silence.
  */
 function entity(answer: (iq: Element, n: number) => Answer, status = 'online'): XmppEntity & { status: string; sent: number } {
+  /** The middleware context iq-caller routes: the reply stanza with its name, type and id. */
+  type IqContext = { name: string; type: string | undefined; id: string | undefined; stanza: Element };
   let route: ((ctx: IqContext, next: () => unknown) => unknown) | undefined;
   const self = {
     status,
     sent: 0,
     iqCaller: iqCaller({
+      // Only what @xmpp/iq's caller uses of an entity and its middleware.
       entity: {
         async send(iq: Element) {
           const a = answer(iq, self.sent++);
@@ -55,8 +59,8 @@ function entity(answer: (iq: Element, n: number) => Answer, status = 'online'): 
             : xml('iq', { type: 'result', from: iq.attrs.to, to: 'alice@localhost/t', id: iq.attrs.id }, el);
           setImmediate(() => route!({ name: 'iq', type: reply.attrs.type, id: reply.attrs.id, stanza: reply }, () => undefined));
         },
-      },
-      middleware: { use: (fn) => (route = fn) },
+      } as unknown as Entity,
+      middleware: { use: (fn: typeof route) => (route = fn) } as unknown as Middleware<Entity>,
     }),
   };
   return self;

@@ -8,7 +8,7 @@
  */
 import { expect } from 'chai';
 import { X509Certificate } from 'node:crypto';
-import { xml, type Element } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import parse from '@xmpp/xml/lib/parse.js';
 import { KmsFixture, sharedIdentity, AUDIENCE, DOMAIN } from '../support/kms-fixture.js';
 import { KmsClient } from '../../src/client/kms-client.js';
@@ -75,7 +75,7 @@ async function published(o: { kid?: string; jwk?: Record<string, unknown>; sigAl
  */
 function connection(kms: KmsFixture, o: { items?: Record<string, Element>; identity?: Element } = {}): XmppEntity & { jid: { domain: string }; sent: string[] } {
   const sent: string[] = [];
-  const result = (iq: Element, child?: Element) => parse(xml('iq', { type: 'result', id: iq.attrs.id ?? 'x', from: iq.attrs.to }, child).toString());
+  const result = (iq: Element, child?: Element) => parse(xml('iq', { type: 'result', id: iq.attrs.id ?? 'x', from: iq.attrs.to }, ...(child ? [child] : [])).toString());
   return {
     jid: { domain: 'example.com' },
     status: 'online',

@@ -6,12 +6,12 @@
  */
 import { expect } from 'chai';
 import { randomUUID } from 'node:crypto';
-import { xml, type Element } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import parse from '@xmpp/xml/lib/parse.js';
 import { KmsFixture, add, payloadOf, AUDIENCE, DOMAIN, type TestUser } from '../support/kms-fixture.js';
 import { openRawChannel, type RawChannel } from '../support/raw-channel.js';
 import { KmsComponent, type ComponentLimits } from '../../src/xmpp/component.js';
-import { componentSettings } from '../../src/cli/start.js';
+import { componentSettings } from '../../src/server.js';
 import { loadConfig } from '../../src/cli/config.js';
 import { silentLogger } from '../../src/util/logger.js';
 import { NS, NS_STANZAS } from '../../src/protocol/namespace.js';

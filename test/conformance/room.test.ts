@@ -7,7 +7,7 @@
  */
 import { expect } from 'chai';
 import { EventEmitter } from 'node:events';
-import { xml, type Element } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import parse from '@xmpp/xml/lib/parse.js';
 import type { Client } from '@xmpp/client';
 import { KmsFixture, AUDIENCE, DOMAIN } from '../support/kms-fixture.js';

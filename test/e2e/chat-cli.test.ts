@@ -12,7 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
 import { startTestKms } from './harness/kms.js';
-import type { RunningKms } from '../../src/cli/start.js';
+import type { RunningKms } from '../../src/server.js';
 
 const run = promisify(execFile);
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');

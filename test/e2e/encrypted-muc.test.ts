@@ -11,7 +11,7 @@ import { connectClient, disconnect } from './harness/clients.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
 import { startTestKms } from './harness/kms.js';
 import { startWiretap, type Wiretap } from './harness/wiretap.js';
-import type { RunningKms } from '../../src/cli/start.js';
+import type { RunningKms } from '../../src/server.js';
 import { KmsClient } from '../../src/client/kms-client.js';
 import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../../src/client/room.js';
 import type { GroupKey } from '../../src/client/keys.js';

@@ -10,7 +10,7 @@ import type { Element } from '@xmpp/xml';
 import { connectClient, disconnect } from './harness/clients.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
 import { startTestKms } from './harness/kms.js';
-import { startKms, type RunningKms } from '../../src/cli/start.js';
+import { startKms, type RunningKms } from '../../src/server.js';
 import { silentLogger } from '../../src/util/logger.js';
 import { KmsClient } from '../../src/client/kms-client.js';
 import { isRetryable } from '../../src/protocol/errors.js';

@@ -6,7 +6,8 @@ import { expect } from 'chai';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openLevelStore, openMemoryStore, type BatchOp, type KvStore } from '../../src/store/kv.js';
+import { openLevelStore, type BatchOp, type KvStore } from '../../src/store/kv.js';
+import { openMemoryStore } from '../support/memory-store.js';
 
 interface Factory {
   name: string;

@@ -15,7 +15,8 @@ import { makeIdentity, type StaticIdentity } from '../../src/engine/identity.js'
 import { createDevIdentity, type IdentityKeyType } from '../../src/crypto/x509.js';
 import { Sealer } from '../../src/crypto/seal.js';
 import { KmsState } from '../../src/store/kms-state.js';
-import { openLevelStore, openMemoryStore, type KvStore } from '../../src/store/kv.js';
+import { openLevelStore, type KvStore } from '../../src/store/kv.js';
+import { openMemoryStore } from './memory-store.js';
 import { LocalIssuer } from '../../src/auth/local-issuer.js';
 import { KmsSession, type KmsResponse } from '../../src/client/session.js';
 import { generateEntityKey, registrationProof, type EntityKey } from '../../src/client/keys.js';

@@ -7,7 +7,7 @@ import { validateXML } from 'xmllint-wasm';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { expect } from 'chai';
-import { type Element, xml } from '@xmpp/xml';
+import xml, { type Element } from '@xmpp/xml';
 import parse from '@xmpp/xml/lib/parse.js';
 import { KMS_ERRORS } from '../../src/protocol/errors.js';
 import { NS, NS_STANZAS } from '../../src/protocol/namespace.js';

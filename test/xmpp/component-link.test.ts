@@ -9,7 +9,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { KmsComponent } from '../../src/xmpp/component.js';
 import { loadConfig } from '../../src/cli/config.js';
-import { componentSettings } from '../../src/cli/start.js';
+import { componentSettings } from '../../src/server.js';
 import { silentLogger } from '../../src/util/logger.js';
 
 describe('xmpp/component: a server that never opens the stream', function () {

@@ -1,27 +1,29 @@
 /**
  * The composition root: from a validated configuration to a running KMS (store, sealed keys,
- * identity, token verification, engine) and, unless asked not to, its XMPP component. The CLI and
- * the integration tests both start the KMS through here.
+ * identity, token verification, engine) and, unless asked not to, its XMPP component. The `kms`
+ * command (src/cli), the integration tests and a program using the package (`startKms` from
+ * `xmpp-kms`) all start the KMS through here; to compose one differently, do what startKms does
+ * with the parts `xmpp-kms` exports.
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, type JWTVerifyGetKey } from 'jose';
-import type { KmsConfig } from './config.js';
-import { ConfigError } from './config.js';
-import { Sealer } from '../crypto/seal.js';
-import { pemCertificates } from '../crypto/x509.js';
-import { loadIdentity, type StaticIdentity } from '../engine/identity.js';
-import { Authenticator } from '../engine/credentials.js';
-import { EngineDeps } from '../engine/context.js';
-import { engineConfig } from '../engine/config.js';
-import { KmsEngine } from '../engine/engine.js';
-import { KmsState } from '../store/kms-state.js';
-import { openLevelStore } from '../store/kv.js';
-import { LocalIssuer } from '../auth/local-issuer.js';
-import { KmsComponent, type ComponentSettings } from '../xmpp/component.js';
-import type { Logger } from '../util/logger.js';
+import type { KmsConfig } from './cli/config.js';
+import { ConfigError } from './cli/config.js';
+import { Sealer } from './crypto/seal.js';
+import { pemCertificates } from './crypto/x509.js';
+import { loadIdentity, type StaticIdentity } from './engine/identity.js';
+import { Authenticator } from './engine/credentials.js';
+import { EngineDeps } from './engine/context.js';
+import { engineConfig } from './engine/config.js';
+import { KmsEngine } from './engine/engine.js';
+import { KmsState } from './store/kms-state.js';
+import { openLevelStore } from './store/kv.js';
+import { LocalIssuer } from './auth/local-issuer.js';
+import { KmsComponent, type ComponentSettings } from './xmpp/component.js';
+import type { Logger } from './util/logger.js';
 
 export interface RunningKms {
   config: KmsConfig;
@@ -109,11 +111,20 @@ export function componentSettings(config: KmsConfig): ComponentSettings {
   };
 }
 
+/** Options of `startKms`. */
+export interface StartOptions {
+  /** `false`: only the engine runs, no XMPP component (tools, tests). */
+  xmpp?: boolean;
+  /** Aborts a start that is still waiting for the XMPP server: the store is closed and the promise rejects. */
+  signal?: AbortSignal;
+}
+
 /**
- * Starts the KMS. With `xmpp: false` only the engine runs (tools, tests). `signal` aborts a start
- * that is still waiting for the XMPP server: the store is closed and the promise rejects.
+ * Starts the KMS from a validated configuration (see `loadConfig`): the store in `config.dataDir`,
+ * the identity, token verification, the engine and, unless `xmpp: false`, the XMPP component,
+ * online when the promise resolves.
  */
-export async function startKms(config: KmsConfig, logger: Logger, opts: { xmpp?: boolean; signal?: AbortSignal } = {}): Promise<RunningKms> {
+export async function startKms(config: KmsConfig, logger: Logger, opts: StartOptions = {}): Promise<RunningKms> {
   const dataDir = resolve(config.dataDir);
   await mkdir(dataDir, { recursive: true });
   const sealer = new Sealer(await masterKey(config));

@@ -1,5 +1,6 @@
 // Minimal types for `@xmpp/component` 0.13.1 (CommonJS, ships no types, no @types package exists).
-// Only what this project uses is declared; widen it when you need more. Elements are ltx elements
+// Shipped with the package: src/xmpp/component.ts references this file, and so does its built
+// declaration (dist/xmpp/component.d.ts). Only what this project uses is declared; widen it when you need more. Elements are ltx elements
 // from the component's own @xmpp/xml 0.13, which interoperate with the 0.14 `xml()` of @xmpp/client.
 // Source of truth: node_modules/@xmpp/component/index.js, @xmpp/component-core/lib/Component.js,
 // @xmpp/connection (0.13), @xmpp/middleware (0.13), @xmpp/iq/{caller,callee}.js (0.13),
