@@ -87,7 +87,7 @@ type HostCommand =
   | { cmd: 'exit' };
 
 async function componentHost(): Promise<void> {
-  const { loadConfig } = await import('../src/cli/config.js');
+  const { loadConfig } = await import('../src/config.js');
   const { startKms, componentSettings } = await import('../src/server.js');
   const { createLogger } = await import('../src/util/logger.js');
   const { KmsComponent } = await import('../src/xmpp/component.js');

@@ -8,7 +8,7 @@
 
 // Start a KMS from a configuration.
 export { startKms, masterKey, localTokens, tokenAudience, componentSettings, type RunningKms, type StartOptions } from './server.js';
-export { loadConfig, configSchema, ConfigError, LOCAL_ISSUER, type KmsConfig } from './cli/config.js';
+export { loadConfig, configSchema, ConfigError, LOCAL_ISSUER, type KmsConfig } from './config.js';
 
 // Compose one: the engine and what it is made of.
 export { KmsEngine, type EngineOptions, type HandleOptions } from './engine/engine.js';

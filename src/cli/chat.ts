@@ -11,7 +11,7 @@ import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { clearLine, createInterface, cursorTo, type Interface } from 'node:readline';
 import type { Client } from '@xmpp/client';
-import { configFrom, type KmsConfig } from './config.js';
+import { configFrom, type KmsConfig } from '../config.js';
 import { login } from './demo.js';
 import { localTokens } from '../server.js';
 import { KmsClient } from '../client/kms-client.js';

@@ -7,7 +7,7 @@
 import { randomUUID, type X509Certificate } from 'node:crypto';
 import { client, type Client } from '@xmpp/client';
 import xml from '@xmpp/xml';
-import type { KmsConfig } from './config.js';
+import type { KmsConfig } from '../config.js';
 import { fetchKmsIdentity } from '../client/xmpp.js';
 import { KmsClient } from '../client/kms-client.js';
 import { encryptDir, decryptDir } from '../crypto/jwe.js';

@@ -6,7 +6,7 @@
 import { join, resolve } from 'node:path';
 import { openLevelStore, type KvStore } from '../store/kv.js';
 import { KmsState, type ChainRecord, type GkRecord } from '../store/kms-state.js';
-import type { KmsConfig } from './config.js';
+import type { KmsConfig } from '../config.js';
 import { blockHash } from '../protocol/block-hash.js';
 import { applyOperations, type Operation } from '../protocol/blocks.js';
 

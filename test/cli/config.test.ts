@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-import { ConfigError, ENV_SETTINGS, configSchema, loadConfig, settingsHelp } from '../../src/cli/config.js';
+import { ConfigError, ENV_SETTINGS, configSchema, loadConfig, settingsHelp } from '../../src/config.js';
 
 const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
 const KMS = join(ROOT, 'bin', 'kms.js');
@@ -222,7 +222,7 @@ describe('configuration', function () {
 
     it('every setting has a description in the schema (.describe())', () => {
       const missing = settings.filter((s) => !s.description?.trim()).map((s) => s.path);
-      expect(missing, `settings without a .describe() in src/cli/config.ts: ${missing.join(', ')}`).to.deep.equal([]);
+      expect(missing, `settings without a .describe() in src/config.ts: ${missing.join(', ')}`).to.deep.equal([]);
     });
 
     it('shows every setting with its type, its default (or that it is unset) and its description', () => {

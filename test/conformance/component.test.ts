@@ -12,7 +12,7 @@ import { KmsFixture, add, payloadOf, AUDIENCE, DOMAIN, type TestUser } from '../
 import { openRawChannel, type RawChannel } from '../support/raw-channel.js';
 import { KmsComponent, type ComponentLimits } from '../../src/xmpp/component.js';
 import { componentSettings } from '../../src/server.js';
-import { loadConfig } from '../../src/cli/config.js';
+import { loadConfig } from '../../src/config.js';
 import { silentLogger } from '../../src/util/logger.js';
 import { NS, NS_STANZAS } from '../../src/protocol/namespace.js';
 import { parseStanzaError } from '../../src/protocol/stanza-errors.js';

@@ -8,7 +8,7 @@ import { expect } from 'chai';
 import net from 'node:net';
 import { once } from 'node:events';
 import { KmsComponent } from '../../src/xmpp/component.js';
-import { loadConfig } from '../../src/cli/config.js';
+import { loadConfig } from '../../src/config.js';
 import { componentSettings } from '../../src/server.js';
 import { silentLogger } from '../../src/util/logger.js';
 

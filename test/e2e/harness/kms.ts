@@ -2,7 +2,7 @@
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { loadConfig, type KmsConfig } from '../../../src/cli/config.js';
+import { loadConfig, type KmsConfig } from '../../../src/config.js';
 import { startKms, type RunningKms } from '../../../src/server.js';
 import { silentLogger } from '../../../src/util/logger.js';
 import type { XmppServer } from './servers.js';

@@ -6,7 +6,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
-import { largestBlockReplyBytes, minReplyBytes, RESERVED_PER_MESSAGE } from '../xmpp/reply-budget.js';
+import { largestBlockReplyBytes, minReplyBytes, RESERVED_PER_MESSAGE } from './xmpp/reply-budget.js';
 
 const positiveInt = z.number().int().positive();
 /** A file path: a set but empty path would resolve to the working directory. */
