@@ -199,7 +199,10 @@ async function main() {
   const small = { get: Infinity, append: Infinity };
   const large = { get: Infinity, append: Infinity };
   for (let r = 0; r < rounds; r++) {
-    for (const [c, best] of [[smallChain, small], [largeChain, large]] as const) {
+    for (const [c, best] of [
+      [smallChain, small],
+      [largeChain, large],
+    ] as const) {
       const x = await chainCosts(kms, members, c, count, r);
       best.get = Math.min(best.get, x.get);
       best.append = Math.min(best.append, x.append);

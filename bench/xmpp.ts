@@ -80,11 +80,7 @@ interface HostInit {
   dataDir: string;
 }
 
-type HostCommand =
-  | { cmd: 'init'; init: HostInit }
-  | { cmd: 'use'; which: Which }
-  | { cmd: 'mint'; subjects: string[] }
-  | { cmd: 'exit' };
+type HostCommand = { cmd: 'init'; init: HostInit } | { cmd: 'use'; which: Which } | { cmd: 'mint'; subjects: string[] } | { cmd: 'exit' };
 
 async function componentHost(): Promise<void> {
   const { loadConfig } = await import('../src/config.js');
@@ -100,11 +96,7 @@ async function componentHost(): Promise<void> {
   let profiler: import('node:inspector/promises').Session | undefined;
 
   const connectKms = async () => {
-    const component = new KmsComponent(
-      { handle: (m, o) => kms!.engine.handle(m, o), identity: kms!.identity },
-      componentSettings(kms!.config),
-      logger!,
-    );
+    const component = new KmsComponent({ handle: (m, o) => kms!.engine.handle(m, o), identity: kms!.identity }, componentSettings(kms!.config), logger!);
     await component.start();
     return component;
   };
@@ -181,9 +173,10 @@ async function componentHost(): Promise<void> {
   process.on('message', (raw) => {
     const { id, ...m } = raw as HostCommand & { id: number };
     handle(m as HostCommand).then(
-      (result) => process.send!({ id, ok: true, result }, () => {
-        if (m.cmd === 'exit') process.exit(0);
-      }),
+      (result) =>
+        process.send!({ id, ok: true, result }, () => {
+          if (m.cmd === 'exit') process.exit(0);
+        }),
       (e: Error) => process.send!({ id, ok: false, error: e?.stack ?? String(e) }),
     );
   });
@@ -256,7 +249,7 @@ async function pidsOfServer(dir: string): Promise<number[]> {
     if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
     const cmd = await readFile(`/proc/${e}/cmdline`, 'utf8').catch(() => '');
     const cwd = await readlink(`/proc/${e}/cwd`).catch(() => '');
-    if (cmd.includes(dir) || cwd === dir || cwd.startsWith(dir + '/')) out.push(Number(e));
+    if (cmd.includes(dir) || cwd === dir || cwd.startsWith(`${dir}/`)) out.push(Number(e));
   }
   return out;
 }
@@ -403,7 +396,9 @@ async function benchServer(kind: ServerKind) {
         }
       }),
     );
-    log(`set-up: ${members.length} channels and entity keys, a chain, ${pool.length} GKs (GK creation ${(pool.length / ((performance.now() - t0) / 1000)).toFixed(0)}/s)`);
+    log(
+      `set-up: ${members.length} channels and entity keys, a chain, ${pool.length} GKs (GK creation ${(pool.length / ((performance.now() - t0) / 1000)).toFixed(0)}/s)`,
+    );
 
     // Sizes of the KMS messages, for the echo: from a sample ping and a sample GK get (by client 0,
     // of the last GKs of the pool, which no timed phase uses).
@@ -425,13 +420,14 @@ async function benchServer(kind: ServerKind) {
       clients: n,
       requests,
       prepare: () => members.slice(0, n).map((m) => Array.from({ length: requests }, () => kmsIq(m.ch.seal('update', '/ping')))),
-      check: (replies) =>
-        replies.forEach((rs, c) =>
-          rs.forEach((r) => {
+      check: (replies) => {
+        for (const [c, rs] of replies.entries()) {
+          for (const r of rs) {
             const res = members[c]!.ch.open(r);
             if (res.status !== 200) throw new Error(`ping: ${res.status} ${res.reason}`);
-          }),
-        ),
+          }
+        }
+      },
     });
     /** GK first fetches, wrapped to each member's default (RSA) key, or to its P-256 key. */
     const gkPhase = (n: number, requests: number, p256 = false): Phase => {
@@ -487,7 +483,8 @@ async function benchServer(kind: ServerKind) {
         prepare: () => make(requests),
         warm: make,
         check: (replies) => {
-          for (const rs of replies) for (const r of rs) if (!/^[\w-]+\.\.[\w-]+\.[\w-]+\.[\w-]+$/.test(r)) throw new Error(`floor reply is not a dir JWE: ${r.slice(0, 80)}`);
+          for (const rs of replies)
+            for (const r of rs) if (!/^[\w-]+\.\.[\w-]+\.[\w-]+\.[\w-]+$/.test(r)) throw new Error(`floor reply is not a dir JWE: ${r.slice(0, 80)}`);
         },
       };
     };
@@ -513,7 +510,9 @@ async function benchServer(kind: ServerKind) {
     const run = async (p: Phase) => {
       const xs = clients.slice(0, p.clients).map((c) => c.xmpp);
       // Warm-up, untimed: pings (KMS) or echoes of the same size.
-      const warm = p.warm?.(WARMUP) ?? (p.component === 'kms' ? pingPhase(p.clients, WARMUP).prepare() : echoPhase(p.clients, WARMUP, 'ping', p.component === 'echo-coalescing').prepare());
+      const warm =
+        p.warm?.(WARMUP) ??
+        (p.component === 'kms' ? pingPhase(p.clients, WARMUP).prepare() : echoPhase(p.clients, WARMUP, 'ping', p.component === 'echo-coalescing').prepare());
       await runIqLoadOn({ clients: xs, requestsPerClient: WARMUP, inFlightPerClient: DEPTH, to: DOMAIN, warmup: 0, makeRequest: (c, i) => warm[c]![i]! });
       const requests = p.prepare();
       const replies = requests.map((r) => new Array<string>(r.length));
@@ -530,7 +529,9 @@ async function benchServer(kind: ServerKind) {
       const after = await cpuSample(serverPids, hostPid);
       p.check(replies);
       const result = { ...r, cpu: cpuShare(before, after) };
-      log(`${p.name.padEnd(26)} ${r.rps.toFixed(0).padStart(6)}/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  cpu server ${result.cpu.server.toFixed(2)} component ${result.cpu.component.toFixed(2)} loadgen ${result.cpu.loadgen.toFixed(2)}`);
+      log(
+        `${p.name.padEnd(26)} ${r.rps.toFixed(0).padStart(6)}/s  p50 ${r.p50ms.toFixed(2)} ms  p99 ${r.p99ms.toFixed(2)} ms  cpu server ${result.cpu.server.toFixed(2)} component ${result.cpu.component.toFixed(2)} loadgen ${result.cpu.loadgen.toFixed(2)}`,
+      );
       perRound.set(p.name, [...(perRound.get(p.name) ?? []), r.rps]);
       const prev = best.get(p.name);
       if (!prev || r.rps > prev.rps) best.set(p.name, result);
@@ -570,8 +571,12 @@ async function main() {
     requests_per_client_20: R20,
     requests_per_client_1: R1,
   };
-  console.log(`\nXMPP benchmark: ${CLIENTS} clients, ${DEPTH} in flight per client, best of ${ROUNDS} round(s); cpu = share of one core (server / component process / load generator)`);
-  console.log('ratio = KMS req/s / echo req/s at 20 clients, the echo sized like that KMS operation (1 = the KMS costs no more than the transport); median over rounds of the ratio within each round');
+  console.log(
+    `\nXMPP benchmark: ${CLIENTS} clients, ${DEPTH} in flight per client, best of ${ROUNDS} round(s); cpu = share of one core (server / component process / load generator)`,
+  );
+  console.log(
+    'ratio = KMS req/s / echo req/s at 20 clients, the echo sized like that KMS operation (1 = the KMS costs no more than the transport); median over rounds of the ratio within each round',
+  );
   console.log(`${'server'.padEnd(9)}${'phase'.padEnd(27)}${'req/s'.padStart(8)}${'p50 ms'.padStart(9)}${'p99 ms'.padStart(9)}   cpu srv/comp/load`);
   for (const { kind, sizes, results } of all) {
     json[`${kind}_sizes`] = sizes;
@@ -604,13 +609,17 @@ async function main() {
       json[`${key}_best_rounds`] = +bestRatio.toFixed(3);
       json[`${key}_rounds`] = rounds.map((r) => +r.toFixed(3));
       met[key] = ratio >= TARGETS[op];
-      console.log(`${key.padEnd(32)} ${ratio.toFixed(3)}  (target >= ${TARGETS[op]}: ${met[key] ? 'met' : 'MISSED'}; best round ÷ best round ${bestRatio.toFixed(3)})`);
+      console.log(
+        `${key.padEnd(32)} ${ratio.toFixed(3)}  (target >= ${TARGETS[op]}: ${met[key] ? 'met' : 'MISSED'}; best round ÷ best round ${bestRatio.toFixed(3)})`,
+      );
     }
     // For reference, no target: the same GK gets wrapped to P-256 entity keys (a fresh ECDH each).
     const { ratio: p256, best: p256Best } = ratiosOf(results, perRound, `gk_get_p256_${CLIENTS}`, `echo_gk_get_${CLIENTS}`);
     json[`${kind}_gk_get_p256_echo_ratio`] = +p256.toFixed(3);
     json[`${kind}_gk_get_p256_echo_ratio_best_rounds`] = +p256Best.toFixed(3);
-    console.log(`${`${kind}_gk_get_p256_echo_ratio`.padEnd(32)} ${p256.toFixed(3)}  (for reference, GK gets wrapped to P-256 entity keys; best ÷ best ${p256Best.toFixed(3)})`);
+    console.log(
+      `${`${kind}_gk_get_p256_echo_ratio`.padEnd(32)} ${p256.toFixed(3)}  (for reference, GK gets wrapped to P-256 entity keys; best ÷ best ${p256Best.toFixed(3)})`,
+    );
     // For reference, no target: against an echo that coalesces its writes as the KMS component
     // does, so that the ratio shows the KMS's own work alone.
     for (const op of ['ping', 'gk_get'] as const) {
@@ -619,7 +628,9 @@ async function main() {
       json[key] = +same.toFixed(3);
       json[`${key}_best_rounds`] = +sameBest.toFixed(3);
       json[`${key}_rounds`] = rounds.map((r) => +r.toFixed(3));
-      console.log(`${key.padEnd(32)} ${same.toFixed(3)}  (for reference, against an echo with the KMS component's write coalescing; best ÷ best ${sameBest.toFixed(3)})`);
+      console.log(
+        `${key.padEnd(32)} ${same.toFixed(3)}  (for reference, against an echo with the KMS component's write coalescing; best ÷ best ${sameBest.toFixed(3)})`,
+      );
     }
     // For reference, no target: a component that computes only the operation's crypto floor (with
     // the coalescing echo's I/O) against the bare echo: roughly the most any KMS could reach here with this
@@ -631,7 +642,9 @@ async function main() {
       json[`${kind}_${op}_floor_echo_ratio_rounds`] = ceiling.rounds.map((r) => +r.toFixed(3));
       json[`${kind}_${op}_kms_floor_ratio`] = +near.ratio.toFixed(3);
       json[`${kind}_${op}_kms_floor_ratio_rounds`] = near.rounds.map((r) => +r.toFixed(3));
-      console.log(`${`${kind}_${op}_floor_echo_ratio`.padEnd(32)} ${ceiling.ratio.toFixed(3)}  (for reference, a component computing only the ${op} crypto floor, against the bare echo)`);
+      console.log(
+        `${`${kind}_${op}_floor_echo_ratio`.padEnd(32)} ${ceiling.ratio.toFixed(3)}  (for reference, a component computing only the ${op} crypto floor, against the bare echo)`,
+      );
       console.log(`${`${kind}_${op}_kms_floor_ratio`.padEnd(32)} ${near.ratio.toFixed(3)}  (for reference, the KMS against that floor component)`);
     }
   }

@@ -14,7 +14,7 @@ const path = z.string().min(1, 'must not be empty (leave it out instead)');
 
 /** xmpp://host[:port]: XEP-0114 is plain TCP (@xmpp/component has no TLS transport). */
 function checkService(value: string, ctx: z.RefinementCtx): void {
-  const m = /^([a-z][a-z0-9+.-]*):\/\/(\[[0-9a-f:.]+\]|[^/:\[\]]+)(?::([^/]*))?\/?$/i.exec(value);
+  const m = /^([a-z][a-z0-9+.-]*):\/\/(\[[0-9a-f:.]+\]|[^/:[\]]+)(?::([^/]*))?\/?$/i.exec(value);
   if (!m) {
     ctx.addIssue({ code: 'custom', message: `must look like xmpp://host:port, got "${value}"` });
     return;
@@ -53,10 +53,20 @@ export const configSchema = z
       .describe("the component's domain (its JID on the XMPP server); the KMS's identity is kms://<domain>"),
     xmpp: z
       .object({
-        service: z.string().superRefine(checkService).default('xmpp://127.0.0.1:5347').describe("the XMPP server's component listener (XEP-0114), xmpp://host:port; plain TCP, so keep it on loopback or tunnel it"),
-        secret: z.string().min(1, 'must not be empty').default('kms-dev-secret').describe('the shared secret of the component, as the XMPP server has it; set your own outside development'),
+        service: z
+          .string()
+          .superRefine(checkService)
+          .default('xmpp://127.0.0.1:5347')
+          .describe("the XMPP server's component listener (XEP-0114), xmpp://host:port; plain TCP, so keep it on loopback or tunnel it"),
+        secret: z
+          .string()
+          .min(1, 'must not be empty')
+          .default('kms-dev-secret')
+          .describe('the shared secret of the component, as the XMPP server has it; set your own outside development'),
         keepaliveSec: z.number().int().min(0).default(60).describe('seconds between whitespace keepalives on the component stream; 0 turns them off'),
-        reconnectInitialMs: positiveInt.default(500).describe('first delay before connecting again after a failed or lost connection; it doubles at each attempt'),
+        reconnectInitialMs: positiveInt
+          .default(500)
+          .describe('first delay before connecting again after a failed or lost connection; it doubles at each attempt'),
         reconnectMaxMs: positiveInt.default(30_000).describe('longest delay between connection attempts'),
         drainMs: positiveInt.default(5_000).describe('at SIGTERM/SIGINT, how long the requests in flight may take to be answered before the stream closes'),
         maxMessagesPerIq: positiveInt.max(256).default(16).describe('most KMS messages in one request IQ (disco max-messages)'),
@@ -64,8 +74,12 @@ export const configSchema = z
         maxStanzaBytes: positiveInt.default(256 * 1024).describe('largest sum of the messages of one request IQ, in bytes (disco max-stanza-size)'),
         maxReplyBytes: positiveInt
           .default(512 * 1024)
-          .describe("largest reply stanza, in bytes (disco max-reply-size): keep it below the server's stanza limit for components (Prosody and ejabberd: 1 MiB)"),
-        ratePerSec: positiveInt.default(200).describe('KMS messages per second allowed to each sender on average; over it a request is refused as rate-limited'),
+          .describe(
+            "largest reply stanza, in bytes (disco max-reply-size): keep it below the server's stanza limit for components (Prosody and ejabberd: 1 MiB)",
+          ),
+        ratePerSec: positiveInt
+          .default(200)
+          .describe('KMS messages per second allowed to each sender on average; over it a request is refused as rate-limited'),
         rateBurst: positiveInt.default(400).describe('KMS messages a sender may send at once above its rate (the size of its token bucket)'),
       })
       .strict()
@@ -88,7 +102,9 @@ export const configSchema = z
     dataDir: path.default('./data').describe("folder of the LevelDB store, the sealed development identity, the local issuer's key and the trust anchor"),
     masterKeyFile: path
       .optional()
-      .describe('file holding the master key (base64url of 32 bytes; made on first start when missing); <dataDir>/master.key when unset; KMS_MASTER_KEY gives the key itself instead'),
+      .describe(
+        'file holding the master key (base64url of 32 bytes; made on first start when missing); <dataDir>/master.key when unset; KMS_MASTER_KEY gives the key itself instead',
+      ),
     identity: z
       .object({
         keyType: z.enum(['EC', 'RSA']).default('EC').describe('kind of static key of the self-signed development identity (EC P-256 or RSA-2048)'),
@@ -98,15 +114,23 @@ export const configSchema = z
       })
       .strict()
       .superRefine((i, ctx) => {
-        if (i.keyFile !== undefined && i.certFile === undefined) ctx.addIssue({ code: 'custom', path: ['certFile'], message: 'missing: identity.keyFile is set, so identity.certFile is required too' });
-        if (i.certFile !== undefined && i.keyFile === undefined) ctx.addIssue({ code: 'custom', path: ['keyFile'], message: 'missing: identity.certFile is set, so identity.keyFile is required too' });
+        if (i.keyFile !== undefined && i.certFile === undefined)
+          ctx.addIssue({ code: 'custom', path: ['certFile'], message: 'missing: identity.keyFile is set, so identity.certFile is required too' });
+        if (i.certFile !== undefined && i.keyFile === undefined)
+          ctx.addIssue({ code: 'custom', path: ['keyFile'], message: 'missing: identity.certFile is set, so identity.keyFile is required too' });
       })
       .prefault({}),
     auth: z
       .object({
-        issuer: z.string().min(1).optional().describe(`the access tokens' issuer (iss): required with jwksFile or jwksUrl; ${LOCAL_ISSUER} (the local issuer) when unset`),
+        issuer: z
+          .string()
+          .min(1)
+          .optional()
+          .describe(`the access tokens' issuer (iss): required with jwksFile or jwksUrl; ${LOCAL_ISSUER} (the local issuer) when unset`),
         audience: z.string().min(1).optional().describe('the audience (aud) access tokens must name; kms://<domain> when unset'),
-        jwksFile: path.optional().describe("JSON file of the identity provider's token signing keys (a JWKS); the local development issuer when neither it nor jwksUrl is set"),
+        jwksFile: path
+          .optional()
+          .describe("JSON file of the identity provider's token signing keys (a JWKS); the local development issuer when neither it nor jwksUrl is set"),
         jwksUrl: z.string().superRefine(checkHttpUrl).optional().describe("http(s) URL of the identity provider's JWKS (instead of jwksFile)"),
         algorithms: z
           .array(z.enum(['ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512', 'RS256', 'RS384', 'RS512']))
@@ -116,14 +140,20 @@ export const configSchema = z
         userClaim: z.string().min(1).default('sub').describe('the token claim that names the user (a JID, made a canonical bare JID)'),
         clockToleranceSec: z.number().int().min(0).max(600).default(30).describe("seconds of clock difference allowed when checking a token's exp and nbf"),
         allowedDomains: z.array(z.string()).optional().describe('when set, only users of these domains may use the KMS; every domain when unset'),
-        serviceAnchorsFile: path.optional().describe('PEM file of trust anchors for services that authenticate with a jwk credential (an x5c chain); none when unset'),
+        serviceAnchorsFile: path
+          .optional()
+          .describe('PEM file of trust anchors for services that authenticate with a jwk credential (an x5c chain); none when unset'),
       })
       .strict()
       .superRefine((a, ctx) => {
         if (a.jwksFile && a.jwksUrl) ctx.addIssue({ code: 'custom', path: ['jwksUrl'], message: 'give auth.jwksFile or auth.jwksUrl, not both' });
         // The local issuer's name would make every token of an outside identity provider fail.
         if ((a.jwksFile || a.jwksUrl) && a.issuer === undefined) {
-          ctx.addIssue({ code: 'custom', path: ['issuer'], message: "missing: with auth.jwksFile or auth.jwksUrl, give the identity provider's issuer (the tokens' iss)" });
+          ctx.addIssue({
+            code: 'custom',
+            path: ['issuer'],
+            message: "missing: with auth.jwksFile or auth.jwksUrl, give the identity provider's issuer (the tokens' iss)",
+          });
         }
       })
       .transform((a) => ({ ...a, issuer: a.issuer ?? LOCAL_ISSUER }))
@@ -136,9 +166,15 @@ export const configSchema = z
       .default(1)
       .transform((p) => p as 1 | 2 | 3)
       .describe("group key retrieval policy: 1 a member at the key's block (PCG-01), 2 a member at the chain's last block, 3 both"),
-    chainReadPolicy: z.enum(['ever', 'current']).default('ever').describe('who may read a chain: anyone who has ever been a member, or its current members only'),
+    chainReadPolicy: z
+      .enum(['ever', 'current'])
+      .default('ever')
+      .describe('who may read a chain: anyone who has ever been a member, or its current members only'),
     ephemeralLifetimeSec: positiveInt.default(3600).describe("lifetime of a client's ephemeral key (secure channel), in seconds"),
-    logLevel: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info').describe('the least level of the JSON log lines written to stderr'),
+    logLevel: z
+      .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
+      .default('info')
+      .describe('the least level of the JSON log lines written to stderr'),
   })
   .strict();
 
@@ -232,11 +268,19 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
         continue;
       }
       value = Number(v);
-    } else if (s.type === 'list') value = v.split(',').map((x) => x.trim()).filter(Boolean);
+    } else if (s.type === 'list')
+      value = v
+        .split(',')
+        .map((x) => x.trim())
+        .filter(Boolean);
     let node = raw;
     for (const k of s.path.slice(0, -1)) {
-      const child = node[k];
-      node = (child && typeof child === 'object' && !Array.isArray(child) ? child : (node[k] = {})) as Record<string, unknown>;
+      let child = node[k];
+      if (!child || typeof child !== 'object' || Array.isArray(child)) {
+        child = {};
+        node[k] = child;
+      }
+      node = child as Record<string, unknown>;
     }
     node[s.path[s.path.length - 1]!] = value;
     fromEnv.set(s.path.join('.'), name);
@@ -263,7 +307,9 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
 
 /** The configuration as JSON for `kms check-config`, with the component secret hidden and the master key's source only. */
 export function showConfig(config: KmsConfig, env: NodeJS.ProcessEnv = process.env): string {
-  const masterKey = env.KMS_MASTER_KEY ? 'from KMS_MASTER_KEY (hidden)' : `in ${config.masterKeyFile ?? `${config.dataDir}/master.key`} (made on first start when missing)`;
+  const masterKey = env.KMS_MASTER_KEY
+    ? 'from KMS_MASTER_KEY (hidden)'
+    : `in ${config.masterKeyFile ?? `${config.dataDir}/master.key`} (made on first start when missing)`;
   return JSON.stringify({ ...config, xmpp: { ...config.xmpp, secret: '[hidden]' }, masterKey }, null, 2);
 }
 

@@ -52,7 +52,7 @@ export async function masterKey(config: KmsConfig, env: NodeJS.ProcessEnv = proc
   }
   await mkdir(resolve(config.dataDir), { recursive: true });
   const key = randomBytes(32);
-  await writeFile(file, key.toString('base64url') + '\n', { mode: 0o600, flag: 'wx' });
+  await writeFile(file, `${key.toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
   return key;
 }
 
@@ -169,15 +169,14 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
   const swept = await state.sweepEphemeral(new Date());
   const sweeper = setInterval(() => state.sweepEphemeral(new Date()).catch(() => undefined), 10 * 60_000);
   sweeper.unref();
-  logger.info({ event: 'engine-ready', domain: config.domain, kid: identity.kid, keyType: identity.keyType, policy: config.policy, dataDir, sweptEphemeralKeys: swept }, 'KMS engine ready');
+  logger.info(
+    { event: 'engine-ready', domain: config.domain, kid: identity.kid, keyType: identity.keyType, policy: config.policy, dataDir, sweptEphemeralKeys: swept },
+    'KMS engine ready',
+  );
 
   let component: KmsComponent | undefined;
   if (opts.xmpp !== false) {
-    component = new KmsComponent(
-      { handle: (m, o) => engine.handle(m, o), identity },
-      componentSettings(config),
-      logger,
-    );
+    component = new KmsComponent({ handle: (m, o) => engine.handle(m, o), identity }, componentSettings(config), logger);
     const c = component;
     const abort = () => void c.stop();
     opts.signal?.addEventListener('abort', abort, { once: true });

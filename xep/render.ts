@@ -35,8 +35,7 @@ const XSF_REFERENCES: Record<string, [title: string, url: string]> = {
   rfc6125: ['RFC 6125', 'https://www.rfc-editor.org/rfc/rfc6125'],
 };
 
-const registry = (page: string) =>
-  `&lt;<link url='https://xmpp.org/registrar/${page}'>https://xmpp.org/registrar/${page}</link>&gt;`;
+const registry = (page: string) => `&lt;<link url='https://xmpp.org/registrar/${page}'>https://xmpp.org/registrar/${page}</link>&gt;`;
 
 /** The other xep.ent entities kms.xml uses, as XML. */
 const XSF_TEXT: Record<string, string> = {
@@ -113,7 +112,10 @@ export function textOf(node: Node): string {
 
 /** The body of an example or code block: its CDATA without the surrounding blank lines. */
 function blockText(el: Element): string {
-  return el.getText().replace(/^\s*\n/, '').replace(/\s+$/, '');
+  return el
+    .getText()
+    .replace(/^\s*\n/, '')
+    .replace(/\s+$/, '');
 }
 
 /** The XEP's examples in document order, each with its caption and text. */
@@ -289,9 +291,7 @@ function list(el: Element, state: RenderState): string {
 }
 
 function table(el: Element, state: RenderState): string {
-  const rows = el.getChildren('tr').map((tr) =>
-    tr.getChildElements().map((cell) => paragraph(cell.children, state).replace(/\|/g, '\\|')),
-  );
+  const rows = el.getChildren('tr').map((tr) => tr.getChildElements().map((cell) => paragraph(cell.children, state).replace(/\|/g, '\\|')));
   const [head, ...body] = rows;
   if (!head) return '';
   const lines = [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...body.map((r) => `| ${r.join(' | ')} |`)];
@@ -381,7 +381,7 @@ function header(root: Element, state: RenderState): string[] {
     `# ${escapeMarkdown(field('title'))}`,
     `> ${escapeMarkdown(field('abstract'))}`,
     ['| | |', '|---|---|', ...facts.map(([k, v]) => `| ${k} | ${escapeMarkdown(v)} |`)].join('\n'),
-    'This is a Markdown rendering of [kms.xml](kms.xml), a ProtoXEP in the XSF\'s format; the XSF\'s legal notice (`&LEGALNOTICE;`) applies to it.',
+    "This is a Markdown rendering of [kms.xml](kms.xml), a ProtoXEP in the XSF's format; the XSF's legal notice (`&LEGALNOTICE;`) applies to it.",
     '**Revision history**',
     history.join('\n'),
   ];
@@ -402,7 +402,7 @@ function contents(root: Element): string {
 export function renderMarkdown(root: Element): string {
   const state: RenderState = { footnotes: [], examples: 0 };
   const blocks = [...header(root, state), contents(root)];
-  root.getChildren('section1').forEach((s1, i) => blocks.push(...section(s1, `${i + 1}.`, 2, state)));
+  for (const [i, s1] of root.getChildren('section1').entries()) blocks.push(...section(s1, `${i + 1}.`, 2, state));
   if (state.footnotes.length > 0) {
     blocks.push(state.footnotes.map((note, i) => `[^${i + 1}]: ${note}`).join('\n'));
   }

@@ -48,10 +48,10 @@ const SIGNALS = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
 const HELP = [
   'commands:',
   '  <text>          send <text> to the room, encrypted under the current group key',
-  '  /add <jid>      add a member to the room\'s chain (the next message uses a new group key)',
-  '  /remove <jid>   remove a member from the room\'s chain (the next message uses a new group key)',
+  "  /add <jid>      add a member to the room's chain (the next message uses a new group key)",
+  "  /remove <jid>   remove a member from the room's chain (the next message uses a new group key)",
   '  /members        who is in the chain now, i.e. who can decrypt new messages',
-  '  /history        decrypt the room\'s archive: each message, or why it cannot be read',
+  "  /history        decrypt the room's archive: each message, or why it cannot be read",
   '  /help           this list',
   '  /quit           leave the room, close the KMS session and exit (also Ctrl-C, Ctrl-D)',
 ];
@@ -60,17 +60,21 @@ const HELP = [
 export function chatCommand(): Command {
   return new Command('chat')
     .description('an end-to-end encrypted chat in a MUC room: messages are encrypted with KMS group keys (type /help once joined)')
-    .requiredOption('--xmpp <url>', 'the XMPP server\'s client port, e.g. xmpp://127.0.0.1:5222')
-    .option('--domain <domain>', 'the users\' XMPP domain', 'localhost')
+    .requiredOption('--xmpp <url>', "the XMPP server's client port, e.g. xmpp://127.0.0.1:5222")
+    .option('--domain <domain>', "the users' XMPP domain", 'localhost')
     .requiredOption('--user <name>', 'your account on the XMPP server (the local part, e.g. alice)')
     .addOption(new Option('--password <password>', 'your XMPP password (visible in ps: prefer the environment variable)').env('KMS_CHAT_PASSWORD'))
-    .requiredOption('--room <jid>', 'the room\'s JID, e.g. planning@conference.localhost')
+    .requiredOption('--room <jid>', "the room's JID, e.g. planning@conference.localhost")
     .option('--nick <nick>', 'your nickname in the room (default: the user name)')
-    .option('--kms <jid>', 'the KMS component\'s JID', 'kms.localhost')
+    .option('--kms <jid>', "the KMS component's JID", 'kms.localhost')
     .option('--anchor <pem file>', 'trust anchor(s) for the KMS certificate (default: <dataDir>/trust-anchor.pem of the configuration)')
-    .addOption(new Option('--token <jwt>', 'your access token for the KMS (default: minted by the local issuer of the configuration, as `kms token` does)').env('KMS_CHAT_TOKEN'))
-    .option('-c, --config <file>', 'the KMS\'s JSON configuration file (or KMS_CONFIG), for the default anchor and local tokens')
-    .option('--create <jid,jid>', 'create the room\'s chain with you and these members')
+    .addOption(
+      new Option('--token <jwt>', 'your access token for the KMS (default: minted by the local issuer of the configuration, as `kms token` does)').env(
+        'KMS_CHAT_TOKEN',
+      ),
+    )
+    .option('-c, --config <file>', "the KMS's JSON configuration file (or KMS_CONFIG), for the default anchor and local tokens")
+    .option('--create <jid,jid>', "create the room's chain with you and these members")
     .option('--chain <uri>', 'use this existing chain for the room (default: learnt from the first message)')
     .addHelpText('after', `\nOnce joined, type a line to send it encrypted, or a command:\n${HELP.slice(1).join('\n')}\n`)
     .action(async (opts: ChatOptions) => {
@@ -81,7 +85,7 @@ export function chatCommand(): Command {
 /** A JID from a command argument: a bare local part gets the user's domain. */
 function jidArg(s: string, domain: string): string {
   const t = s.trim();
-  if (!t) throw new ChatError('give a JID, e.g. bob@' + domain);
+  if (!t) throw new ChatError(`give a JID, e.g. bob@${domain}`);
   if (/[\s/]/.test(t)) throw new ChatError(`not a bare JID: "${t}"`);
   // The one spelling the KMS accepts (XEP "Entities and Hashes").
   const jid = canonicalEntity(t.includes('@') ? t : `${t}@${domain}`);
@@ -179,14 +183,20 @@ export async function runChat(o: ChatOptions): Promise<number> {
     if (o.user.includes('@')) throw new ChatError(`--user takes the local part only (e.g. ${o.user.split('@')[0]}); --domain gives the domain`);
     if (!/^[^@/\s]+@[^@/\s]+$/.test(roomJid)) throw new ChatError(`--room: a room JID like planning@conference.${domain}, got "${o.room}"`);
     if (o.create !== undefined && o.chain !== undefined) throw new ChatError('give --create or --chain, not both');
-    const createWith = o.create !== undefined ? o.create.split(',').filter((s) => s.trim() !== '').map((s) => jidArg(s, domain)) : undefined;
+    const createWith =
+      o.create !== undefined
+        ? o.create
+            .split(',')
+            .filter((s) => s.trim() !== '')
+            .map((s) => jidArg(s, domain))
+        : undefined;
 
     let config: KmsConfig | undefined;
     // loadConfig leaves the chat's own KMS_CHAT_* variables alone (they are no configuration settings).
     const cfg = (): KmsConfig => (config ??= configFrom(o));
     const anchorFile = o.anchor ?? join(resolve(cfg().dataDir), 'trust-anchor.pem');
     const anchors = await readAnchors(anchorFile);
-    const bearer = o.token ? (() => o.token!) : await chatTokens(cfg(), me);
+    const bearer = o.token ? () => o.token! : await chatTokens(cfg(), me);
 
     xmpp = await step(login(o.xmpp, domain, o.user, o.password), `could not log in as ${me} to ${o.xmpp}: `);
     out.line(`✓ logged in as ${me} to ${o.xmpp}`);
@@ -214,7 +224,7 @@ export async function runChat(o: ChatOptions): Promise<number> {
     room.on('membership', (c) => {
       if (!ownChange) out.line(`* the chain changed: members now ${lastMembers(c).join(', ')}; new messages use a new group key`);
     });
-        const r = room;
+    const r = room;
     room.on('refused', (e) => out.line(`! the room refused a message: ${clean(e.text ?? e.condition)}`));
     xmpp.on('offline', () => {
       if (closing) return;
@@ -237,7 +247,7 @@ export async function runChat(o: ChatOptions): Promise<number> {
         out.line(`✓ using chain ${chain.uri}, members ${members.join(', ')}`);
         if (!members.includes(kms.entity)) out.line(`! you (${kms.entity}) are not a member of this chain: you cannot send or read new messages`);
       } else {
-        out.line('  the room\'s chain is learnt from the first message (start with --create or --chain to send first)');
+        out.line("  the room's chain is learnt from the first message (start with --create or --chain to send first)");
       }
     } catch (e) {
       if (e instanceof ChatError) throw e;
@@ -251,7 +261,9 @@ export async function runChat(o: ChatOptions): Promise<number> {
 
     // ---- the interactive loop: one line at a time, in order ----
     const commands: Record<string, (arg: string) => Promise<void>> = {
-      help: async () => HELP.forEach((l) => out.line(l)),
+      help: async () => {
+        for (const l of HELP) out.line(l);
+      },
       members: async () => {
         const members = await r.members();
         out.line(`members (${members.length}): ${members.join(', ')}`);
@@ -316,9 +328,11 @@ export async function runChat(o: ChatOptions): Promise<number> {
       const rl = out.start();
       rl.on('line', (line) => {
         if (quitting) return;
-        queue = queue.then(() => handle(line)).then(() => {
-          if (!quitting) out.prompt();
-        });
+        queue = queue
+          .then(() => handle(line))
+          .then(() => {
+            if (!quitting) out.prompt();
+          });
       });
       rl.on('close', () => quit());
       // In a terminal, readline turns Ctrl-C into its own SIGINT event; otherwise it is a signal.

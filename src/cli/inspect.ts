@@ -11,7 +11,7 @@ import { blockHash } from '../protocol/block-hash.js';
 import { applyOperations, type Operation } from '../protocol/blocks.js';
 
 /** A failure the operator can act on (printed as one line, exit code 1). */
-export class InspectError extends Error {}
+class InspectError extends Error {}
 
 export interface Inspector {
   state: KmsState;
@@ -141,7 +141,9 @@ export const render = {
     return rows.map((g) => render.gk(g)).join('\n');
   },
   gk(g: GkView): string {
-    const bound = g.binding ? `bound to block #${g.binding.seq} (${g.binding.block.slice(0, 16)}…) of ${g.binding.chain}` : 'unbound (visible to its owner only)';
+    const bound = g.binding
+      ? `bound to block #${g.binding.seq} (${g.binding.block.slice(0, 16)}…) of ${g.binding.chain}`
+      : 'unbound (visible to its owner only)';
     return `${g.uri}  owner ${g.owner}  created ${g.created}\n  ${bound}`;
   },
 };

@@ -93,7 +93,7 @@ program
 
 const inspect = program
   .command('inspect')
-  .description('an operator\'s read-only view of the store: chains, blocks, members and group keys (never key material); run it while the component is stopped');
+  .description("an operator's read-only view of the store: chains, blocks, members and group keys (never key material); run it while the component is stopped");
 const inspectAction =
   <A extends unknown[]>(fn: (i: Inspector, ...args: A) => Promise<unknown>, show: (v: never) => string) =>
   // commander calls an action with (...arguments, options, command).
@@ -116,7 +116,7 @@ for (const [name, args, description, fn, show] of [
   inspect
     .command(`${name}${args ? ` ${args}` : ''}`)
     .description(description)
-    .option('-c, --config <file>', 'JSON configuration file (the component\'s)')
+    .option('-c, --config <file>', "JSON configuration file (the component's)")
     .option('--json', 'print JSON instead of text')
     .action(inspectAction(fn as (i: Inspector, ...a: string[]) => Promise<unknown>, show as (v: never) => string));
 }
@@ -124,9 +124,9 @@ for (const [name, args, description, fn, show] of [
 program
   .command('demo')
   .description('a short demonstration against a running component: two users share a group key through the KMS over XMPP')
-  .option('-c, --config <file>', 'JSON configuration file (the same as the component\'s)')
-  .requiredOption('--xmpp <url>', 'the XMPP server\'s client port, e.g. xmpp://127.0.0.1:5222')
-  .option('--xmpp-domain <domain>', 'the users\' XMPP domain', 'localhost')
+  .option('-c, --config <file>', "JSON configuration file (the same as the component's)")
+  .requiredOption('--xmpp <url>', "the XMPP server's client port, e.g. xmpp://127.0.0.1:5222")
+  .option('--xmpp-domain <domain>', "the users' XMPP domain", 'localhost')
   .option('--users <a:pw,b:pw>', 'two accounts that exist on the server', 'alice:alice-password,bob:bob-password')
   .action(async (opts: { config?: string; xmpp: string; xmppDomain: string; users: string }) => {
     const config = configFrom(opts);
@@ -136,7 +136,14 @@ program
       if (!username || !password) throw new ConfigError('--users: username:password,username:password');
       return { username, password };
     });
-    await runDemo({ config, service: opts.xmpp, domain: opts.xmppDomain, users, anchors: [new X509Certificate(anchorPem)], log: (s: string) => console.log(s) });
+    await runDemo({
+      config,
+      service: opts.xmpp,
+      domain: opts.xmppDomain,
+      users,
+      anchors: [new X509Certificate(anchorPem)],
+      log: (s: string) => console.log(s),
+    });
   });
 
 // `kms chat`: an end-to-end encrypted terminal chat in a MUC room (src/cli/chat.ts).

@@ -12,7 +12,7 @@ import { parseJsonOr400 } from '../protocol/messages.js';
 import { decodeCompactJws, signatureAlgsFor, signCompact, verifyCompact, verifyDecoded, type DecodedJws, type JwsAlg } from '../crypto/jws.js';
 
 export type { Operation };
-export { blockHash, applyOperations };
+export { blockHash };
 
 /** An entity's signing key: its private key, the RFC 7638 thumbprint the KMS knows it by, and the alg. */
 export interface SigningKey {

@@ -18,7 +18,16 @@ export {
 } from './muc.js';
 export { KmsSession, type Transport, type CredentialSource, type KmsResponse, type EphemeralKeyInfo, type SessionOptions } from './session.js';
 export { discoverKms, fetchKmsIdentity, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
-export { generateEntityKey, createEntityKey, entityKeyFromJwk, registrationProof, openGk, type EntityKey, type EntityKeyOptions, type GroupKey } from './keys.js';
+export {
+  generateEntityKey,
+  createEntityKey,
+  entityKeyFromJwk,
+  registrationProof,
+  openGk,
+  type EntityKey,
+  type EntityKeyOptions,
+  type GroupKey,
+} from './keys.js';
 export { signBlock, verifyChain, blockHash, type Operation, type VerifiedChain, type SigningKey } from './chain.js';
 export {
   KmsResponseError,

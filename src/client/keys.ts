@@ -100,7 +100,7 @@ export function openGk(gkJws: string, kmsKey: KeyObject, entityKey: EntityKey): 
     enc: ['A256GCM'],
   });
   const jwk = JSON.parse(plaintext.toString('utf8'));
-  if (jwk.kty !== 'oct' || jwk.kid !== gk.uri) throw new Error('the wrapped key is not this group key\'s');
+  if (jwk.kty !== 'oct' || jwk.kid !== gk.uri) throw new Error("the wrapped key is not this group key's");
   const key = b64uDecode(jwk.k);
   if (key.length !== 32) throw new Error('the group key is not 256 bits');
   const out: GroupKey = { uri: gk.uri, created: gk.created, key };

@@ -6,7 +6,7 @@
  */
 import type { KeyObject, X509Certificate } from 'node:crypto';
 import { KmsSession, type CredentialSource, type KmsResponse, type Transport } from './session.js';
-import { isTransient, type RetryOptions } from './retry.js';
+import type { RetryOptions } from './retry.js';
 import { discoverKms, fetchKmsIdentity, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
 import { createEntityKey, openGk, registrationProof, type EntityKey, type EntityKeyOptions, type GroupKey } from './keys.js';
 import { blockHash, signBlock, verifyChain, type Operation, type VerifiedChain } from './chain.js';
@@ -16,9 +16,6 @@ import { importPublicJwk } from '../crypto/keys.js';
 import { canonicalEntity } from '../protocol/entity.js';
 import { encodeSegment } from '../protocol/uri.js';
 import { Lru } from '../util/lru.js';
-
-export type { RetryOptions };
-export { isTransient };
 
 export interface KmsClientOptions extends RetryOptions {
   /** The client's XMPP connection (an @xmpp/client instance, online). */
@@ -73,7 +70,11 @@ export class KmsClient {
       kmsKey: identity.key,
       transport,
       bearer: o.bearer,
-      retry: { ...(o.retries !== undefined ? { retries: o.retries } : {}), ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}), ...(o.maxBackoffMs !== undefined ? { maxBackoffMs: o.maxBackoffMs } : {}) },
+      retry: {
+        ...(o.retries !== undefined ? { retries: o.retries } : {}),
+        ...(o.backoffMs !== undefined ? { backoffMs: o.backoffMs } : {}),
+        ...(o.maxBackoffMs !== undefined ? { maxBackoffMs: o.maxBackoffMs } : {}),
+      },
       ...(o.renewBeforeMs !== undefined ? { renewBeforeMs: o.renewBeforeMs } : {}),
     });
   }
@@ -212,7 +213,12 @@ export class KmsClient {
   async append(uri: string, operations: Operation[], attempts = 3): Promise<ChainView> {
     for (let i = 0; ; i++) {
       const chain = await this.chain(uri);
-      const block = signBlock(this.entityKey, this.entity, chain.tail, operations.map((o) => ({ entity: toEntity(o.entity), optype: o.optype })));
+      const block = signBlock(
+        this.entityKey,
+        this.entity,
+        chain.tail,
+        operations.map((o) => ({ entity: toEntity(o.entity), optype: o.optype })),
+      );
       try {
         await this.session.request('post', uri, { blocks: [block] });
       } catch (e) {
@@ -228,11 +234,17 @@ export class KmsClient {
   }
 
   addMembers(uri: string, entities: string[]): Promise<ChainView> {
-    return this.append(uri, entities.map((entity) => ({ entity: toEntity(entity), optype: 'add' })));
+    return this.append(
+      uri,
+      entities.map((entity) => ({ entity: toEntity(entity), optype: 'add' })),
+    );
   }
 
   removeMembers(uri: string, entities: string[]): Promise<ChainView> {
-    return this.append(uri, entities.map((entity) => ({ entity: toEntity(entity), optype: 'remove' })));
+    return this.append(
+      uri,
+      entities.map((entity) => ({ entity: toEntity(entity), optype: 'remove' })),
+    );
   }
 
   // ---- group keys ----

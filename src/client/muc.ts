@@ -15,7 +15,7 @@ export const NS_SCE = 'urn:xmpp:sce:1';
 export const NS_EME = 'urn:xmpp:eme:0';
 export const NS_HINTS = 'urn:xmpp:hints';
 export const NS_CLIENT = 'jabber:client';
-export const EME_NAME = 'KMS group key';
+const EME_NAME = 'KMS group key';
 export const FALLBACK_BODY = '[This message is end-to-end encrypted with a KMS group key; your client does not support it.]';
 
 /** Why a message could not be read; `code` is stable for programs, the message is for people. */
@@ -93,7 +93,7 @@ export function readEncrypted(message: Element): EncryptedRef | undefined {
   if (host(gk) !== kms.toLowerCase() || host(chain) !== kms.toLowerCase()) {
     throw new UndecryptableError('malformed', `the group key and chain are not served by the KMS the message names (${kms})`);
   }
-  let header;
+  let header: ReturnType<typeof readJweHeader>;
   try {
     header = readJweHeader(jwe);
   } catch {

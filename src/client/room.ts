@@ -89,6 +89,7 @@ export interface EncryptedRoom {
   on(event: 'refused', listener: (r: { id?: string; condition: string; text?: string }) => void): this;
 }
 
+// biome-ignore lint/suspicious/noUnsafeDeclarationMerging: the interface of the same name types the events this class emits.
 export class EncryptedRoom extends EventEmitter {
   readonly room: string;
   readonly nick: string;
@@ -146,7 +147,11 @@ export class EncryptedRoom extends EventEmitter {
         .send(xml('presence', { to: `${this.room}/${this.nick}` }, xml('x', { xmlns: NS_MUC }, xml('history', { maxstanzas: '0' }))))
         .catch((e: Error) => done(e));
     });
-    const codes = self.getChild('x', NS_MUC_USER)?.getChildren('status').map((s) => s.attrs.code) ?? [];
+    const codes =
+      self
+        .getChild('x', NS_MUC_USER)
+        ?.getChildren('status')
+        .map((s) => s.attrs.code) ?? [];
     if (codes.includes('201')) {
       // A new room: make it an instant room that shows real JIDs (so receivers can check senders) and outlives us.
       await xmpp.iqCaller.request(
@@ -300,7 +305,7 @@ export class EncryptedRoom extends EventEmitter {
       const opened = openRoomMessage(ref, gk, { room: this.room, at, ...(this.#o.maxSkewMs !== undefined ? { maxSkewMs: this.#o.maxSkewMs } : {}) });
       const known = this.#o.kms.knownChain(ref.chain);
       let chain = known;
-      if (!chain || !chain.hashes.includes(gk.block)) {
+      if (!chain?.hashes.includes(gk.block)) {
         chain = await this.#o.kms.chain(ref.chain);
         // Someone else changed the membership: say so, and send with a key bound to the new tail.
         if (known && chain.tail !== known.tail) {
@@ -367,7 +372,10 @@ export class EncryptedRoom extends EventEmitter {
       let fin: Element | undefined;
       try {
         const rsm = xml('set', { xmlns: NS_RSM }, xml('max', {}, String(Math.min(opts.max ?? 100, 100))), ...(after ? [xml('after', {}, after)] : []));
-        const reply = await xmpp.iqCaller.request(xml('iq', { type: 'set', to: this.room }, xml('query', { xmlns: NS_MAM, queryid }, rsm)), opts.timeoutMs ?? 10_000);
+        const reply = await xmpp.iqCaller.request(
+          xml('iq', { type: 'set', to: this.room }, xml('query', { xmlns: NS_MAM, queryid }, rsm)),
+          opts.timeoutMs ?? 10_000,
+        );
         fin = reply.getChild('fin', NS_MAM);
       } finally {
         xmpp.off('stanza', collect);

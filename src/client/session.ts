@@ -119,7 +119,7 @@ export class KmsSession {
     try {
       kmsPublic = importPublicJwk(key.jwk);
     } catch (e) {
-      throw new BadResponseError('the handshake response\'s ephemeral key is not a public key', { cause: e });
+      throw new BadResponseError("the handshake response's ephemeral key is not a public key", { cause: e });
     }
     const info: EphemeralKeyInfo = {
       uri: key.uri,

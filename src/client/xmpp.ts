@@ -83,10 +83,14 @@ export async function discoverKms(entity: XmppEntity, domain: string, timeoutMs 
   }
   const jids = (items.getChild('query', NS_DISCO_ITEMS)?.getChildren('item') ?? []).map((i) => i.attrs.jid).filter((j): j is string => !!j);
   for (const jid of jids) {
-    const info = await entity.iqCaller
-      .request(xml('iq', { type: 'get', to: jid }, xml('query', { xmlns: NS_DISCO_INFO })), timeoutMs)
-      .catch(() => undefined);
-    if (info?.getChild('query', NS_DISCO_INFO)?.getChildren('feature').some((f) => f.attrs.var === NS)) return jid;
+    const info = await entity.iqCaller.request(xml('iq', { type: 'get', to: jid }, xml('query', { xmlns: NS_DISCO_INFO })), timeoutMs).catch(() => undefined);
+    if (
+      info
+        ?.getChild('query', NS_DISCO_INFO)
+        ?.getChildren('feature')
+        .some((f) => f.attrs.var === NS)
+    )
+      return jid;
   }
   return undefined;
 }
@@ -133,7 +137,7 @@ export async function fetchKmsIdentity(entity: XmppEntity, component: string, an
   } catch (e) {
     throw new IdentityValidationError(`${component} published a <jwk/> that is not a public key: ${(e as Error).message}`, { cause: e });
   }
-  if (!jwk.equals(chain.publicKey)) throw new IdentityValidationError('the published key is not the certificate\'s key');
+  if (!jwk.equals(chain.publicKey)) throw new IdentityValidationError("the published key is not the certificate's key");
   // XEP "Validating the Static Key" rules 3 and 4: the JWK's own kid, if any, is the kid; the
   // algorithms fit the key type (PS256 and RSA-OAEP for RSA of 2048 bits or more, ES256 and ECDH-ES for P-256).
   const jwkKid = (published as { kid?: unknown }).kid;

@@ -5,12 +5,7 @@
  */
 
 /** The stable codes of {@link JoseError}. */
-export type JoseErrorCode =
-  | 'JOSE_MALFORMED'
-  | 'JOSE_ALG_NOT_ALLOWED'
-  | 'JOSE_DECRYPTION_FAILED'
-  | 'JOSE_SIGNATURE_INVALID'
-  | 'JOSE_KEY_INVALID';
+export type JoseErrorCode = 'JOSE_MALFORMED' | 'JOSE_ALG_NOT_ALLOWED' | 'JOSE_DECRYPTION_FAILED' | 'JOSE_SIGNATURE_INVALID' | 'JOSE_KEY_INVALID';
 
 /** A failure to parse, verify, decrypt or import a JOSE object or key. */
 export class JoseError extends Error {

@@ -29,9 +29,7 @@ export type JweEnc = 'A128GCM' | 'A192GCM' | 'A256GCM';
 /** ECDH-ES key agreement algorithms (RFC 7518 §4.6). */
 export type EcdhEsAlg = 'ECDH-ES' | 'ECDH-ES+A128KW' | 'ECDH-ES+A192KW' | 'ECDH-ES+A256KW';
 /** RSAES-OAEP key encryption algorithms (RFC 7518 §4.3). */
-export type RsaOaepAlg = 'RSA-OAEP' | 'RSA-OAEP-256';
-/** Every key management algorithm implemented here. */
-export type JweAlg = 'dir' | EcdhEsAlg | RsaOaepAlg;
+type RsaOaepAlg = 'RSA-OAEP' | 'RSA-OAEP-256';
 
 /** A parsed JWE Protected Header; `alg` and `enc` are known to be strings. */
 export interface JweProtectedHeader {
@@ -82,7 +80,7 @@ export interface RsaOaepOptions {
 }
 
 /** Options of `encryptJwe` with a secret KeyObject. */
-export interface DirOptions {
+interface DirOptions {
   alg: 'dir';
   enc: JweEnc;
   kid?: string;
@@ -125,7 +123,6 @@ const TAG_LEN = 16;
 const KW_IV = Buffer.from('a6a6a6a6a6a6a6a6', 'hex');
 /** Header members set by this module; callers may not pass them in `header`. */
 const RESERVED = new Set(['alg', 'enc', 'kid', 'epk', 'apu', 'apv', 'zip', 'crit']);
-
 
 /** A compact JWE split and strictly decoded, not yet decrypted (see `parseCompactJwe`). */
 export interface ParsedJwe {
@@ -472,12 +469,7 @@ export function decryptEcdhEs(token: string, privateKey: KeyObject, allowed: Jwe
 // RSA-OAEP (RFC 7518 §4.3)
 
 /** Encrypts to an RSA public key (>= 2048 bits) with RSA-OAEP or RSA-OAEP-256. */
-export function encryptRsaOaep(
-  recipient: KeyObject,
-  plaintext: Uint8Array | string,
-  opts: RsaOaepOptions,
-  test?: { cek: Buffer; iv: Buffer },
-): string {
+export function encryptRsaOaep(recipient: KeyObject, plaintext: Uint8Array | string, opts: RsaOaepOptions, test?: { cek: Buffer; iv: Buffer }): string {
   const oaepHash = OAEP_HASH.get(opts.alg);
   if (!oaepHash) throw algNotAllowed('not an RSA-OAEP algorithm');
   const enc = encInfoFor(opts.enc);
@@ -487,7 +479,9 @@ export function encryptRsaOaep(
   const cek = test?.cek ?? randomBytes(enc.keyLen);
   // SHA-1 is OAEP's default in OpenSSL: naming it anyway costs a digest fetch per call (~2 us).
   const encryptedKey = publicEncrypt(
-    oaepHash === 'sha1' ? { key: recipient, padding: constants.RSA_PKCS1_OAEP_PADDING } : { key: recipient, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash },
+    oaepHash === 'sha1'
+      ? { key: recipient, padding: constants.RSA_PKCS1_OAEP_PADDING }
+      : { key: recipient, padding: constants.RSA_PKCS1_OAEP_PADDING, oaepHash },
     cek,
   );
   return seal(enc, cek, test?.iv, plaintext, encodeHeader(buildHeader(opts.alg, opts.enc, opts.kid, opts.header)), encryptedKey);

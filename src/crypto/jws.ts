@@ -11,7 +11,7 @@ import { ecCurveOf, rsaModulusBits, type EcCurve } from './keys.js';
 export type JwsAlg = 'ES256' | 'ES384' | 'ES512' | 'PS256' | 'PS384' | 'PS512' | 'RS256' | 'RS384' | 'RS512';
 
 /** A parsed JWS Protected Header; `alg` is known to be a string. */
-export interface JwsHeader {
+interface JwsHeader {
   alg: string;
   kid?: string;
   [name: string]: unknown;
@@ -72,12 +72,7 @@ export function signatureAlgsFor(key: KeyObject): JwsAlg[] {
 }
 
 /** Signs `payload` as a compact JWS; `alg` goes first in the header, then the `header` members. */
-export function signCompact(
-  privateKey: KeyObject,
-  alg: JwsAlg,
-  payload: Uint8Array | string,
-  header: Record<string, unknown> = {},
-): string {
+export function signCompact(privateKey: KeyObject, alg: JwsAlg, payload: Uint8Array | string, header: Record<string, unknown> = {}): string {
   return compactSigner(privateKey, alg, header)(payload);
 }
 

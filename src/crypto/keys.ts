@@ -6,17 +6,7 @@
  * can hang the process (GC finaliser deadlock). This module therefore generates EC keys with
  * `createECDH` and only ever exports keys that were imported from JWK.
  */
-import {
-  createECDH,
-  createHash,
-  createPrivateKey,
-  createPublicKey,
-  sign,
-  verify,
-  KeyObject,
-  type ECDH,
-  type JsonWebKey,
-} from 'node:crypto';
+import { createECDH, createHash, createPrivateKey, createPublicKey, sign, verify, KeyObject, type ECDH, type JsonWebKey } from 'node:crypto';
 import { decode, encode } from './base64url.js';
 import { keyInvalid } from './errors.js';
 
@@ -35,14 +25,12 @@ const CURVES: ReadonlyMap<string, CurveInfo> = new Map<string, CurveInfo>([
   ['P-384', { crv: 'P-384', nodeName: 'secp384r1', size: 48 }],
   ['P-521', { crv: 'P-521', nodeName: 'secp521r1', size: 66 }],
 ]);
-const CURVES_BY_NODE_NAME: ReadonlyMap<string, CurveInfo> = new Map(
-  [...CURVES.values()].map((c) => [c.nodeName, c] as const),
-);
+const CURVES_BY_NODE_NAME: ReadonlyMap<string, CurveInfo> = new Map([...CURVES.values()].map((c) => [c.nodeName, c] as const));
 
 /** Smallest RSA modulus we accept (RFC 7518 §3.3, §4.2: "2048 bits or larger MUST be used"). */
-export const MIN_RSA_BITS = 2048;
+const MIN_RSA_BITS = 2048;
 /** Largest RSA modulus we accept; bounds the cost an attacker-supplied key can impose. */
-export const MAX_RSA_BITS = 16384;
+const MAX_RSA_BITS = 16384;
 
 /** Raw uncompressed public points (0x04 ‖ X ‖ Y), cached per KeyObject. */
 const rawPointCache = new WeakMap<KeyObject, Buffer>();
@@ -52,7 +40,7 @@ const ecdhCache = new WeakMap<KeyObject, ECDH>();
 const publicJwkCache = new WeakMap<KeyObject, JsonWebKey>();
 
 /** Curve facts for a JWK `crv` name, or undefined if unsupported. */
-export function curveByName(crv: unknown): CurveInfo | undefined {
+function curveByName(crv: unknown): CurveInfo | undefined {
   return typeof crv === 'string' ? CURVES.get(crv) : undefined;
 }
 

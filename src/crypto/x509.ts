@@ -35,7 +35,7 @@ export class CertificateError extends Error {
 export type IdentityKeyType = 'RSA' | 'EC';
 
 /** A key usage bit (RFC 5280 §4.2.1.3) that {@link issueCertificate} can assert. */
-export type KeyUsageName = 'digitalSignature' | 'keyEncipherment' | 'keyAgreement' | 'keyCertSign' | 'cRLSign';
+type KeyUsageName = 'digitalSignature' | 'keyEncipherment' | 'keyAgreement' | 'keyCertSign' | 'cRLSign';
 
 /** The result of {@link validateChain}: the validated leaf and what it certifies. */
 export interface ValidatedChain {
@@ -154,8 +154,7 @@ export async function issueCertificate(opts: IssueCertificateOptions): Promise<s
   }
   const issuer = new px.X509Certificate(parseCertificate(opts.issuerCertPem).raw);
   const authorityKeyId =
-    issuer.getExtension(px.SubjectKeyIdentifierExtension)?.keyId ??
-    (await px.SubjectKeyIdentifierExtension.create(issuer.publicKey.rawData)).keyId;
+    issuer.getExtension(px.SubjectKeyIdentifierExtension)?.keyId ?? (await px.SubjectKeyIdentifierExtension.create(issuer.publicKey.rawData)).keyId;
   const notBefore = opts.notBefore ?? new Date();
   const notAfter = opts.notAfter ?? new Date(notBefore.getTime() + DEFAULT_VALIDITY_DAYS * DAY_MS);
   const keyUsage = opts.keyUsage
@@ -207,10 +206,7 @@ async function buildCertificate(p: {
     await px.SubjectKeyIdentifierExtension.create(p.subjectSpki),
     new px.AuthorityKeyIdentifierExtension(p.authorityKeyId),
   ];
-  const names = [
-    ...p.dnsNames.map((value) => ({ type: 'dns' as const, value })),
-    ...p.uris.map((value) => ({ type: 'url' as const, value })),
-  ];
+  const names = [...p.dnsNames.map((value) => ({ type: 'dns' as const, value })), ...p.uris.map((value) => ({ type: 'url' as const, value }))];
   // Non-critical: the subject DN is never empty here (RFC 5280 §4.2.1.6).
   if (names.length > 0) extensions.push(new px.SubjectAlternativeNameExtension(names, false));
   const { signingKey, signingAlgorithm } = await toSigningKey(p.signer);
@@ -225,7 +221,7 @@ async function buildCertificate(p: {
     signingAlgorithm,
     extensions,
   });
-  return cert.toString('pem') + '\n';
+  return `${cert.toString('pem')}\n`;
 }
 
 /** A random positive 16-byte serial number (RFC 5280 §4.1.2.2: positive, at most 20 octets). */
@@ -274,7 +270,11 @@ export function parseCertificate(pemOrDerOrB64: string | Buffer): X509Certificat
   let der: Buffer | undefined;
   if (Buffer.isBuffer(pemOrDerOrB64)) {
     const head = pemOrDerOrB64.subarray(0, 64).toString('latin1').trimStart();
-    input = head.startsWith('-----BEGIN') ? pemOrDerOrB64.toString('latin1') : (der = pemOrDerOrB64);
+    if (head.startsWith('-----BEGIN')) input = pemOrDerOrB64.toString('latin1');
+    else {
+      der = pemOrDerOrB64;
+      input = der;
+    }
   } else if (typeof pemOrDerOrB64 === 'string') {
     input = pemOrDerOrB64.trim();
     if (!input.startsWith('-----BEGIN')) {
@@ -423,7 +423,7 @@ function inspect(input: string | Buffer | X509Certificate, position: string): In
   // The subject is attacker-controlled text that ends up in reasons and logs: keep it short and printable.
   const cn = view.subjectName.getField('CN')[0];
   const name = (cn === undefined ? cert.subject.replace(/\n/g, ', ') : `CN=${cn}`).replace(/[\u0000-\u001f\u007f]/g, '?');
-  return { cert, px: view, label: `${position} (${name.length > 80 ? name.slice(0, 77) + '...' : name})` };
+  return { cert, px: view, label: `${position} (${name.length > 80 ? `${name.slice(0, 77)}...` : name})` };
 }
 
 /** RFC 5280 §6.1.3 (a)(2): the certificate validity period includes the current time. */

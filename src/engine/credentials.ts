@@ -70,7 +70,8 @@ export class Authenticator {
     try {
       const decoded = decodeCompactJws(token);
       const alg = decoded.header.alg;
-      if (typeof alg !== 'string' || !b.algorithms.includes(alg)) throw new joseErrors.JOSEAlgNotAllowed('"alg" (Algorithm) Header Parameter value not allowed');
+      if (typeof alg !== 'string' || !b.algorithms.includes(alg))
+        throw new joseErrors.JOSEAlgNotAllowed('"alg" (Algorithm) Header Parameter value not allowed');
       const key = await this.#verificationKey(decoded.header);
       verifyDecoded(decoded, key, [alg as JwsAlg]);
       payload = JSON.parse(decoded.payload.toString('utf8')) as Record<string, unknown>;
@@ -103,19 +104,19 @@ export class Authenticator {
 
   #service(jwk: Record<string, unknown> & { x5c: string[] }, now: Date): Principal {
     if (this.#s.serviceAnchors.length === 0) throw unauthenticated('jwk credentials are not accepted by this KMS');
-    let chain;
+    let chain: ReturnType<typeof validateChain>;
     try {
       chain = validateChain(jwk.x5c, this.#s.serviceAnchors, { now });
     } catch (e) {
       throw unauthenticated(`jwk credential rejected: ${(e as Error).message}`, e);
     }
-    let presented;
+    let presented: KeyObject;
     try {
       presented = importPublicJwk(jwk);
     } catch (e) {
       throw unauthenticated(`jwk credential rejected: ${(e as Error).message}`, e);
     }
-    if (!presented.equals(chain.publicKey)) throw unauthenticated('jwk credential rejected: the key is not the certificate\'s key');
+    if (!presented.equals(chain.publicKey)) throw unauthenticated("jwk credential rejected: the key is not the certificate's key");
     const host = chain.dnsNames[0] ?? chain.commonName;
     if (!host) throw unauthenticated('jwk credential rejected: the certificate names no host');
     return { id: `kms://${host.toLowerCase()}`, kind: 'service', expiresAt: Date.parse(chain.leaf.validTo) };
@@ -139,7 +140,11 @@ function digest(s: string): string {
 function describeJoseError(e: unknown): string {
   if (e instanceof ClaimError) return e.message;
   if (e instanceof Error && 'code' in e && String((e as { code: unknown }).code).startsWith('JOSE_')) {
-    return (e as { code: string }).code === 'JOSE_SIGNATURE_INVALID' ? 'bad signature' : (e as { code: string }).code === 'JOSE_ALG_NOT_ALLOWED' ? 'algorithm not allowed' : 'malformed token';
+    return (e as { code: string }).code === 'JOSE_SIGNATURE_INVALID'
+      ? 'bad signature'
+      : (e as { code: string }).code === 'JOSE_ALG_NOT_ALLOWED'
+        ? 'algorithm not allowed'
+        : 'malformed token';
   }
   if (e instanceof SyntaxError) return 'malformed token';
   if (e instanceof joseErrors.JWTExpired) return 'expired';

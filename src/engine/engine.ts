@@ -19,7 +19,7 @@ import { deriveChannelKey } from '../crypto/channel.js';
 import { decode as b64uDecode, encode as b64u } from '../crypto/base64url.js';
 import type { EphemeralRecord } from '../store/kms-state.js';
 import type { Authenticator } from './credentials.js';
-import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
+import type { EngineDeps, HandlerResult, RequestContext } from './context.js';
 import { appendBlocks, getChain, postGenesis } from './gmbc.js';
 import { bindGk, createGk, getGk } from './gk.js';
 import { deleteEntityKey, listEntityKeys, registerEntityKey } from './entity-keys.js';
@@ -88,7 +88,10 @@ export interface EngineOptions {
 
 /** One channel-less failure: answered as a JWS by the static key. */
 class ChannelError extends Error {
-  constructor(readonly error: KmsError, readonly requestId?: string | number) {
+  constructor(
+    readonly error: KmsError,
+    readonly requestId?: string | number,
+  ) {
     super(error.message);
   }
 }
@@ -232,7 +235,7 @@ export class KmsEngine {
   }
 
   #clientEcdhKey(jwk: unknown) {
-    if (!jwk || typeof jwk !== 'object') throw badRequest('jwk: the client\'s ephemeral public key is required');
+    if (!jwk || typeof jwk !== 'object') throw badRequest("jwk: the client's ephemeral public key is required");
     const j = jwk as Record<string, unknown>;
     // XEP "Establishing a Secure Channel": P-256, the mandatory-to-implement curve, only.
     if (j.kty !== 'EC' || j.crv !== 'P-256') throw unsupported('jwk: the ephemeral key must be EC P-256');
@@ -296,7 +299,8 @@ export class KmsEngine {
       const json = JSON.stringify(withRequestId({ status: result.status, ...(result.body ?? {}) }, req.requestId));
       // D7: measured before encrypting. Only reads are this large (get chain pages itself to fit), so nothing changed.
       const size = channel.overhead + b64uLength(Buffer.byteLength(json));
-      if (size > budget) throw tooLarge(`the response (${size} bytes) exceeds the ${budget} bytes left for it in this reply: send this request in an IQ of its own`);
+      if (size > budget)
+        throw tooLarge(`the response (${size} bytes) exceeds the ${budget} bytes left for it in this reply: send this request in an IQ of its own`);
       const encrypted = channel.encrypt(json);
       if (result.after) await result.after();
       return encrypted;
@@ -337,7 +341,7 @@ export class KmsEngine {
     const id = kid.startsWith(EPHEMERAL_PREFIX) ? kid.slice(EPHEMERAL_PREFIX.length) : '';
     const eph = /^[0-9a-f-]{36}$/.test(id) ? await this.deps.state.ephemeral(id) : undefined;
     if (!eph) {
-      const hint = this.#isEphemeralKid(kid) ? ' (the kid must be the key\'s uri exactly as the handshake returned it, /ecdhe/<id>)' : '';
+      const hint = this.#isEphemeralKid(kid) ? " (the kid must be the key's uri exactly as the handshake returned it, /ecdhe/<id>)" : '';
       throw new ChannelError(unauthenticated(`unknown ephemeral key ${kid.slice(0, 100)}${hint}`));
     }
     return eph;

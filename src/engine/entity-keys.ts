@@ -43,7 +43,7 @@ export async function registerEntityKey(ctx: RequestContext): Promise<HandlerRes
   if (principal.kind !== 'user') throw forbidden('only users register entity keys');
   const body = parseBody(registerBody, ctx.req.body);
   refusePrivateMembers(body.jwk, 'jwk');
-  let key;
+  let key: ReturnType<typeof importPublicJwk>;
   try {
     key = importPublicJwk(body.jwk);
   } catch (e) {
@@ -53,7 +53,7 @@ export async function registerEntityKey(ctx: RequestContext): Promise<HandlerRes
   if (jwk.kty === 'EC' && jwk.crv !== 'P-256') throw unsupported('jwk: EC entity keys must be on P-256');
   const kid = thumbprint(jwk);
   // XEP "Entity Keys": a malformed proof is a 400; a well-formed one that does not match is a 403.
-  let proof;
+  let proof: ReturnType<typeof decodeCompactJws>;
   try {
     proof = decodeCompactJws(body.proof);
   } catch (e) {

@@ -31,7 +31,13 @@ async function requireMemberAtBlock(deps: EngineDeps, hash: string, entity: stri
 }
 
 /** Builds the signed GK with its key wrapped for one entity key. */
-async function issue(deps: EngineDeps, gk: GkRecord, entity: string, kid: string | undefined, gkKey = deps.unsealedKey(gk, sealContext(gk.id))): Promise<string> {
+async function issue(
+  deps: EngineDeps,
+  gk: GkRecord,
+  entity: string,
+  kid: string | undefined,
+  gkKey = deps.unsealedKey(gk, sealContext(gk.id)),
+): Promise<string> {
   const key = await resolveEntityKey(deps, entity, kid);
   const raw = gkKey.export();
   const jwk = JSON.stringify({ kty: 'oct', k: b64u(raw), alg: 'A256GCM', kid: gk.uri });

@@ -16,9 +16,6 @@ import { isMemberAt, type ChainRecord, type Interval, type KmsState } from '../s
 import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
 import { KeyedMutex } from '../util/mutex.js';
 
-export { blockHash };
-export type { Operation };
-
 // XEP "Failure Responses": the genesis request's creator and created are ignored (the KMS is the
 // genesis block's creator), but must be strings when present.
 const genesisBody = z.looseObject({

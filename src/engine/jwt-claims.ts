@@ -7,7 +7,10 @@
 
 /** A claim that fails validation; the message says which and why, without echoing the token. */
 export class ClaimError extends Error {
-  constructor(readonly claim: string, reason: string) {
+  constructor(
+    readonly claim: string,
+    reason: string,
+  ) {
     super(`claim ${claim} ${reason}`);
     this.name = 'ClaimError';
   }
@@ -31,7 +34,7 @@ export function checkClaims(payload: unknown, r: ClaimRules): void {
   if (p.iss !== r.issuer) throw new ClaimError('iss', 'is wrong');
   const aud = p.aud;
   const audiences = typeof aud === 'string' ? [aud] : Array.isArray(aud) ? aud : undefined;
-  if (!audiences || !audiences.includes(r.audience)) throw new ClaimError('aud', 'is wrong');
+  if (!audiences?.includes(r.audience)) throw new ClaimError('aud', 'is wrong');
   if (typeof p.exp !== 'number' || !Number.isFinite(p.exp)) throw new ClaimError('exp', 'is not a number');
   if (p.exp <= now - r.clockToleranceSec) throw new ClaimError('exp', 'has passed (expired)');
   if (p.nbf !== undefined) {

@@ -31,7 +31,7 @@ export interface GenesisBlock {
 }
 
 /** RFC 3339 date-time, as -03 uses for created, createDate, expirationDate. */
-export const dateTime = z
+const dateTime = z
   .string()
   .max(64)
   .refine((s) => /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$/i.test(s) && !Number.isNaN(Date.parse(s)), 'must be an RFC 3339 date-time');

@@ -9,7 +9,7 @@
 import { badRequest } from './errors.js';
 
 /** RFC 7622: a localpart and a domainpart of at most 1023 octets each, and the '@'. */
-export const MAX_PART_LENGTH = 1023;
+const MAX_PART_LENGTH = 1023;
 export const MAX_ENTITY_LENGTH = 2 * MAX_PART_LENGTH + 1;
 
 /** Characters no part may hold: separators, controls, format and unassigned code points, and XML/JID delimiters. */

@@ -11,8 +11,15 @@
 export const KMS_ERRORS = {
   BAD_REQUEST: { status: 400, summary: 'The request is malformed: bad JSON, a missing or mistyped field, a bad JOSE object.' },
   UNSUPPORTED: { status: 400, summary: 'An algorithm, curve or key type the KMS does not accept.' },
-  UNAUTHENTICATED: { status: 401, summary: 'The credential is missing, invalid, expired, not yet valid, or for another audience or issuer; or the ephemeral key is unknown, expired or deleted.' },
-  FORBIDDEN: { status: 403, summary: 'The authenticated entity may not do this: not a member, not the owner, a bad block signature, a block that removes the curator.' },
+  UNAUTHENTICATED: {
+    status: 401,
+    summary:
+      'The credential is missing, invalid, expired, not yet valid, or for another audience or issuer; or the ephemeral key is unknown, expired or deleted.',
+  },
+  FORBIDDEN: {
+    status: 403,
+    summary: 'The authenticated entity may not do this: not a member, not the owner, a bad block signature, a block that removes the curator.',
+  },
   NOT_FOUND: { status: 404, summary: 'No such chain, block, group key, entity key or URI.' },
   METHOD_NOT_ALLOWED: { status: 405, summary: 'The URI exists but does not accept this method.' },
   CONFLICT: { status: 409, summary: 'A stale antecedent (the chain moved on), or a group key already bound to another block.' },
@@ -22,10 +29,18 @@ export const KMS_ERRORS = {
 
 /** The failures a client detects itself. They never travel in a response and have no status. */
 export const CLIENT_ERRORS = {
-  BAD_RESPONSE: { summary: 'A response the client cannot accept: not signed by the KMS, under another ephemeral key, for another request, missing, or not what was asked for.' },
-  CHAIN_INVALID: { summary: 'A chain the KMS returned does not verify: its genesis, a link, a block\'s creator, operations or signature.' },
-  IDENTITY_INVALID: { summary: 'The static key the KMS publishes cannot be accepted: no certificate chain to the trust anchors, a certificate for another host, a key that is not the certificate\'s.' },
-  STANZA_ERROR: { summary: 'The XMPP layer answered with a stanza error, from the component or from the server in its place; no message of the IQ was executed.' },
+  BAD_RESPONSE: {
+    summary:
+      'A response the client cannot accept: not signed by the KMS, under another ephemeral key, for another request, missing, or not what was asked for.',
+  },
+  CHAIN_INVALID: { summary: "A chain the KMS returned does not verify: its genesis, a link, a block's creator, operations or signature." },
+  IDENTITY_INVALID: {
+    summary:
+      "The static key the KMS publishes cannot be accepted: no certificate chain to the trust anchors, a certificate for another host, a key that is not the certificate's.",
+  },
+  STANZA_ERROR: {
+    summary: 'The XMPP layer answered with a stanza error, from the component or from the server in its place; no message of the IQ was executed.',
+  },
   TIMEOUT: { summary: 'No answer: the IQ timed out or the XMPP connection was lost first. The outcome of the request is unknown.' },
 } as const satisfies Record<string, { summary: string }>;
 
@@ -37,7 +52,7 @@ export type KmsClientCode = keyof typeof CLIENT_ERRORS;
 export type KmsErrorCode = KmsServerCode | KmsClientCode;
 
 /** True when `code` is one of the KMS's codes (what a response's "code" member may hold). */
-export function isServerCode(code: unknown): code is KmsServerCode {
+function isServerCode(code: unknown): code is KmsServerCode {
   return typeof code === 'string' && Object.hasOwn(KMS_ERRORS, code);
 }
 
@@ -122,7 +137,7 @@ export function errorResponse(err: KmsError): ErrorResponseBody {
  * does not know): the registry's code for that status (BAD_REQUEST for 400, never UNSUPPORTED),
  * otherwise INTERNAL for a 5xx status and BAD_REQUEST for any other.
  */
-export function codeForStatus(status: number): KmsServerCode {
+function codeForStatus(status: number): KmsServerCode {
   for (const [code, entry] of Object.entries(KMS_ERRORS)) {
     if (entry.status === status && code !== 'UNSUPPORTED') return code as KmsServerCode;
   }

@@ -2,7 +2,7 @@
 import { badRequest } from './errors.js';
 
 /** Private JWK members (RFC 7518 §6.2.2, §6.3.2, §6.4): never accepted where a public key is expected. */
-export const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const;
+const PRIVATE_MEMBERS = ['d', 'p', 'q', 'dp', 'dq', 'qi', 'oth', 'k'] as const;
 
 /**
  * A 400 when a JWK carries private key members (XEP "Entity Keys" and "Establishing a Secure

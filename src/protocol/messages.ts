@@ -7,7 +7,7 @@ import { badRequest, unauthenticated } from './errors.js';
 import { BLOCK_HASH } from './entity.js';
 
 /** Methods of both vocabularies (-03 operations use post/get; the content rule create/retrieve/update/delete). */
-export const METHODS = ['post', 'get', 'create', 'retrieve', 'update', 'delete'] as const;
+const METHODS = ['post', 'get', 'create', 'retrieve', 'update', 'delete'] as const;
 export type Method = (typeof METHODS)[number];
 
 const credentialSchema = z.union([
@@ -80,7 +80,6 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   return r.data;
 }
 
-export { dateTime } from './blocks.js';
 /** A block hash: SHA-256 in lowercase hex, its only spelling (XEP "Entities and Hashes"). */
 export const sha256Hex = z.string().regex(BLOCK_HASH, 'must be a block hash (64 lowercase hex digits)');
 

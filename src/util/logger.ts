@@ -7,9 +7,25 @@ import { pino, type Logger as PinoLogger } from 'pino';
 export type Logger = PinoLogger;
 
 /** Field paths that are always censored if anything ever logs them. */
-export const REDACT_PATHS = [
-  'key', '*.key', 'jwk.d', '*.jwk.d', 'token', '*.token', 'bearer', '*.bearer', 'credential', '*.credential',
-  'message', '*.message.payload', 'masterKey', '*.masterKey', 'secret', '*.secret', 'password', '*.password',
+const REDACT_PATHS = [
+  'key',
+  '*.key',
+  'jwk.d',
+  '*.jwk.d',
+  'token',
+  '*.token',
+  'bearer',
+  '*.bearer',
+  'credential',
+  '*.credential',
+  'message',
+  '*.message.payload',
+  'masterKey',
+  '*.masterKey',
+  'secret',
+  '*.secret',
+  'password',
+  '*.password',
 ];
 
 /** A logger writing JSON lines to stderr (or a given destination) at `level`. */

@@ -64,7 +64,10 @@ export interface ComponentSettings {
 class ForeignPayload extends Error {}
 
 class StanzaFailure extends Error {
-  constructor(readonly key: StanzaErrorKey, text?: string) {
+  constructor(
+    readonly key: StanzaErrorKey,
+    text?: string,
+  ) {
     super(text ?? key);
   }
 }
@@ -114,7 +117,10 @@ export class KmsComponent {
       if (this.#stopping || !this.#started) return;
       const retryInMs = this.xmpp.reconnect.delay;
       if (wasOnline) {
-        this.#log.warn({ event: 'disconnect', service: settings.service, retryInMs }, `lost the XMPP server at ${settings.service}; reconnecting in ${retryInMs} ms`);
+        this.#log.warn(
+          { event: 'disconnect', service: settings.service, retryInMs },
+          `lost the XMPP server at ${settings.service}; reconnecting in ${retryInMs} ms`,
+        );
       } else {
         this.#log.warn(
           { event: 'reconnect-failed', service: settings.service, reason: this.#lastError, retryInMs },
@@ -235,7 +241,11 @@ export class KmsComponent {
     const drained = await Promise.race([drain.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), this.#s.drainMs).unref())]);
     if (inFlight > 0) {
       if (drained) this.#log.info({ event: 'drained', answered: inFlight }, `answered the ${inFlight} request(s) in flight`);
-      else this.#log.warn({ event: 'drain-timeout', drainMs: this.#s.drainMs, unanswered: this.#inFlight.size }, `${this.#inFlight.size} request(s) still unanswered after ${this.#s.drainMs} ms`);
+      else
+        this.#log.warn(
+          { event: 'drain-timeout', drainMs: this.#s.drainMs, unanswered: this.#inFlight.size },
+          `${this.#inFlight.size} request(s) still unanswered after ${this.#s.drainMs} ms`,
+        );
     }
     try {
       await this.xmpp.stop();

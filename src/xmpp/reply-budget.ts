@@ -15,7 +15,7 @@ export const MESSAGE_WRAPPING = '<message></message>'.length;
  * The reply's IQ and `<kms/>` elements (with the requester's full JID, of at most 3071 bytes, and the
  * IQ's id) as assumed when checking the configuration. At run time the real envelope is measured.
  */
-export const ENVELOPE_ALLOWANCE = 4 * 1024;
+const ENVELOPE_ALLOWANCE = 4 * 1024;
 
 /**
  * The least max-reply-size for these limits: (maxMessagesPerIq − 1) × 8 KiB for the other messages

@@ -99,24 +99,48 @@ const MASTER_KEY = randomBytes(32).toString('base64url');
 const BAD: { what: string; file?: unknown; env?: Record<string, string>; expect: RegExp[] }[] = [
   { what: 'a wrong type in the file', file: { xmpp: { keepaliveSec: '60' } }, expect: [/setting xmpp\.keepaliveSec/, /expected number/] },
   { what: 'a list that is not a list', file: { auth: { algorithms: 'ES256' } }, expect: [/setting auth\.algorithms/, /expected array/] },
-  { what: 'an out-of-range port', env: { KMS_XMPP_SERVICE: 'xmpp://127.0.0.1:70000' }, expect: [/setting xmpp\.service \(from KMS_XMPP_SERVICE\)/, /port must be a number from 1 to 65535/, /70000/] },
+  {
+    what: 'an out-of-range port',
+    env: { KMS_XMPP_SERVICE: 'xmpp://127.0.0.1:70000' },
+    expect: [/setting xmpp\.service \(from KMS_XMPP_SERVICE\)/, /port must be a number from 1 to 65535/, /70000/],
+  },
   { what: 'a port that is not a number', file: { xmpp: { service: 'xmpp://127.0.0.1:abc' } }, expect: [/setting xmpp\.service \(in .*bad\.json\)/, /port/] },
-  { what: 'a TLS service the component cannot use', env: { KMS_XMPP_SERVICE: 'xmpps://xmpp.example.org:5347' }, expect: [/setting xmpp\.service/, /xmpp:\/\//] },
+  {
+    what: 'a TLS service the component cannot use',
+    env: { KMS_XMPP_SERVICE: 'xmpps://xmpp.example.org:5347' },
+    expect: [/setting xmpp\.service/, /xmpp:\/\//],
+  },
   { what: 'a service that is no URL', env: { KMS_XMPP_SERVICE: '127.0.0.1:5347' }, expect: [/setting xmpp\.service/, /xmpp:\/\/host:port/] },
   { what: 'an unknown retrieval policy', file: { policy: 4 }, expect: [/setting policy/, /1, 2 or 3/] },
   { what: 'an unknown retrieval policy from the environment', env: { KMS_POLICY: '7' }, expect: [/setting policy \(from KMS_POLICY\)/, /1, 2 or 3/] },
   { what: 'an unknown chain read policy', file: { chainReadPolicy: 'sometimes' }, expect: [/setting chainReadPolicy/, /ever|current/] },
   { what: 'an unknown log level', env: { KMS_LOG_LEVEL: 'verbose' }, expect: [/setting logLevel \(from KMS_LOG_LEVEL\)/] },
-  { what: 'a JWKS URL that is no URL', env: { KMS_AUTH_JWKS_URL: 'not a url', KMS_AUTH_ISSUER: 'https://idp.example.org' }, expect: [/setting auth\.jwksUrl \(from KMS_AUTH_JWKS_URL\)/, /http/] },
-  { what: 'a JWKS URL of another scheme', file: { auth: { jwksUrl: 'ftp://idp.example.org/jwks', issuer: 'https://idp.example.org' } }, expect: [/setting auth\.jwksUrl/, /http:\/\/ or https:\/\//] },
+  {
+    what: 'a JWKS URL that is no URL',
+    env: { KMS_AUTH_JWKS_URL: 'not a url', KMS_AUTH_ISSUER: 'https://idp.example.org' },
+    expect: [/setting auth\.jwksUrl \(from KMS_AUTH_JWKS_URL\)/, /http/],
+  },
+  {
+    what: 'a JWKS URL of another scheme',
+    file: { auth: { jwksUrl: 'ftp://idp.example.org/jwks', issuer: 'https://idp.example.org' } },
+    expect: [/setting auth\.jwksUrl/, /http:\/\/ or https:\/\//],
+  },
   { what: 'a missing identity certificate', env: { KMS_IDENTITY_KEY_FILE: '/etc/kms/key.pem' }, expect: [/setting identity\.certFile/, /missing/] },
-  { what: "a missing issuer for an outside identity provider", env: { KMS_AUTH_JWKS_URL: 'https://idp.example.org/jwks' }, expect: [/setting auth\.issuer/, /missing/] },
+  {
+    what: 'a missing issuer for an outside identity provider',
+    env: { KMS_AUTH_JWKS_URL: 'https://idp.example.org/jwks' },
+    expect: [/setting auth\.issuer/, /missing/],
+  },
   { what: 'an empty secret', file: { xmpp: { secret: '' } }, expect: [/setting xmpp\.secret/, /empty/] },
   { what: 'an empty file path', file: { masterKeyFile: '' }, expect: [/setting masterKeyFile/, /empty/] },
   { what: 'a domain that is no domain name', env: { KMS_DOMAIN: 'kms..localhost' }, expect: [/setting domain \(from KMS_DOMAIN\)/, /domain name/] },
   { what: 'an unknown key at the top', file: { domian: 'kms.example.org' }, expect: [/setting domian/, /unknown setting/] },
   { what: 'an unknown key in a section', file: { xmpp: { port: 5347 } }, expect: [/setting xmpp\.port/, /unknown setting/] },
-  { what: 'a reconnect delay above its maximum', file: { xmpp: { reconnectInitialMs: 5000, reconnectMaxMs: 1000 } }, expect: [/setting xmpp\.reconnectInitialMs/, /reconnectMaxMs/] },
+  {
+    what: 'a reconnect delay above its maximum',
+    file: { xmpp: { reconnectInitialMs: 5000, reconnectMaxMs: 1000 } },
+    expect: [/setting xmpp\.reconnectInitialMs/, /reconnectMaxMs/],
+  },
   {
     what: 'a max-reply-size too small for one block of a chain after the other messages of a request',
     env: { KMS_MAX_REPLY_BYTES: '200000' },
@@ -127,7 +151,11 @@ const BAD: { what: string; file?: unknown; env?: Record<string, string>; expect:
     file: { xmpp: { maxMessagesPerIq: 64, maxReplyBytes: 524288 } },
     expect: [/setting xmpp\.maxReplyBytes \(in .*bad\.json\)/, /at least 618515 bytes/],
   },
-  { what: 'a number variable that is not a number', env: { KMS_KEEPALIVE_SEC: 'abc' }, expect: [/KMS_KEEPALIVE_SEC/, /setting xmpp\.keepaliveSec/, /whole number/] },
+  {
+    what: 'a number variable that is not a number',
+    env: { KMS_KEEPALIVE_SEC: 'abc' },
+    expect: [/KMS_KEEPALIVE_SEC/, /setting xmpp\.keepaliveSec/, /whole number/],
+  },
   { what: 'a number variable with a fraction', env: { KMS_RATE_PER_SEC: '1.5' }, expect: [/KMS_RATE_PER_SEC/, /whole number/] },
   { what: 'an unknown KMS_ variable (a typo)', env: { KMS_XMPP_PORT: 'abc' }, expect: [/KMS_XMPP_PORT/, /unknown environment variable/] },
   { what: 'a master key of the wrong size', env: { KMS_MASTER_KEY: 'dG9vLXNob3J0' }, expect: [/KMS_MASTER_KEY/, /32 bytes/] },
@@ -164,8 +192,25 @@ describe('configuration', function () {
 
     it('reads a file and lets KMS_* variables override it', async () => {
       const file = join(dir, 'good.json');
-      await writeFile(file, JSON.stringify({ domain: 'kms.example.org', policy: 2, xmpp: { service: 'xmpp://[::1]:5347', keepaliveSec: 30 }, auth: { jwksUrl: 'https://idp.example.org/jwks', issuer: 'https://idp.example.org' } }));
-      const c = loadConfig({ file, env: { KMS_POLICY: '3', KMS_XMPP_SECRET: SECRET, KMS_AUTH_ALLOWED_DOMAINS: 'example.org, example.net', KMS_TEST_SERVER_KINDS: 'prosody', KMS_CHAT_PASSWORD: 'not-a-setting' } });
+      await writeFile(
+        file,
+        JSON.stringify({
+          domain: 'kms.example.org',
+          policy: 2,
+          xmpp: { service: 'xmpp://[::1]:5347', keepaliveSec: 30 },
+          auth: { jwksUrl: 'https://idp.example.org/jwks', issuer: 'https://idp.example.org' },
+        }),
+      );
+      const c = loadConfig({
+        file,
+        env: {
+          KMS_POLICY: '3',
+          KMS_XMPP_SECRET: SECRET,
+          KMS_AUTH_ALLOWED_DOMAINS: 'example.org, example.net',
+          KMS_TEST_SERVER_KINDS: 'prosody',
+          KMS_CHAT_PASSWORD: 'not-a-setting',
+        },
+      });
       expect(c.domain).to.equal('kms.example.org');
       expect(c.policy).to.equal(3);
       expect(c.xmpp.service).to.equal('xmpp://[::1]:5347');
@@ -217,7 +262,8 @@ describe('configuration', function () {
     it('finds the settings of every section', () => {
       // A walk that missed a section would make the checks below pass on nothing.
       expect(settings.length).to.be.greaterThan(30);
-      for (const path of ['domain', 'xmpp.maxReplyBytes', 'identity.keyFile', 'auth.algorithms', 'policy', 'logLevel']) expect(settings.map((s) => s.path)).to.include(path);
+      for (const path of ['domain', 'xmpp.maxReplyBytes', 'identity.keyFile', 'auth.algorithms', 'policy', 'logLevel'])
+        expect(settings.map((s) => s.path)).to.include(path);
     });
 
     it('every setting has a description in the schema (.describe())', () => {
@@ -226,16 +272,16 @@ describe('configuration', function () {
     });
 
     it('shows every setting with its type, its default (or that it is unset) and its description', () => {
-      const escape = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+      const escapeRe = (t: string) => t.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
       for (const s of settings) {
-        const entry = new RegExp(`^  ${escape(s.path)}  (\\S.*), (default \\S.*|unset by default)(, env KMS_\\w+)?\\n      (.+)$`, 'm').exec(help);
+        const entry = new RegExp(`^  ${escapeRe(s.path)}  (\\S.*), (default \\S.*|unset by default)(, env KMS_\\w+)?\\n      (.+)$`, 'm').exec(help);
         expect(entry, `${s.path} in kms run --help`).to.not.equal(null);
         expect(entry![1], `${s.path}'s type`).to.match(/^(string|integer|list of|\w+ \|)/);
         expect(entry![4], `${s.path}'s description`).to.equal(s.description);
       }
       expect(help).not.to.include('(no description)');
       // Exactly one entry per setting.
-      expect(help.match(/^  [a-zA-Z.]+  /gm)).to.have.length(settings.length);
+      expect(help.match(/^ {2}[a-zA-Z.]+ {2}/gm)).to.have.length(settings.length);
     });
 
     it('names the variable of every setting that has one, and every variable names a setting', () => {
@@ -247,11 +293,11 @@ describe('configuration', function () {
     });
 
     it('shows the defaults the configuration really has', () => {
-      expect(help).to.match(/^  xmpp\.maxReplyBytes  integer >= 1, default 524288, env KMS_MAX_REPLY_BYTES$/m);
-      expect(help).to.match(/^  policy  integer 1-3, default 1, env KMS_POLICY$/m);
-      expect(help).to.match(/^  identity\.keyType  EC \| RSA, default "EC", env KMS_IDENTITY_KEY_TYPE$/m);
-      expect(help).to.match(/^  auth\.algorithms  list of ES256 \| .*, default \["ES256","PS256","RS256"\]$/m);
-      expect(help).to.match(/^  masterKeyFile  string, unset by default, env KMS_MASTER_KEY_FILE$/m);
+      expect(help).to.match(/^ {2}xmpp\.maxReplyBytes {2}integer >= 1, default 524288, env KMS_MAX_REPLY_BYTES$/m);
+      expect(help).to.match(/^ {2}policy {2}integer 1-3, default 1, env KMS_POLICY$/m);
+      expect(help).to.match(/^ {2}identity\.keyType {2}EC \| RSA, default "EC", env KMS_IDENTITY_KEY_TYPE$/m);
+      expect(help).to.match(/^ {2}auth\.algorithms {2}list of ES256 \| .*, default \["ES256","PS256","RS256"\]$/m);
+      expect(help).to.match(/^ {2}masterKeyFile {2}string, unset by default, env KMS_MASTER_KEY_FILE$/m);
     });
   });
 
@@ -260,7 +306,15 @@ describe('configuration', function () {
 
     before(async () => {
       good = join(dir, 'kms.json');
-      await writeFile(good, JSON.stringify({ domain: 'kms.example.org', xmpp: { service: 'xmpp://127.0.0.1:5347', secret: SECRET }, dataDir: join(dir, 'data-never-made'), policy: 2 }));
+      await writeFile(
+        good,
+        JSON.stringify({
+          domain: 'kms.example.org',
+          xmpp: { service: 'xmpp://127.0.0.1:5347', secret: SECRET },
+          dataDir: join(dir, 'data-never-made'),
+          policy: 2,
+        }),
+      );
     });
 
     for (const args of [['check-config'], ['run', '--check-config']]) {
@@ -294,7 +348,17 @@ describe('configuration', function () {
     /** The process cases: a subset of BAD covering each kind, plus the file itself going wrong. */
     const processCases = [
       ...BAD.filter((b) =>
-        ['a wrong type in the file', 'an out-of-range port', 'an unknown retrieval policy', 'a JWKS URL that is no URL', 'a missing identity certificate', 'an unknown key in a section', 'a number variable that is not a number', 'an unknown KMS_ variable (a typo)', 'a master key of the wrong size'].includes(b.what),
+        [
+          'a wrong type in the file',
+          'an out-of-range port',
+          'an unknown retrieval policy',
+          'a JWKS URL that is no URL',
+          'a missing identity certificate',
+          'an unknown key in a section',
+          'a number variable that is not a number',
+          'an unknown KMS_ variable (a typo)',
+          'a master key of the wrong size',
+        ].includes(b.what),
       ),
       { what: 'a missing config file', file: undefined, missingFile: true, expect: [/config file .*nowhere\.json: no such file/] },
     ] as { what: string; file?: unknown; env?: Record<string, string>; missingFile?: boolean; expect: RegExp[] }[];
@@ -310,10 +374,14 @@ describe('configuration', function () {
       const command = COMMANDS[i % COMMANDS.length]!;
       it(`kms ${command.join(' ')}: refuses ${bad.what} with exit code 2 and the setting's name`, async () => {
         const file = bad.missingFile ? join(dir, 'nowhere.json') : join(dir, `bad-${randomBytes(4).toString('hex')}.json`);
-        if (!bad.missingFile) await writeFile(file, JSON.stringify({ xmpp: { secret: SECRET }, dataDir: join(dir, 'data-never-made'), ...((bad.file as object) ?? {}) }));
+        if (!bad.missingFile)
+          await writeFile(file, JSON.stringify({ xmpp: { secret: SECRET }, dataDir: join(dir, 'data-never-made'), ...((bad.file as object) ?? {}) }));
         const env = { KMS_LOG_LEVEL: 'info', ...(bad.env ?? {}) };
         // The file by --config, or (for a real start) by KMS_CONFIG.
-        const r = command.length === 1 && command[0] === 'run' ? await kms(command, { ...env, KMS_CONFIG: file }, dir) : await kms([...command, '--config', file], env, dir);
+        const r =
+          command.length === 1 && command[0] === 'run'
+            ? await kms(command, { ...env, KMS_CONFIG: file }, dir)
+            : await kms([...command, '--config', file], env, dir);
         expect(r.code, `${bad.what}: ${r.stderr}`).to.equal(2);
         expect(r.stdout).not.to.include('configuration OK');
         for (const re of bad.expect) expect(r.stderr).to.match(re);

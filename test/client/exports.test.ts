@@ -18,7 +18,22 @@ describe('package exports', function () {
   it('xmpp-kms: the server side', async function () {
     const m = await import('../../src/index.js');
     // Start one from a configuration, or compose one from its parts as startKms does (src/server.ts).
-    for (const name of ['startKms', 'loadConfig', 'KmsEngine', 'EngineDeps', 'engineConfig', 'Authenticator', 'loadIdentity', 'Sealer', 'KmsState', 'openLevelStore', 'LevelKvStore', 'KmsComponent', 'LocalIssuer', 'createLogger']) {
+    for (const name of [
+      'startKms',
+      'loadConfig',
+      'KmsEngine',
+      'EngineDeps',
+      'engineConfig',
+      'Authenticator',
+      'loadIdentity',
+      'Sealer',
+      'KmsState',
+      'openLevelStore',
+      'LevelKvStore',
+      'KmsComponent',
+      'LocalIssuer',
+      'createLogger',
+    ]) {
       expect(m, name).to.have.property(name).that.is.a('function');
     }
   });

@@ -8,7 +8,10 @@ import { KmsClient } from '../../src/client/kms-client.js';
 import { isTransient, retrying, type RetryOptions } from '../../src/client/retry.js';
 
 /** A transport whose failures are retried by `retrying`, as the session retries its exchanges. */
-const withRetry = (t: Transport, o: RetryOptions): Transport => (m) => retrying(() => t(m), o);
+const withRetry =
+  (t: Transport, o: RetryOptions): Transport =>
+  (m) =>
+    retrying(() => t(m), o);
 import {
   BadResponseError,
   ChainVerificationError,
@@ -100,7 +103,9 @@ describe('client: KmsClient (in process, real engine)', function () {
     expect(counter.calls.length - before).to.equal(1);
     for (const r of results) {
       expect(r.status).to.equal('rejected');
-      expect((r as PromiseRejectedResult).reason).to.be.instanceOf(KmsResponseError).with.property('status', 403);
+      expect((r as PromiseRejectedResult).reason)
+        .to.be.instanceOf(KmsResponseError)
+        .with.property('status', 403);
       expect((r as PromiseRejectedResult).reason).to.have.property('code', 'FORBIDDEN');
     }
     expect(mallory.hasGk(gk.uri)).to.equal(false);
@@ -123,7 +128,11 @@ describe('client: KmsClient (in process, real engine)', function () {
     payload.operations = [{ entity: 'mallory@example.com', optype: 'add' }];
     blocks[1] = `${h}.${Buffer.from(JSON.stringify(payload)).toString('base64url')}.${s}`;
     let err: Error | undefined;
-    await verifyChain(blocks, { kmsKey: bob.kmsKey, kmsId: bob.kmsId, keysOf: async () => [{ kid: alice.entityKey.kid, key: alice.entityKey.publicKey }] }).catch((e: Error) => (err = e));
+    await verifyChain(blocks, {
+      kmsKey: bob.kmsKey,
+      kmsId: bob.kmsId,
+      keysOf: async () => [{ kid: alice.entityKey.kid, key: alice.entityKey.publicKey }],
+    }).catch((e: Error) => (err = e));
     expect(err?.message).to.match(/block 1: the signature does not verify/);
   });
 
@@ -166,11 +175,14 @@ describe('client: retrying', function () {
   it('retries timeouts and "wait" stanza errors with growing delays, then succeeds', async function () {
     let n = 0;
     const stamps: number[] = [];
-    const t = withRetry(async (m) => {
-      stamps.push(Date.now());
-      if (n++ < 2) throw n === 1 ? timeout() : new KmsStanzaError(undefined, 'resource-constraint', 'wait');
-      return m;
-    }, { retries: 3, backoffMs: 40 });
+    const t = withRetry(
+      async (m) => {
+        stamps.push(Date.now());
+        if (n++ < 2) throw n === 1 ? timeout() : new KmsStanzaError(undefined, 'resource-constraint', 'wait');
+        return m;
+      },
+      { retries: 3, backoffMs: 40 },
+    );
     expect(await t(['x'])).to.deep.equal(['x']);
     expect(n).to.equal(3);
     // first delay 20-40 ms, second 40-80 ms (exponential, with jitter)
@@ -180,17 +192,26 @@ describe('client: retrying', function () {
 
   it('gives up after its retries, and never retries a refusal', async function () {
     let n = 0;
-    const t = withRetry(async () => {
-      n++;
-      throw timeout();
-    }, { retries: 2, backoffMs: 1 });
-    await t(['x']).then(() => expect.fail('resolved'), (e: Error) => expect(e.name).to.equal('TimeoutError'));
+    const t = withRetry(
+      async () => {
+        n++;
+        throw timeout();
+      },
+      { retries: 2, backoffMs: 1 },
+    );
+    await t(['x']).then(
+      () => expect.fail('resolved'),
+      (e: Error) => expect(e.name).to.equal('TimeoutError'),
+    );
     expect(n).to.equal(3);
     n = 0;
-    const refused = withRetry(async () => {
-      n++;
-      throw new KmsStanzaError(undefined, 'not-acceptable', 'modify');
-    }, { retries: 5, backoffMs: 1 });
+    const refused = withRetry(
+      async () => {
+        n++;
+        throw new KmsStanzaError(undefined, 'not-acceptable', 'modify');
+      },
+      { retries: 5, backoffMs: 1 },
+    );
     await refused(['x']).catch(() => undefined);
     expect(n).to.equal(1);
   });
@@ -200,9 +221,13 @@ describe('client: one error model', function () {
   let kms: KmsFixture;
   afterEach(async () => kms?.close());
 
-  const failure = (p: Promise<unknown>) => p.then(() => expect.fail('expected a failure'), (e: Error) => e);
+  const failure = (p: Promise<unknown>) =>
+    p.then(
+      () => expect.fail('expected a failure'),
+      (e: Error) => e,
+    );
 
-  it('rebuilds the KMS\'s code: BAD_REQUEST and UNSUPPORTED, both status 400, arrive distinct', async function () {
+  it("rebuilds the KMS's code: BAD_REQUEST and UNSUPPORTED, both status 400, arrive distinct", async function () {
     kms = await KmsFixture.create();
     const alice = await clientFor(kms, 'alice@example.com');
     const p384 = generateKeyPairSync('ec', { namedCurve: 'P-384' }).publicKey.export({ format: 'jwk' });
@@ -255,9 +280,17 @@ describe('client: one error model', function () {
   it('retries by code, never by message text', async function () {
     const cases: [string, () => Error, boolean][] = [
       ['TIMEOUT', () => new KmsTimeoutError('no answer'), true],
-      ['STANZA_ERROR wait (rate-limited)', () => new KmsStanzaError({ key: 'rate-limited', type: 'wait', condition: 'resource-constraint', text: undefined }, 'resource-constraint', 'wait'), true],
+      [
+        'STANZA_ERROR wait (rate-limited)',
+        () => new KmsStanzaError({ key: 'rate-limited', type: 'wait', condition: 'resource-constraint', text: undefined }, 'resource-constraint', 'wait'),
+        true,
+      ],
       ['STANZA_ERROR from the server, component away', () => new KmsStanzaError(undefined, 'remote-server-timeout', 'wait'), true],
-      ['STANZA_ERROR modify (malformed-payload)', () => new KmsStanzaError({ key: 'malformed-payload', type: 'modify', condition: 'bad-request', text: undefined }, 'bad-request', 'modify'), false],
+      [
+        'STANZA_ERROR modify (malformed-payload)',
+        () => new KmsStanzaError({ key: 'malformed-payload', type: 'modify', condition: 'bad-request', text: undefined }, 'bad-request', 'modify'),
+        false,
+      ],
       ['INTERNAL response', () => KmsResponseError.from({ status: 500, code: 'INTERNAL' }), false],
       ['CONFLICT response', () => KmsResponseError.from({ status: 409, code: 'CONFLICT' }), false],
       ['BAD_RESPONSE', () => new BadResponseError('the response is not signed by the KMS'), false],
@@ -268,10 +301,13 @@ describe('client: one error model', function () {
     ];
     for (const [what, make, retried] of cases) {
       let n = 0;
-      const t = withRetry(async () => {
-        n++;
-        throw make();
-      }, { retries: 2, backoffMs: 1 });
+      const t = withRetry(
+        async () => {
+          n++;
+          throw make();
+        },
+        { retries: 2, backoffMs: 1 },
+      );
       await failure(t(['x']));
       expect(n, what).to.equal(retried ? 3 : 1);
     }

@@ -16,7 +16,12 @@ const XEP = resolve(import.meta.dirname, '../../xep');
 const KMS = 'kms.example.com';
 const CHAIN = 'kms://kms.example.com/blocks/7f35c3eb-5c1a-4b8e-9d43-1f0e6f2a9b11';
 const ROOM = 'planning@conference.example.com';
-const gkOf = (id = 'a'): GroupKey => ({ uri: `kms://kms.example.com/gks/${id}`, created: '2026-11-23T09:20:07Z', block: 'ab'.repeat(32), key: randomBytes(32) });
+const gkOf = (id = 'a'): GroupKey => ({
+  uri: `kms://kms.example.com/gks/${id}`,
+  created: '2026-11-23T09:20:07Z',
+  block: 'ab'.repeat(32),
+  key: randomBytes(32),
+});
 
 function send(gk: GroupKey, body = 'The draft agenda is in the shared folder.', now = new Date()) {
   return encryptRoomMessage({ gk, kms: KMS, chain: CHAIN, from: 'alice@example.com', room: ROOM, body, now });
@@ -48,7 +53,7 @@ describe('client: encrypted room messages (xep/kms.xml, Encrypted Messages)', fu
     expect(m.toString()).to.not.contain('agenda');
   });
 
-  it('validate against xep/kms.xsd like the XEP\'s own examples', async function () {
+  it("validate against xep/kms.xsd like the XEP's own examples", async function () {
     const enc = parse(send(gkOf()).getChild('encrypted', NS)!.toString());
     enc.attrs.xmlns = NS;
     const schema = { fileName: 'kms.xsd', contents: readFileSync(join(XEP, 'kms.xsd'), 'utf8') };
@@ -59,7 +64,7 @@ describe('client: encrypted room messages (xep/kms.xml, Encrypted Messages)', fu
     expect((await validateXML({ xml: { fileName: 'bad.xml', contents: enc.toString() }, schema })).valid).to.equal(false);
   });
 
-  it('read the XEP\'s example message (13-muc-message.xml)', function () {
+  it("read the XEP's example message (13-muc-message.xml)", function () {
     const ref = readEncrypted(parse(readFileSync(join(XEP, 'examples/13-muc-message.xml'), 'utf8')))!;
     expect(ref.gk).to.equal('kms://kms.example.com/gks/8ed72cd2-66a3-4f3e-b8f4-0c2f9e61d7a5');
     expect(ref.kms).to.equal(KMS);

@@ -14,7 +14,10 @@ import { isTransient, retrying, type RetryOptions } from '../../src/client/retry
 import type { Transport } from '../../src/client/session.js';
 
 /** A transport whose failures are retried by `retrying`, as the session retries its exchanges. */
-const withRetry = (t: Transport, o: RetryOptions): Transport => (m) => retrying(() => t(m), o);
+const withRetry =
+  (t: Transport, o: RetryOptions): Transport =>
+  (m) =>
+    retrying(() => t(m), o);
 import { KmsError } from '../../src/protocol/errors.js';
 import { NS } from '../../src/protocol/namespace.js';
 import { stanzaError } from '../../src/protocol/stanza-errors.js';
@@ -76,8 +79,13 @@ async function failure(p: Promise<unknown>): Promise<Error> {
 const kmsReply = (n: number) => xml('kms', { xmlns: NS }, ...Array.from({ length: n }, () => xml('message', {}, 'a.b.c')));
 
 describe('client: the XMPP binding reads xmpp.js errors', function () {
-  it('reads the type of a stanza error from the <error/> element xmpp.js gives: Prosody\'s wait while the component is away is retried', async function () {
-    const e = await failure(xmppTransport(entity(() => PROSODY_COMPONENT_AWAY), 'kms.localhost')(['a.b.c']));
+  it("reads the type of a stanza error from the <error/> element xmpp.js gives: Prosody's wait while the component is away is retried", async function () {
+    const e = await failure(
+      xmppTransport(
+        entity(() => PROSODY_COMPONENT_AWAY),
+        'kms.localhost',
+      )(['a.b.c']),
+    );
     expect(e).to.be.instanceOf(KmsStanzaError).and.instanceOf(KmsError);
     const s = e as KmsStanzaError;
     expect([s.type, s.condition, s.key, s.code, s.status]).to.deep.equal(['wait', 'remote-server-timeout', undefined, 'STANZA_ERROR', undefined]);
@@ -86,34 +94,62 @@ describe('client: the XMPP binding reads xmpp.js errors', function () {
     expect(isTransient(s)).to.equal(true);
   });
 
-  it('retries ejabberd\'s answer while the component is away (no KMS condition: the server answered in its place)', async function () {
-    const e = (await failure(xmppTransport(entity(() => EJABBERD_COMPONENT_AWAY), 'kms.localhost')(['a.b.c']))) as KmsStanzaError;
+  it("retries ejabberd's answer while the component is away (no KMS condition: the server answered in its place)", async function () {
+    const e = (await failure(
+      xmppTransport(
+        entity(() => EJABBERD_COMPONENT_AWAY),
+        'kms.localhost',
+      )(['a.b.c']),
+    )) as KmsStanzaError;
     expect([e.type, e.condition, e.key]).to.deep.equal(['auth', 'forbidden', undefined]);
     expect(isTransient(e)).to.equal(true);
   });
 
-  it('keeps the component\'s own errors: rate-limited (wait) is retried, malformed-payload and unknown-payload are not', async function () {
+  it("keeps the component's own errors: rate-limited (wait) is retried, malformed-payload and unknown-payload are not", async function () {
     for (const [key, type, retried] of [
       ['rate-limited', 'wait', true],
       ['shutting-down', 'wait', true],
       ['malformed-payload', 'modify', false],
       ['unknown-payload', 'cancel', false],
     ] as const) {
-      const e = (await failure(xmppTransport(entity(() => stanzaError(key)), 'kms.localhost')(['a.b.c']))) as KmsStanzaError;
+      const e = (await failure(
+        xmppTransport(
+          entity(() => stanzaError(key)),
+          'kms.localhost',
+        )(['a.b.c']),
+      )) as KmsStanzaError;
       expect([e.key, e.type, isTransient(e)], key).to.deep.equal([key, type, retried]);
     }
     // A server error that asks for the request to be changed is not retried either.
-    const modify = await failure(xmppTransport(entity(() => `<error type="modify"><bad-request xmlns="${STANZAS}"/></error>`), 'kms.localhost')(['a.b.c']));
+    const modify = await failure(
+      xmppTransport(
+        entity(() => `<error type="modify"><bad-request xmlns="${STANZAS}"/></error>`),
+        'kms.localhost',
+      )(['a.b.c']),
+    );
     expect(isTransient(modify)).to.equal(false);
   });
 
-  it('turns xmpp.js\'s timeout, a lost socket and a connection that is not online into a KmsTimeoutError, which is retried', async function () {
-    const silent = await failure(xmppTransport(entity(() => undefined), 'kms.localhost', 30)(['a.b.c']));
+  it("turns xmpp.js's timeout, a lost socket and a connection that is not online into a KmsTimeoutError, which is retried", async function () {
+    const silent = await failure(
+      xmppTransport(
+        entity(() => undefined),
+        'kms.localhost',
+        30,
+      )(['a.b.c']),
+    );
     expect(silent).to.be.instanceOf(KmsTimeoutError);
     expect((silent as KmsTimeoutError).cause).to.have.property('name', 'TimeoutError');
     expect([(silent as KmsTimeoutError).code, (silent as KmsTimeoutError).status, isTransient(silent)]).to.deep.equal(['TIMEOUT', undefined, true]);
     const epipe = Object.assign(new Error('write EPIPE'), { code: 'EPIPE' });
-    expect(await failure(xmppTransport(entity(() => epipe), 'kms.localhost')(['a.b.c']))).to.be.instanceOf(KmsTimeoutError);
+    expect(
+      await failure(
+        xmppTransport(
+          entity(() => epipe),
+          'kms.localhost',
+        )(['a.b.c']),
+      ),
+    ).to.be.instanceOf(KmsTimeoutError);
     // xmpp.js offline: its socket is null, and writing to it is a TypeError.
     const offline = entity(() => new TypeError("Cannot read properties of null (reading 'write')"), 'offline');
     const e = await failure(xmppTransport(offline, 'kms.localhost')(['a.b.c']));
@@ -122,7 +158,12 @@ describe('client: the XMPP binding reads xmpp.js errors', function () {
   });
 
   it('never decides by message text: an unknown error while online is neither converted nor retried', async function () {
-    const e = await failure(xmppTransport(entity(() => new Error('socket connection offline disconnect')), 'kms.localhost')(['a.b.c']));
+    const e = await failure(
+      xmppTransport(
+        entity(() => new Error('socket connection offline disconnect')),
+        'kms.localhost',
+      )(['a.b.c']),
+    );
     expect(e).to.not.be.instanceOf(KmsError);
     expect(isTransient(e)).to.equal(false);
   });
@@ -143,19 +184,33 @@ describe('client: fetchKmsIdentity refuses a static key with an IdentityValidati
     const identity = makeIdentity(DOMAIN, id.privateKey, id.chainPem);
     const { x5c, ...jwk } = identity.jwk;
     const el = (kid = identity.kid, jwkText = JSON.stringify(jwk)) =>
-      xml('identity', { xmlns: NS, kid, 'sig-alg': identity.sigAlg, 'enc-alg': identity.handshakeAlgs[0] }, xml('jwk', {}, jwkText), ...x5c.map((c) => xml('x5c', {}, c)));
+      xml(
+        'identity',
+        { xmlns: NS, kid, 'sig-alg': identity.sigAlg, 'enc-alg': identity.handshakeAlgs[0] },
+        xml('jwk', {}, jwkText),
+        ...x5c.map((c) => xml('x5c', {}, c)),
+      );
     return { el, anchors: [new X509Certificate(id.caCertPem)] };
   }
 
   it('accepts the published key with the anchor', async function () {
     const { el, anchors } = await published();
-    const info = await fetchKmsIdentity(entity(() => el()), DOMAIN, anchors);
+    const info = await fetchKmsIdentity(
+      entity(() => el()),
+      DOMAIN,
+      anchors,
+    );
     expect(info.kid).to.equal(`kms://${DOMAIN}`);
   });
 
-  it('refuses: no anchor, no <identity/>, a kid that is not kms://, the key of another KMS, a jwk that is not the certificate\'s', async function () {
+  it("refuses: no anchor, no <identity/>, a kid that is not kms://, the key of another KMS, a jwk that is not the certificate's", async function () {
     const { el, anchors } = await published();
-    const other = JSON.stringify({ kty: 'EC', crv: 'P-256', x: 'f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU', y: 'x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0' });
+    const other = JSON.stringify({
+      kty: 'EC',
+      crv: 'P-256',
+      x: 'f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU',
+      y: 'x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0',
+    });
     const cases: [string, Answer, X509Certificate[], string][] = [
       ['no anchor', el(), [], DOMAIN],
       ['no <identity/>', xml('query', { xmlns: 'urn:example:other' }), anchors, DOMAIN],
@@ -166,7 +221,13 @@ describe('client: fetchKmsIdentity refuses a static key with an IdentityValidati
       ['not a key', el(undefined, '{"kty":"EC"}'), anchors, DOMAIN],
     ];
     for (const [what, answer, a, component] of cases) {
-      const e = await failure(fetchKmsIdentity(entity(() => answer), component, a));
+      const e = await failure(
+        fetchKmsIdentity(
+          entity(() => answer),
+          component,
+          a,
+        ),
+      );
       expect(e, what).to.be.instanceOf(IdentityValidationError);
       expect([(e as IdentityValidationError).code, (e as IdentityValidationError).status], what).to.deep.equal(['IDENTITY_INVALID', undefined]);
     }

@@ -73,9 +73,13 @@ async function published(o: { kid?: string; jwk?: Record<string, unknown>; sigAl
  * <query/>), whose KMS publishes `identity`, and whose <kms/> IQs the engine answers. Records
  * every IQ the client sends, as XML.
  */
-function connection(kms: KmsFixture, o: { items?: Record<string, Element>; identity?: Element } = {}): XmppEntity & { jid: { domain: string }; sent: string[] } {
+function connection(
+  kms: KmsFixture,
+  o: { items?: Record<string, Element>; identity?: Element } = {},
+): XmppEntity & { jid: { domain: string }; sent: string[] } {
   const sent: string[] = [];
-  const result = (iq: Element, child?: Element) => parse(xml('iq', { type: 'result', id: iq.attrs.id ?? 'x', from: iq.attrs.to }, ...(child ? [child] : [])).toString());
+  const result = (iq: Element, child?: Element) =>
+    parse(xml('iq', { type: 'result', id: iq.attrs.id ?? 'x', from: iq.attrs.to }, ...(child ? [child] : [])).toString());
   return {
     jid: { domain: 'example.com' },
     status: 'online',
@@ -152,7 +156,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
     const attempts: [string, ReturnType<typeof connection>, X509Certificate[], string | undefined][] = [
       ['discovered, another CA', connection(kms, { items: servers }), otherCa, undefined],
       ['discovered, no anchor', connection(kms, { items: servers }), [], undefined],
-      ['named, a key that is not the certificate\'s', connection(kms, { identity: await published({ jwk: strangerKey }) }), anchors, DOMAIN],
+      ["named, a key that is not the certificate's", connection(kms, { identity: await published({ jwk: strangerKey }) }), anchors, DOMAIN],
     ];
     for (const [what, xmpp, a, named] of attempts) {
       const e = await failure(KmsClient.connect({ xmpp, anchors: a, bearer: () => bearer, ...(named ? { kms: named } : {}) }));
@@ -172,7 +176,9 @@ describe('conformance: the client library (xep/kms.xml)', function () {
     const id = await sharedIdentity('EC');
     const { x5c: _, ...jwk } = makeIdentity(DOMAIN, id.privateKey, id.chainPem).jwk;
     expect((await fetchKmsIdentity(connection(kms, { identity: await published({ jwk }) }), DOMAIN, anchors)).kid).to.equal(`kms://${DOMAIN}`);
-    const e = await failure(fetchKmsIdentity(connection(kms, { identity: await published({ jwk: { ...jwk, kid: 'kms://kms.example.org' } }) }), DOMAIN, anchors));
+    const e = await failure(
+      fetchKmsIdentity(connection(kms, { identity: await published({ jwk: { ...jwk, kid: 'kms://kms.example.org' } }) }), DOMAIN, anchors),
+    );
     expect(e).to.be.instanceOf(IdentityValidationError);
   });
 
@@ -187,7 +193,10 @@ describe('conformance: the client library (xep/kms.xml)', function () {
     const xmpp = connection(kms);
     const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport: xmppTransport(xmpp, DOMAIN), bearer: token });
     await session.handshake();
-    await session.batch([{ method: 'update', uri: '/ping' }, { method: 'get', uri: '/nowhere' }]);
+    await session.batch([
+      { method: 'update', uri: '/ping' },
+      { method: 'get', uri: '/nowhere' },
+    ]);
     const iqs = kmsIqs(xmpp.sent).map((s) => parse(s));
     expect(iqs).to.have.length(2);
     for (const iq of iqs) {
@@ -215,7 +224,17 @@ describe('conformance: the client library (xep/kms.xml)', function () {
       for (const part of bearer.split('.')) expect(stanza.includes(part), stanza.slice(0, 200)).to.equal(false);
     }
     // It is in the requests, encrypted: the KMS reads it there.
-    const requests = await Promise.all(kmsIqs(xmpp.sent).flatMap((s) => parse(s).getChild('kms')!.getChildren('message').map((m) => m.getText())).slice(-1).map((m) => readRequest(kms, m)));
+    const requests = await Promise.all(
+      kmsIqs(xmpp.sent)
+        .flatMap((s) =>
+          parse(s)
+            .getChild('kms')!
+            .getChildren('message')
+            .map((m) => m.getText()),
+        )
+        .slice(-1)
+        .map((m) => readRequest(kms, m)),
+    );
     expect((requests[0]!.client as { credential: { bearer: string } }).credential.bearer).to.equal(bearer);
   });
 
@@ -245,7 +264,11 @@ describe('conformance: the client library (xep/kms.xml)', function () {
     const spy = spying(kms);
     const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport: spy.transport, bearer: token });
     for (let i = 0; i < 5; i++) await session.request('update', '/ping');
-    await session.batch([{ method: 'update', uri: '/ping' }, { method: 'update', uri: '/ping' }, { method: 'get', uri: '/nowhere' }]);
+    await session.batch([
+      { method: 'update', uri: '/ping' },
+      { method: 'update', uri: '/ping' },
+      { method: 'get', uri: '/nowhere' },
+    ]);
     // The KMS loses the channel: the session makes a new handshake and sends the request again.
     await kms.deps.state.deleteEphemeral(session.ephemeral!.uri.split('/').pop()!);
     const before = spy.requests.length;
@@ -279,7 +302,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
     expect(pings[0]!.requestId).to.not.equal(pings[1]!.requestId);
   });
 
-  it('rejects a response whose kid is not its request\'s, even one that decrypts under the channel key', async () => {
+  it("rejects a response whose kid is not its request's, even one that decrypts under the channel key", async () => {
     let respell = false;
     const transport: Transport = async (messages) => {
       const out = await kms.transport(messages);
@@ -323,7 +346,14 @@ describe('conformance: the client library (xep/kms.xml)', function () {
     const spy = spying(kms);
     const connect = async (jid: string, transport: Transport = kms.transport) => {
       const bearer = await kms.issuer.mint({ subject: jid, audience: AUDIENCE });
-      return KmsClient.connect({ kms: DOMAIN, anchors: [], bearer: () => bearer, transport, identity: { kid: kms.identity.kid, key: kms.identity.publicKey, sigAlg: 'ES256', encAlg: 'ECDH-ES' }, entityKeyType: { type: 'EC' } });
+      return KmsClient.connect({
+        kms: DOMAIN,
+        anchors: [],
+        bearer: () => bearer,
+        transport,
+        identity: { kid: kms.identity.kid, key: kms.identity.publicKey, sigAlg: 'ES256', encAlg: 'ECDH-ES' },
+        entityKeyType: { type: 'EC' },
+      });
     };
     const alice = await connect('alice@example.com', spy.transport);
     const dan = await connect(odd);

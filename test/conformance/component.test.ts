@@ -140,7 +140,11 @@ describe('conformance: the KMS component (xep/kms.xml, Transport of KMS Messages
     // Append a block, then create a group key bound to it, then read the chain: each needs the one before.
     const b1 = alice.block(tail, [add('bob@example.com')]);
     const [appended, created, read] = responses(
-      await c.kms([aliceCh.seal('post', chainUri, { blocks: [b1] }), aliceCh.seal('post', '/gks', { block: blockHash(b1) }), aliceCh.seal('get', chainUri, { antecedent: tail })]),
+      await c.kms([
+        aliceCh.seal('post', chainUri, { blocks: [b1] }),
+        aliceCh.seal('post', '/gks', { block: blockHash(b1) }),
+        aliceCh.seal('get', chainUri, { antecedent: tail }),
+      ]),
     ).map((m) => aliceCh.open(m));
     expect(appended!.status).to.equal(200);
     expect(created!.status, String(created!.reason)).to.equal(201);
@@ -149,7 +153,9 @@ describe('conformance: the KMS component (xep/kms.xml, Transport of KMS Messages
     tail = blockHash(b1);
     // The other way round, the group key comes first and finds no block; the append still goes through.
     const b2 = alice.block(tail, [add('carol@example.com')]);
-    const [early, late] = responses(await c.kms([aliceCh.seal('post', '/gks', { block: blockHash(b2) }), aliceCh.seal('post', chainUri, { blocks: [b2] })])).map((m) => aliceCh.open(m));
+    const [early, late] = responses(
+      await c.kms([aliceCh.seal('post', '/gks', { block: blockHash(b2) }), aliceCh.seal('post', chainUri, { blocks: [b2] })]),
+    ).map((m) => aliceCh.open(m));
     expect([early!.status, late!.status]).to.deep.equal([404, 200]);
     tail = blockHash(b2);
   });
@@ -178,7 +184,7 @@ describe('conformance: the KMS component (xep/kms.xml, Transport of KMS Messages
     expect(await chainNow()).to.have.length(length);
   });
 
-  it('checks the whole IQ before executing any message: an append followed by a malformed, oversized or surplus message, or over the sender\'s rate, is a stanza error and changes nothing', async () => {
+  it("checks the whole IQ before executing any message: an append followed by a malformed, oversized or surplus message, or over the sender's rate, is a stanza error and changes nothing", async () => {
     const before = await kms.digest();
     const append = () => aliceCh.seal('post', chainUri, { blocks: [alice.block(tail, [add('erin@example.com')])] });
     const ping = () => aliceCh.seal('update', '/ping');
@@ -210,7 +216,9 @@ describe('conformance: the KMS component (xep/kms.xml, Transport of KMS Messages
     const out = responses(await c.kms(messages));
     expect(out).to.have.length(messages.length);
     const algs = signatureAlgsFor(kms.identity.publicKey);
-    const opened = out.map((m) => (m.split('.').length === 3 ? JSON.parse(verifyCompact(m, kms.identity.publicKey, algs).payload.toString('utf8')) : aliceCh.open(m)));
+    const opened = out.map((m) =>
+      m.split('.').length === 3 ? JSON.parse(verifyCompact(m, kms.identity.publicKey, algs).payload.toString('utf8')) : aliceCh.open(m),
+    );
     expect(opened.map((r) => [r.status, r.code])).to.deep.equal([
       [401, 'UNAUTHENTICATED'],
       [404, 'NOT_FOUND'],
@@ -221,7 +229,7 @@ describe('conformance: the KMS component (xep/kms.xml, Transport of KMS Messages
     expect(out.map((m) => m.split('.').length)).to.deep.equal([5, 5, 3, 3, 5]);
   });
 
-  it('takes the requester from the credential, never from the stanza\'s from address', async () => {
+  it("takes the requester from the credential, never from the stanza's from address", async () => {
     const mallory = await kms.user(MALLORY, { keyType: 'EC' });
     await mallory.register();
     const malloryCh = await openRawChannel(kms.identity, (m) => kms.engine.handle(m), mallory.token);
@@ -248,7 +256,13 @@ describe('conformance: the KMS component (xep/kms.xml, Transport of KMS Messages
     const blocks = [g.block];
     for (let i = 0; i < 24; i += 4) {
       const batch: string[] = [];
-      for (let j = 0; j < 4; j++) batch.push(alice.block(blockHash((batch.at(-1) ?? blocks.at(-1))!), Array.from({ length: 8 }, () => add(PAD))));
+      for (let j = 0; j < 4; j++)
+        batch.push(
+          alice.block(
+            blockHash((batch.at(-1) ?? blocks.at(-1))!),
+            Array.from({ length: 8 }, () => add(PAD)),
+          ),
+        );
       expect((await alice.append(g.uri, batch)).status).to.equal(200);
       blocks.push(...batch);
     }
@@ -271,7 +285,10 @@ describe('conformance: the KMS component (xep/kms.xml, Transport of KMS Messages
       if (!page!.more) break;
     }
     expect(got).to.deep.equal(blocks);
-    expect(paged.sent.every((el) => size(el) <= limit), 'no reply over max-reply-size').to.equal(true);
+    expect(
+      paged.sent.every((el) => size(el) <= limit),
+      'no reply over max-reply-size',
+    ).to.equal(true);
   });
 
   it('answers an IQ in a namespace it does not implement with <service-unavailable/>, and an unknown element of its own namespace with unknown-payload', async () => {

@@ -74,7 +74,7 @@ describe('conformance: the KMS engine (xep/kms.xml)', function () {
     expect((await signed(handshake({}))).status).to.equal(201);
   });
 
-  it('refuses a handshake addressed to the static key\'s RFC 7638 thumbprint or any kid but the KMS identity (signed 400 BAD_REQUEST), and takes one without kid', async () => {
+  it("refuses a handshake addressed to the static key's RFC 7638 thumbprint or any kid but the KMS identity (signed 400 BAD_REQUEST), and takes one without kid", async () => {
     const print = thumbprint(kms.identity.publicKey);
     for (const kid of [print, `kms://${DOMAIN.toUpperCase()}`, `kms://${DOMAIN}/`, 'kms://other.example.net', '']) {
       const before = await kms.digest();
@@ -95,14 +95,19 @@ describe('conformance: the KMS engine (xep/kms.xml)', function () {
     expect(await kms.digest()).to.equal(before);
   });
 
-  it('ignores a genesis request\'s creator and created when they are strings, and refuses them otherwise (400)', async () => {
+  it("ignores a genesis request's creator and created when they are strings, and refuses them otherwise (400)", async () => {
     const post = (blockPayload: Record<string, unknown>) => kms.engine.handle(ch.seal('post', `kms://${DOMAIN}/blocks`, { blockPayload }));
     const ok = ch.open(await post({ creator: 'mallory@example.com', created: 'long ago', operations: [add(ALICE)] }));
     expect(ok.status, String(ok.reason)).to.equal(201);
     const genesis = payloadOf(ok.block as string);
     expect([genesis.creator, genesis.curator]).to.deep.equal([`kms://${DOMAIN}`, `kms://${DOMAIN}`]);
     expect(genesis.created).to.not.equal('long ago');
-    for (const [member, value] of [['creator', 5], ['creator', { entity: ALICE }], ['created', 1795425605], ['created', null]] as const) {
+    for (const [member, value] of [
+      ['creator', 5],
+      ['creator', { entity: ALICE }],
+      ['created', 1795425605],
+      ['created', null],
+    ] as const) {
       const before = await kms.digest();
       const res = ch.open(await post({ [member]: value, operations: [add(ALICE)] }));
       expect([res.status, res.code], `${member}: ${JSON.stringify(value)}`).to.deep.equal([400, 'BAD_REQUEST']);
@@ -116,7 +121,10 @@ describe('conformance: the KMS engine (xep/kms.xml)', function () {
     for (const spelling of [ALICE, 'alice%40example.com', '%61lice@example.com']) {
       const res = await list(`/entity-keys/${spelling}`);
       expect(res.status, spelling).to.equal(200);
-      expect((res.entityKeys as { kid: string }[]).map((k) => k.kid), spelling).to.deep.equal([alice.key.kid]);
+      expect(
+        (res.entityKeys as { kid: string }[]).map((k) => k.kid),
+        spelling,
+      ).to.deep.equal([alice.key.kid]);
     }
     for (const spelling of ['Alice@Example.com', 'alice%40Example.com', 'acct%3Aalice%40example.com', 'alice%40example.com%2Fphone', 'ALICE%40EXAMPLE.COM']) {
       const res = await list(`/entity-keys/${spelling}`);
@@ -125,7 +133,7 @@ describe('conformance: the KMS engine (xep/kms.xml)', function () {
     }
   });
 
-  it('checks a bearer token\'s claims: iss, aud as a string or a list, exp required, nbf and iat, with the clock tolerance', async () => {
+  it("checks a bearer token's claims: iss, aud as a string or a list, exp required, nbf and iat, with the clock tolerance", async () => {
     const { privateKey, publicKey } = await generateKeyPair('ES256');
     const jwk = { ...(await exportJWK(publicKey)), kid: 'idp-1', alg: 'ES256' };
     const auth = new Authenticator({

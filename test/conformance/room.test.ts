@@ -42,7 +42,21 @@ class FakeMuc {
   /** Presence of every occupant to `to`, with real JIDs (a non-anonymous room). */
   presences(to: FakeConnection): void {
     for (const [nick, c] of this.#members) {
-      to.emit('stanza', parse(xml('presence', { from: `${ROOM}/${nick}`, to: to.jid }, xml('x', { xmlns: NS_MUC_USER }, xml('item', { jid: `${c.jid}/device`, affiliation: 'member', role: 'participant' }), ...(c === to ? [xml('status', { code: '110' })] : []))).toString()));
+      to.emit(
+        'stanza',
+        parse(
+          xml(
+            'presence',
+            { from: `${ROOM}/${nick}`, to: to.jid },
+            xml(
+              'x',
+              { xmlns: NS_MUC_USER },
+              xml('item', { jid: `${c.jid}/device`, affiliation: 'member', role: 'participant' }),
+              ...(c === to ? [xml('status', { code: '110' })] : []),
+            ),
+          ).toString(),
+        ),
+      );
     }
   }
 
@@ -94,7 +108,11 @@ class FakeConnection extends EventEmitter {
             xml(
               'message',
               { from: ROOM, to: this.jid },
-              xml('result', { xmlns: NS_MAM, queryid, id: `a${i}` }, xml('forwarded', { xmlns: 'urn:xmpp:forward:0' }, xml('delay', { xmlns: 'urn:xmpp:delay', stamp }), archived)),
+              xml(
+                'result',
+                { xmlns: NS_MAM, queryid, id: `a${i}` },
+                xml('forwarded', { xmlns: 'urn:xmpp:forward:0' }, xml('delay', { xmlns: 'urn:xmpp:delay', stamp }), archived),
+              ),
             ).toString(),
           ),
         );
@@ -167,7 +185,7 @@ describe('conformance: encrypted room messages (xep/kms.xml, Encrypted Messages)
   });
   after(() => kms.close());
 
-  it('sends under a group key bound to the chain\'s last block, and under a new one as soon as the membership changes', async () => {
+  it("sends under a group key bound to the chain's last block, and under a new one as soon as the membership changes", async () => {
     await alice.room.send('one');
     const first = await lastSentKey(alice);
     expect(first.block).to.equal((await alice.kms.chain(chainUri)).tail);
@@ -202,7 +220,7 @@ describe('conformance: encrypted room messages (xep/kms.xml, Encrypted Messages)
     await read(bob, 'from here');
   });
 
-  it('checks <from/> against the occupant\'s real JID, and the chain\'s members at the key\'s block and, for a live message, now', async () => {
+  it("checks <from/> against the occupant's real JID, and the chain's members at the key's block and, for a live message, now", async () => {
     const before = bob.refused.length;
     const gk = await lastSentKey(alice);
     // Carol, a member, writes a message that claims to be from Alice: the room says the occupant is Carol.
@@ -234,7 +252,11 @@ describe('conformance: encrypted room messages (xep/kms.xml, Encrypted Messages)
     const chain = (host = DOMAIN) => `kms://${host}/blocks/1`;
 
     it('encrypts every message with a fresh random 96-bit IV', () => {
-      const ivs = Array.from({ length: 500 }, () => readEncrypted(encryptRoomMessage({ gk: gk(), kms: DOMAIN, chain: chain(), from: 'alice@example.com', room: ROOM, body: 'same' }))!.jwe.split('.')[2]!);
+      const ivs = Array.from(
+        { length: 500 },
+        () =>
+          readEncrypted(encryptRoomMessage({ gk: gk(), kms: DOMAIN, chain: chain(), from: 'alice@example.com', room: ROOM, body: 'same' }))!.jwe.split('.')[2]!,
+      );
       for (const iv of ivs) expect(Buffer.from(iv, 'base64url')).to.have.length(12);
       expect(new Set(ivs).size).to.equal(ivs.length);
     });

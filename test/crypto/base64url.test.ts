@@ -3,7 +3,6 @@ import { randomBytes } from 'node:crypto';
 import { decode, decodeJsonObject, encode } from '../../src/crypto/base64url.js';
 import { expectJoseError } from '../support/jose-assert.js';
 
-
 describe('crypto/base64url', () => {
   it('encodes bytes and strings (UTF-8) without padding', () => {
     expect(encode(Buffer.from([0xfb, 0xff]))).to.equal('-_8');

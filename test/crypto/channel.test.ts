@@ -16,7 +16,6 @@ const { vectors } = JSON.parse(readFileSync(new URL('../vectors/ecdhe-hkdf.json'
   vectors: ChannelVector[];
 };
 
-
 describe('crypto/channel', () => {
   it('has vectors to check', () => {
     expect(vectors.length).to.be.greaterThan(0);

@@ -20,7 +20,6 @@ import {
 import { generateEcKeyPair, importPrivateJwk, importPublicJwk } from '../../src/crypto/keys.js';
 import { vector, VECTORS } from '../support/jose-assert.js';
 
-
 function expectJoseError(fn: () => unknown, code: JoseErrorCode): JoseError {
   try {
     fn();
@@ -232,7 +231,15 @@ describe('crypto/jwe', () => {
       const key = randomBytes(32);
       const token = encryptDir(key, 'x', { enc: 'A256GCM', kid: 'a', cty: 'json' });
       expect(readJweHeader(token)).to.deep.equal({ alg: 'dir', kid: 'a', enc: 'A256GCM', cty: 'json' });
-      expectJoseError(() => decryptDir(editHeader(token, (h) => (h.cty = 'text')), key, ['A256GCM']), 'JOSE_DECRYPTION_FAILED');
+      expectJoseError(
+        () =>
+          decryptDir(
+            editHeader(token, (h) => (h.cty = 'text')),
+            key,
+            ['A256GCM'],
+          ),
+        'JOSE_DECRYPTION_FAILED',
+      );
       expectJoseError(() => encryptDir(key, 'x', { enc: 'A256GCM', alg: 'none' }), 'JOSE_MALFORMED');
       const pair = generateEcKeyPair();
       expectJoseError(() => encryptEcdhEs(pair.publicKey, 'x', { alg: 'ECDH-ES', enc: 'A256GCM', header: { epk: {} } }), 'JOSE_MALFORMED');
@@ -383,12 +390,44 @@ describe('crypto/jwe', () => {
       expectJoseError(() => decryptEcdhEs(kw, ec.privateKey, { alg: ['ECDH-ES'], enc: ['A256GCM'] }), 'JOSE_ALG_NOT_ALLOWED');
       expectJoseError(() => decryptEcdhEs(kw, ec.privateKey, { alg: ['ECDH-ES+A256KW'], enc: ['A128GCM'] }), 'JOSE_ALG_NOT_ALLOWED');
       // An alg we do not implement, even if a caller lists it.
-      expectJoseError(() => decryptEcdhEs(editHeader(kw, (h) => (h.alg = 'A256KW')), ec.privateKey, { alg: ['A256KW'], enc: ['A256GCM'] }), 'JOSE_ALG_NOT_ALLOWED');
-      expectJoseError(() => decryptEcdhEs(editHeader(kw, (h) => (h.enc = 'A256CBC-HS512')), ec.privateKey, { alg: ['ECDH-ES+A256KW'], enc: ['A256CBC-HS512'] }), 'JOSE_ALG_NOT_ALLOWED');
-      expectJoseError(() => decryptEcdhEs(editHeader(kw, (h) => (h.enc = 'constructor')), ec.privateKey, { alg: ['ECDH-ES+A256KW'], enc: ['constructor'] }), 'JOSE_ALG_NOT_ALLOWED');
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(kw, (h) => (h.alg = 'A256KW')),
+            ec.privateKey,
+            { alg: ['A256KW'], enc: ['A256GCM'] },
+          ),
+        'JOSE_ALG_NOT_ALLOWED',
+      );
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(kw, (h) => (h.enc = 'A256CBC-HS512')),
+            ec.privateKey,
+            { alg: ['ECDH-ES+A256KW'], enc: ['A256CBC-HS512'] },
+          ),
+        'JOSE_ALG_NOT_ALLOWED',
+      );
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(kw, (h) => (h.enc = 'constructor')),
+            ec.privateKey,
+            { alg: ['ECDH-ES+A256KW'], enc: ['constructor'] },
+          ),
+        'JOSE_ALG_NOT_ALLOWED',
+      );
       // alg "none" and an RSA alg at the dir and ECDH entry points.
       const dir = encryptDir(dirKey, 'x', { enc: 'A256GCM' });
-      expectJoseError(() => decryptDir(editHeader(dir, (h) => (h.alg = 'none')), dirKey, ['A256GCM']), 'JOSE_ALG_NOT_ALLOWED');
+      expectJoseError(
+        () =>
+          decryptDir(
+            editHeader(dir, (h) => (h.alg = 'none')),
+            dirKey,
+            ['A256GCM'],
+          ),
+        'JOSE_ALG_NOT_ALLOWED',
+      );
       const rsa = encryptRsaOaep(rsaPub, 'x', { alg: 'RSA-OAEP', enc: 'A256GCM' });
       expectJoseError(() => decryptEcdhEs(rsa, ec.privateKey, { alg: ['RSA-OAEP'], enc: ['A256GCM'] }), 'JOSE_ALG_NOT_ALLOWED');
       expectJoseError(() => decryptRsaOaep(rsa, rsaPriv, { alg: ['RSA-OAEP-256'], enc: ['A256GCM'] }), 'JOSE_ALG_NOT_ALLOWED');
@@ -420,11 +459,51 @@ describe('crypto/jwe', () => {
 
     it('a missing, non-object or non-EC epk', () => {
       const token = encryptEcdhEs(ec.publicKey, 'x', { alg: 'ECDH-ES', enc: 'A256GCM' });
-      expectJoseError(() => decryptEcdhEs(editHeader(token, (h) => delete h.epk), ec.privateKey, allowEc), 'JOSE_MALFORMED');
-      expectJoseError(() => decryptEcdhEs(editHeader(token, (h) => (h.epk = 'x')), ec.privateKey, allowEc), 'JOSE_MALFORMED');
-      expectJoseError(() => decryptEcdhEs(editHeader(token, (h) => (h.epk = { kty: 'RSA', n: 'AQAB', e: 'AQAB' })), ec.privateKey, allowEc), 'JOSE_DECRYPTION_FAILED');
-      expectJoseError(() => decryptEcdhEs(editHeader(token, (h) => ((h.epk as Record<string, unknown>).x = 5)), ec.privateKey, allowEc), 'JOSE_DECRYPTION_FAILED');
-      expectJoseError(() => decryptEcdhEs(editHeader(token, (h) => (h.apu = 7)), ec.privateKey, allowEc), 'JOSE_MALFORMED');
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(token, (h) => delete h.epk),
+            ec.privateKey,
+            allowEc,
+          ),
+        'JOSE_MALFORMED',
+      );
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(token, (h) => (h.epk = 'x')),
+            ec.privateKey,
+            allowEc,
+          ),
+        'JOSE_MALFORMED',
+      );
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(token, (h) => (h.epk = { kty: 'RSA', n: 'AQAB', e: 'AQAB' })),
+            ec.privateKey,
+            allowEc,
+          ),
+        'JOSE_DECRYPTION_FAILED',
+      );
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(token, (h) => ((h.epk as Record<string, unknown>).x = 5)),
+            ec.privateKey,
+            allowEc,
+          ),
+        'JOSE_DECRYPTION_FAILED',
+      );
+      expectJoseError(
+        () =>
+          decryptEcdhEs(
+            editHeader(token, (h) => (h.apu = 7)),
+            ec.privateKey,
+            allowEc,
+          ),
+        'JOSE_MALFORMED',
+      );
     });
 
     it('the epk in the header has public members only', () => {

@@ -5,8 +5,6 @@ import { decodeCompactJws, signCompact, verifyCompact, type JwsAlg } from '../..
 import { generateEcKeyPair, importPrivateJwk, importPublicJwk, publicJwk } from '../../src/crypto/keys.js';
 import { expectJoseError, vector } from '../support/jose-assert.js';
 
-
-
 const b64 = (b: Uint8Array | string) => Buffer.from(b).toString('base64url');
 const unb64 = (s: string) => Buffer.from(s, 'base64url');
 
@@ -56,10 +54,13 @@ describe('crypto/jws', () => {
   describe('cross-checks with jose, both directions', () => {
     const payload = JSON.stringify({ creator: 'alice@example.com', n: 1 });
     const cases: Array<[JwsAlg, () => { priv: KeyObject; pub: KeyObject; privJwk: JsonWebKey }]> = [
-      ['ES256', () => {
-        const pair = generateEcKeyPair('P-256');
-        return { priv: pair.privateKey, pub: pair.publicKey, privJwk: pair.privateKey.export({ format: 'jwk' }) };
-      }],
+      [
+        'ES256',
+        () => {
+          const pair = generateEcKeyPair('P-256');
+          return { priv: pair.privateKey, pub: pair.publicKey, privJwk: pair.privateKey.export({ format: 'jwk' }) };
+        },
+      ],
       ['PS256', () => ({ priv: RSA_PRIVATE, pub: RSA_PUBLIC, privJwk: RSA_PRIVATE_JWK })],
       ['RS256', () => ({ priv: RSA_PRIVATE, pub: RSA_PUBLIC, privJwk: RSA_PRIVATE_JWK })],
     ];
@@ -81,7 +82,11 @@ describe('crypto/jws', () => {
     }
 
     it('all ES and PS/RS algorithms round-trip', () => {
-      const ec: Array<[JwsAlg, 'P-256' | 'P-384' | 'P-521']> = [['ES256', 'P-256'], ['ES384', 'P-384'], ['ES512', 'P-521']];
+      const ec: Array<[JwsAlg, 'P-256' | 'P-384' | 'P-521']> = [
+        ['ES256', 'P-256'],
+        ['ES384', 'P-384'],
+        ['ES512', 'P-521'],
+      ];
       for (const [alg, curve] of ec) {
         const pair = generateEcKeyPair(curve);
         expect(verifyCompact(signCompact(pair.privateKey, alg, 'p'), pair.publicKey, [alg]).payload.toString()).to.equal('p');

@@ -2,15 +2,7 @@ import { expect } from 'chai';
 import { createPrivateKey, sign, verify, type JsonWebKey } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import * as jose from 'jose';
-import {
-  ecRawPublic,
-  generateEcKeyPair,
-  importPrivateJwk,
-  importPublicJwk,
-  publicJwk,
-  thumbprint,
-  type EcCurve,
-} from '../../src/crypto/keys.js';
+import { ecRawPublic, generateEcKeyPair, importPrivateJwk, importPublicJwk, publicJwk, thumbprint, type EcCurve } from '../../src/crypto/keys.js';
 import { expectJoseError } from '../support/jose-assert.js';
 
 const VECTORS = new URL('../vectors/rfc7520/', import.meta.url);
@@ -19,10 +11,7 @@ const EC_PUBLIC = load('3_1.ec_public_key.json'); // P-521
 const EC_PRIVATE = load('3_2.ec_private_key.json');
 const RSA_PUBLIC = load('3_3.rsa_public_key.json'); // 2048 bits
 const RSA_PRIVATE = load('3_4.rsa_private_key.json');
-const RSA_4096_PRIVATE = JSON.parse(
-  readFileSync(new URL('5_2.key_encryption_using_rsa-oaep_with_aes-gcm.json', VECTORS), 'utf8'),
-).input.key as JsonWebKey;
-
+const RSA_4096_PRIVATE = JSON.parse(readFileSync(new URL('5_2.key_encryption_using_rsa-oaep_with_aes-gcm.json', VECTORS), 'utf8')).input.key as JsonWebKey;
 
 const b64 = (b: Buffer) => b.toString('base64url');
 const unb64 = (s: unknown) => Buffer.from(s as string, 'base64url');

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { X509Certificate, constants, generateKeyPair, sign, verify, webcrypto } from 'node:crypto';
+import { type X509Certificate, constants, generateKeyPair, sign, verify, webcrypto } from 'node:crypto';
 import type { KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import {
@@ -232,9 +232,7 @@ describe('crypto/x509', () => {
       );
       expect(certificateMatchesHost(uriOnly, 'cn.example.com')).to.equal(true);
 
-      const sanElsewhere = parseCertificate(
-        await leafUnder(root.privateKey, rootPem, { commonName: 'cn.example.com', dnsNames: ['san.example.com'] }),
-      );
+      const sanElsewhere = parseCertificate(await leafUnder(root.privateKey, rootPem, { commonName: 'cn.example.com', dnsNames: ['san.example.com'] }));
       expect(certificateMatchesHost(sanElsewhere, 'san.example.com')).to.equal(true);
       expect(certificateMatchesHost(sanElsewhere, 'cn.example.com')).to.equal(false);
     });
@@ -270,7 +268,7 @@ describe('crypto/x509', () => {
         b64url,
         Buffer.concat([der, Buffer.from([0])]),
         dev.chainPem.join(''),
-        '-----BEGIN PUBLIC KEY-----\n' + b64 + '\n-----END PUBLIC KEY-----\n',
+        `-----BEGIN PUBLIC KEY-----\n${b64}\n-----END PUBLIC KEY-----\n`,
         dev.chainPem[0]!.replace(/[A-Za-z]{8}\n/, 'AAAAAAAA\n'),
       ];
       for (const input of cases) expectCertError(() => parseCertificate(input), 'CERT_MALFORMED', /malformed certificate/);
@@ -412,11 +410,7 @@ describe('crypto/x509', () => {
       const keys = await ecKeys();
       const oldRoot = await selfSigned(keys, 'Old Root', { notBefore: days(-400), notAfter: days(-1) });
       const leaf = await leafUnder(keys.privateKey, oldRoot, { notBefore: days(-10) });
-      expectCertError(
-        () => validateChain([leaf], [parseCertificate(oldRoot)], { now: NOW }),
-        'CERT_INVALID',
-        /trust anchor 0 \(CN=Old Root\) expired at /,
-      );
+      expectCertError(() => validateChain([leaf], [parseCertificate(oldRoot)], { now: NOW }), 'CERT_INVALID', /trust anchor 0 \(CN=Old Root\) expired at /);
       expectCertError(
         () => validateChain([leaf, oldRoot], [parseCertificate(oldRoot)], { now: NOW }),
         'CERT_INVALID',

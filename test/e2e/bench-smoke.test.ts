@@ -23,7 +23,18 @@ describe('benchmarks (smoke runs)', function () {
 
   it('bench:engine --quick ends with its JSON: ops/s and the floor and chain ratios', async () => {
     const r = await lastJsonLine('bench:engine', ['--quick']);
-    for (const k of ['handshake_ops', 'ping_ops', 'gk_create_ops', 'gk_get_ops', 'gk_get_floor_ops', 'append_ops', 'gk_get_floor_ratio', 'handshake_floor_ratio', 'gk_get_chain_ratio', 'append_chain_ratio']) {
+    for (const k of [
+      'handshake_ops',
+      'ping_ops',
+      'gk_create_ops',
+      'gk_get_ops',
+      'gk_get_floor_ops',
+      'append_ops',
+      'gk_get_floor_ratio',
+      'handshake_floor_ratio',
+      'gk_get_chain_ratio',
+      'append_chain_ratio',
+    ]) {
       expect(positive(r[k]), `${k} = ${String(r[k])}`).to.equal(true);
     }
   });
@@ -32,12 +43,31 @@ describe('benchmarks (smoke runs)', function () {
     const kinds = serverKinds();
     const r = await lastJsonLine('bench:xmpp', ['--quick', '--servers', kinds.join(',')]);
     for (const kind of kinds) {
-      for (const phase of ['echo_ping_20', 'echo_gk_get_20', 'ping_20', 'gk_get_20', 'ping_1', 'gk_get_1', 'echo_coalescing_ping_20', 'floor_ping_20', 'floor_gk_get_20']) {
+      for (const phase of [
+        'echo_ping_20',
+        'echo_gk_get_20',
+        'ping_20',
+        'gk_get_20',
+        'ping_1',
+        'gk_get_1',
+        'echo_coalescing_ping_20',
+        'floor_ping_20',
+        'floor_gk_get_20',
+      ]) {
         expect(positive(r[`${kind}_${phase}_rps`]), `${kind}_${phase}_rps`).to.equal(true);
         expect(positive(r[`${kind}_${phase}_p99_ms`]), `${kind}_${phase}_p99_ms`).to.equal(true);
       }
-      for (const ratio of ['ping_echo_ratio', 'gk_get_echo_ratio', 'gk_get_p256_echo_ratio', 'ping_coalescing_echo_ratio', 'gk_get_coalescing_echo_ratio',
-        'ping_floor_echo_ratio', 'gk_get_floor_echo_ratio', 'ping_kms_floor_ratio', 'gk_get_kms_floor_ratio']) {
+      for (const ratio of [
+        'ping_echo_ratio',
+        'gk_get_echo_ratio',
+        'gk_get_p256_echo_ratio',
+        'ping_coalescing_echo_ratio',
+        'gk_get_coalescing_echo_ratio',
+        'ping_floor_echo_ratio',
+        'gk_get_floor_echo_ratio',
+        'ping_kms_floor_ratio',
+        'gk_get_kms_floor_ratio',
+      ]) {
         expect(positive(r[`${kind}_${ratio}`]), `${kind}_${ratio}`).to.equal(true);
       }
       expect(r.targets_met).to.have.keys(kinds.flatMap((k) => [`${k}_ping_echo_ratio`, `${k}_gk_get_echo_ratio`]));

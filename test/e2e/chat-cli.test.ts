@@ -135,13 +135,32 @@ process.on('exit', () => {
   for (const t of tmuxes) t.killSync();
 });
 
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const escapeRe = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 describe('kms chat --help', function () {
   this.timeout(30_000);
   it('exits 0 and lists every option', async function () {
     const { stdout } = await run(process.execPath, [KMS_BIN, 'chat', '--help'], { cwd: ROOT, env: cleanEnv() });
-    for (const option of ['--xmpp <url>', '--domain', '--user <name>', '--password', 'KMS_CHAT_PASSWORD', '--room <jid>', '--nick', '--kms <jid>', '--anchor', '--token', '-c, --config', '--create', '--chain', '/add', '/remove', '/members', '/history', '/quit']) {
+    for (const option of [
+      '--xmpp <url>',
+      '--domain',
+      '--user <name>',
+      '--password',
+      'KMS_CHAT_PASSWORD',
+      '--room <jid>',
+      '--nick',
+      '--kms <jid>',
+      '--anchor',
+      '--token',
+      '-c, --config',
+      '--create',
+      '--chain',
+      '/add',
+      '/remove',
+      '/members',
+      '/history',
+      '/quit',
+    ]) {
       expect(stdout, option).to.contain(option);
     }
   });
@@ -166,12 +185,19 @@ for (const kind of serverKinds()) {
     async function startChat(name: Name, extra: string[] = []): Promise<void> {
       const token = await kms.issuer!.mint({ subject: `${name}@localhost`, audience: 'kms://kms.localhost' });
       const argv = [
-        process.execPath, KMS_BIN, 'chat',
-        '--xmpp', `xmpp://127.0.0.1:${server.c2sPort}`,
-        '--user', name,
-        '--room', room,
-        '--anchor', join(dataDir, 'trust-anchor.pem'),
-        '--token', token,
+        process.execPath,
+        KMS_BIN,
+        'chat',
+        '--xmpp',
+        `xmpp://127.0.0.1:${server.c2sPort}`,
+        '--user',
+        name,
+        '--room',
+        room,
+        '--anchor',
+        join(dataDir, 'trust-anchor.pem'),
+        '--token',
+        token,
         ...extra,
       ];
       // The password goes by the environment, so that it is not in `ps`.
@@ -204,13 +230,13 @@ for (const kind of serverKinds()) {
       await startChat('alice', ['--create', 'bob@localhost,carol@localhost']);
       await tmux.waitFor('alice', /✓ logged in as alice@localhost/, START_TIMEOUT_MS);
       await tmux.waitFor('alice', /✓ KMS key validated: kms:\/\/kms\.localhost/);
-      await tmux.waitFor('alice', new RegExp(`✓ joined ${escape(room)} as alice`));
+      await tmux.waitFor('alice', new RegExp(`✓ joined ${escapeRe(room)} as alice`));
       await tmux.waitFor('alice', /✓ chain created with members alice@localhost, bob@localhost, carol@localhost/);
     });
 
     it('Bob and Carol join; Alice sees them in the room', async function () {
       await Promise.all([startChat('bob'), startChat('carol')]);
-      for (const name of ['bob', 'carol'] as const) await tmux.waitFor(name, new RegExp(`✓ joined ${escape(room)} as ${name}`), START_TIMEOUT_MS);
+      for (const name of ['bob', 'carol'] as const) await tmux.waitFor(name, new RegExp(`✓ joined ${escapeRe(room)} as ${name}`), START_TIMEOUT_MS);
       await tmux.waitFor('alice', /\* bob \(bob@localhost\) is in the room/);
       await tmux.waitFor('alice', /\* carol \(carol@localhost\) is in the room/);
     });
@@ -219,7 +245,7 @@ for (const kind of serverKinds()) {
       await tmux.type('alice', first);
       await tmux.waitFor('alice', /\(to: alice@localhost, bob@localhost, carol@localhost\)/);
       for (const name of ['bob', 'carol'] as const) {
-        await tmux.waitFor(name, new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] alice \\(alice@localhost\\) \\[verified\\]: ${escape(first)}$`, 'm'));
+        await tmux.waitFor(name, new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] alice \\(alice@localhost\\) \\[verified\\]: ${escapeRe(first)}$`, 'm'));
       }
     });
 
@@ -228,17 +254,17 @@ for (const kind of serverKinds()) {
       await tmux.waitFor('alice', /✓ removed carol@localhost; members now alice@localhost, bob@localhost$/m);
       await tmux.type('alice', second);
       await tmux.waitFor('alice', /\(to: alice@localhost, bob@localhost\)$/m);
-      await tmux.waitFor('bob', new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] alice \\(alice@localhost\\) \\[verified\\]: ${escape(second)}$`, 'm'));
+      await tmux.waitFor('bob', new RegExp(`^\\[\\d\\d:\\d\\d:\\d\\d\\] alice \\(alice@localhost\\) \\[verified\\]: ${escapeRe(second)}$`, 'm'));
       await tmux.waitFor('carol', /^\[\d\d:\d\d:\d\d\] alice: \[cannot decrypt: the KMS refused: .*carol@localhost may not have.*\]$/m);
       expect(await tmux.capture('carol')).to.not.contain(second);
     });
 
-    it('/members in Alice\'s terminal lists Alice and Bob only', async function () {
+    it("/members in Alice's terminal lists Alice and Bob only", async function () {
       await tmux.type('alice', '/members');
       await tmux.waitFor('alice', /^members \(2\): alice@localhost, bob@localhost$/m);
     });
 
-    it('/history in Carol\'s terminal reads what she may and says why not for the rest', async function () {
+    it("/history in Carol's terminal reads what she may and says why not for the rest", async function () {
       // The archive may lag a little behind the live messages: ask again until it holds both.
       const end = Date.now() + STEP_TIMEOUT_MS;
       for (let asked = 1; ; asked++) {
@@ -247,7 +273,7 @@ for (const kind of serverKinds()) {
         const pane = await tmux.capture('carol');
         const last = pane.slice(pane.lastIndexOf('--- history of'));
         if (/: 2 message\(s\) ---/.test(last)) {
-          expect(last).to.match(new RegExp(`\\] alice \\(alice@localhost\\)( \\[verified\\])?: ${escape(first)}`));
+          expect(last).to.match(new RegExp(`\\] alice \\(alice@localhost\\)( \\[verified\\])?: ${escapeRe(first)}`));
           expect(last).to.match(/\] alice: \[cannot decrypt: the KMS refused: .*carol@localhost may not have/);
           expect(last).to.not.contain(second);
           break;

@@ -204,7 +204,12 @@ for (const kind of serverKinds()) {
       clients.push(xmpp);
       const anchors = [new X509Certificate(await readFile(join(dataDir, 'trust-anchor.pem')))];
       const identity = await fetchKmsIdentity(xmpp, 'kms.localhost', anchors);
-      const session = new KmsSession({ kmsKid: identity.kid, kmsKey: identity.key, transport: xmppTransport(xmpp, 'kms.localhost', 10_000), bearer: () => token });
+      const session = new KmsSession({
+        kmsKid: identity.kid,
+        kmsKey: identity.key,
+        transport: xmppTransport(xmpp, 'kms.localhost', 10_000),
+        bearer: () => token,
+      });
       const key = generateEntityKey();
       const eph = await session.handshake();
       const reg = await session.request('post', '/entity-keys', { jwk: key.publicJwk, proof: registrationProof(key, ALICE_JID, eph.uri) });
@@ -223,13 +228,25 @@ for (const kind of serverKinds()) {
         configFile,
         JSON.stringify({
           domain: 'kms.localhost',
-          xmpp: { service: `xmpp://127.0.0.1:${server.componentPort}`, secret: server.componentSecret, reconnectInitialMs: 200, reconnectMaxMs: 1000, drainMs: 5000, ratePerSec: 100_000, rateBurst: 100_000 },
+          xmpp: {
+            service: `xmpp://127.0.0.1:${server.componentPort}`,
+            secret: server.componentSecret,
+            reconnectInitialMs: 200,
+            reconnectMaxMs: 1000,
+            drainMs: 5000,
+            ratePerSec: 100_000,
+            rateBurst: 100_000,
+          },
         }),
       );
       env = { KMS_DATA_DIR: dataDir, KMS_MASTER_KEY: masterKey, KMS_LOG_LEVEL: 'info' };
       // A token as an operator mints one: `kms token` on the same config and data dir.
       const minted = await new Promise<{ code: number | null; out: string; err: string }>((res, rej) => {
-        const c = spawn(process.execPath, [KMS_BIN, 'token', '-u', ALICE_JID, '--config', configFile], { cwd: ROOT, env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
+        const c = spawn(process.execPath, [KMS_BIN, 'token', '-u', ALICE_JID, '--config', configFile], {
+          cwd: ROOT,
+          env: cleanEnv(env),
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
         let out = '';
         let err = '';
         c.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -261,7 +278,9 @@ for (const kind of serverKinds()) {
       for (const f of failures) {
         expect(f.level, 'a warning').to.equal(40);
         expect(f.service).to.equal(service);
-        expect(f.msg).to.include(service).and.to.match(/retrying in \d+ ms/);
+        expect(f.msg)
+          .to.include(service)
+          .and.to.match(/retrying in \d+ ms/);
         expect(f.reason).to.match(/ECONNREFUSED/);
       }
       // Backoff: the second wait is longer than the first.
@@ -269,7 +288,10 @@ for (const kind of serverKinds()) {
       expect(kms.running).to.equal(true);
       expect(kms.events('online')).to.have.length(0);
       // No noise from two retry loops fighting: every attempt is one line, numbered in order.
-      expect(kms.records.filter((r) => r.level >= 40).every((r) => r.event === 'connect-failed'), kms.output).to.equal(true);
+      expect(
+        kms.records.filter((r) => r.level >= 40).every((r) => r.event === 'connect-failed'),
+        kms.output,
+      ).to.equal(true);
       expect(failures.map((f) => f.attempt)).to.deep.equal(failures.map((_, i) => i + 1));
 
       await server.start();
@@ -286,12 +308,16 @@ for (const kind of serverKinds()) {
         await kms.waitFor((r) => r.event === 'online', 20_000, 'the component online');
         // While it runs, the store is locked: opening it here must fail (what makes the check after exit mean something).
         let locked: Error | undefined;
-        await openStore(dataDir).then((s) => s.close(), (e: Error) => (locked = e));
+        await openStore(dataDir).then(
+          (s) => s.close(),
+          (e: Error) => (locked = e),
+        );
         expect(locked?.cause ?? locked, 'the running KMS holds the LevelDB lock').to.have.property('code', 'LEVEL_LOCKED');
 
         const { session, identity, key } = await alice();
         // Written before the signal: a chain.
-        const genesis = (await session.request('post', 'kms://kms.localhost/blocks', { blockPayload: { operations: [{ entity: ALICE_JID, optype: 'add' }] } })).block as string;
+        const genesis = (await session.request('post', 'kms://kms.localhost/blocks', { blockPayload: { operations: [{ entity: ALICE_JID, optype: 'add' }] } }))
+          .block as string;
         const chainUri = JSON.parse(Buffer.from(genesis.split('.')[1]!, 'base64url').toString()).uri as string;
 
         // In flight when the signal comes: WORKERS clients' worth of steady load (IQs of 16 group-key
@@ -364,7 +390,13 @@ for (const kind of serverKinds()) {
 
     it('refuses a wrong component secret at once with a clear error (no endless retrying)', async () => {
       const badConfig = join(dir, 'bad-secret.json');
-      await writeFile(badConfig, JSON.stringify({ domain: 'kms.localhost', xmpp: { service: `xmpp://127.0.0.1:${server.componentPort}`, secret: 'not-the-secret', reconnectInitialMs: 200 } }));
+      await writeFile(
+        badConfig,
+        JSON.stringify({
+          domain: 'kms.localhost',
+          xmpp: { service: `xmpp://127.0.0.1:${server.componentPort}`, secret: 'not-the-secret', reconnectInitialMs: 200 },
+        }),
+      );
       const kms = new KmsProcess(['run', '--config', badConfig], env);
       processes.push(kms);
       const exit = await withTimeout(kms.exited, 15_000, 'exit on a refused secret');

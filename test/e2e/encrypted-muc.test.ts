@@ -124,7 +124,11 @@ for (const kind of serverKinds()) {
         }
 
         before(async () => {
-          ({ kms, dataDir } = await startTestKms(server, { componentPort: componentTap.port, dataPrefix: `kms-muc-p${policy}-`, tune: (c) => (c.policy = policy) }));
+          ({ kms, dataDir } = await startTestKms(server, {
+            componentPort: componentTap.port,
+            dataPrefix: `kms-muc-p${policy}-`,
+            tune: (c) => (c.policy = policy),
+          }));
           anchors = [new X509Certificate(await readFile(join(dataDir, 'trust-anchor.pem')))];
           for (const name of ['alice', 'bob', 'carol'] as const) await device(name);
           // Alice joins first and so creates the room (instant, non-anonymous, persistent).
@@ -170,10 +174,12 @@ for (const kind of serverKinds()) {
           expect(refusal!.reason).to.match(/carol@localhost may not have/);
           expect(dev('carol').messages.map((x) => x.body)).to.not.include(`p${policy}: carol is no longer on the project`);
           // Carol's client will not send under her old key either: she is not a member any more.
-          await dev('carol').room.send('let me back in').then(
-            () => expect.fail('Carol sent'),
-            (e: Error) => expect(e.message).to.match(/no longer a member/),
-          );
+          await dev('carol')
+            .room.send('let me back in')
+            .then(
+              () => expect.fail('Carol sent'),
+              (e: Error) => expect(e.message).to.match(/no longer a member/),
+            );
         });
 
         it(`Dave joins later: he reads new messages, and of the older history what policy ${policy} allows`, async function () {
@@ -187,9 +193,10 @@ for (const kind of serverKinds()) {
           const refused = results.filter((r) => !r.ok).map((r) => (r as { error: Undecryptable }).error);
           expect(results).to.have.length(3);
           // Policy 2 (member now): the whole history. Policies 1 and 3 (member at the key's block): only since he joined.
-          const expected = policy === 2
-            ? [`p${policy}: the draft agenda is in the shared folder`, `p${policy}: carol is no longer on the project`, `p${policy}: welcome dave`]
-            : [`p${policy}: welcome dave`];
+          const expected =
+            policy === 2
+              ? [`p${policy}: the draft agenda is in the shared folder`, `p${policy}: carol is no longer on the project`, `p${policy}: welcome dave`]
+              : [`p${policy}: welcome dave`];
           expect(readable).to.deep.equal(expected);
           for (const r of refused) expect(r.code).to.equal('key-refused');
         });
@@ -207,7 +214,10 @@ for (const kind of serverKinds()) {
           const bob2 = await device('bob', 'bob-phone');
           await bob2.room.join();
           const results = await archived(bob2, 3);
-          expect(results.every((r) => r.ok), JSON.stringify(results.filter((r) => !r.ok))).to.equal(true);
+          expect(
+            results.every((r) => r.ok),
+            JSON.stringify(results.filter((r) => !r.ok)),
+          ).to.equal(true);
           const messages = results.map((r) => (r as { message: RoomMessage }).message);
           expect(messages.map((m) => m.body)).to.deep.equal([
             `p${policy}: the draft agenda is in the shared folder`,
@@ -224,23 +234,23 @@ for (const kind of serverKinds()) {
 
     // Last (mocha runs a describe's own tests before its nested ones): after every scenario above.
     describe('the capture of all traffic', function () {
-    it('no byte between the clients, the server and the KMS component carried a plaintext or a key', function () {
-      expect(c2sTap.bytes()).to.be.greaterThan(10_000);
-      expect(componentTap.bytes()).to.be.greaterThan(10_000);
-      const all = `${c2sTap.text()}\n${componentTap.text()}`;
-      // The ciphertext is there (the test would be vacuous if the capture had missed the messages).
-      expect(all).to.match(/<encrypted xmlns=["']urn:xmpp:kms:0["'] gk=/);
-      // What is sent in clear is seen in clear: the fallback body of every message.
-      expect(all).to.contain(FALLBACK_BODY);
-      expect(secrets.texts.size).to.be.at.least(9);
-      for (const text of secrets.texts) expect(all.includes(text), `plaintext "${text}" crossed the server`).to.equal(false);
-      expect(secrets.keys.size).to.be.at.least(9);
-      for (const [what, key] of secrets.keys) {
-        for (const encoded of [key.toString('base64url'), key.toString('base64'), key.toString('hex')]) {
-          expect(all.includes(encoded), `${what} crossed the server`).to.equal(false);
+      it('no byte between the clients, the server and the KMS component carried a plaintext or a key', function () {
+        expect(c2sTap.bytes()).to.be.greaterThan(10_000);
+        expect(componentTap.bytes()).to.be.greaterThan(10_000);
+        const all = `${c2sTap.text()}\n${componentTap.text()}`;
+        // The ciphertext is there (the test would be vacuous if the capture had missed the messages).
+        expect(all).to.match(/<encrypted xmlns=["']urn:xmpp:kms:0["'] gk=/);
+        // What is sent in clear is seen in clear: the fallback body of every message.
+        expect(all).to.contain(FALLBACK_BODY);
+        expect(secrets.texts.size).to.be.at.least(9);
+        for (const text of secrets.texts) expect(all.includes(text), `plaintext "${text}" crossed the server`).to.equal(false);
+        expect(secrets.keys.size).to.be.at.least(9);
+        for (const [what, key] of secrets.keys) {
+          for (const encoded of [key.toString('base64url'), key.toString('base64'), key.toString('hex')]) {
+            expect(all.includes(encoded), `${what} crossed the server`).to.equal(false);
+          }
         }
-      }
+      });
     });
-  });
   });
 }

@@ -112,8 +112,20 @@ for (const kind of serverKinds()) {
       const q = reply.getChild('query')!;
       expect(q.getChild('identity')!.attrs).to.include({ category: 'component', type: 'generic' });
       expect(q.getChildren('feature').map((f) => f.attrs.var)).to.include(NS);
-      expect(q.getChild('x')!.getChildren('field').find((f) => f.attrs.var === 'max-messages')!.getChildText('value')).to.equal('16');
-      expect(q.getChild('x')!.getChildren('field').find((f) => f.attrs.var === 'max-reply-size')!.getChildText('value')).to.equal(String(512 * 1024));
+      expect(
+        q
+          .getChild('x')!
+          .getChildren('field')
+          .find((f) => f.attrs.var === 'max-messages')!
+          .getChildText('value'),
+      ).to.equal('16');
+      expect(
+        q
+          .getChild('x')!
+          .getChildren('field')
+          .find((f) => f.attrs.var === 'max-reply-size')!
+          .getChildText('value'),
+      ).to.equal(String(512 * 1024));
     });
 
     it('publishes a static key that validates to the trust anchor, and refuses it without the anchor', async () => {
@@ -134,9 +146,16 @@ for (const kind of serverKinds()) {
         await p.session.request('post', '/entity-keys', { jwk: p.key.publicJwk, proof: registrationProof(p.key, p.jid, eph.uri) });
       }
       expect((await alice.session.request('update', '/ping')).status).to.equal(200);
-      const genesis = (await alice.session.request('post', 'kms://kms.localhost/blocks', {
-        blockPayload: { operations: [{ entity: alice.jid, optype: 'add' }, { entity: bob.jid, optype: 'add' }] },
-      })).block as string;
+      const genesis = (
+        await alice.session.request('post', 'kms://kms.localhost/blocks', {
+          blockPayload: {
+            operations: [
+              { entity: alice.jid, optype: 'add' },
+              { entity: bob.jid, optype: 'add' },
+            ],
+          },
+        })
+      ).block as string;
       const chainUri = JSON.parse(Buffer.from(genesis.split('.')[1]!, 'base64url').toString()).uri as string;
       const gk = openGk((await alice.session.request('post', 'kms://kms.localhost/gks')).gk as string, identity.key, alice.key);
       const b1 = signBlock(alice.key, alice.jid, blockHash(genesis), [{ entity: carol.jid, optype: 'add' }]);
@@ -149,7 +168,10 @@ for (const kind of serverKinds()) {
       }
       const blocks = (await carol.session.request('get', chainUri)).blocks as string[];
       const keysOf = async (entity: string) =>
-        ((await carol.session.request('get', `/entity-keys/${entity}`)).entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({ kid: k.kid, key: importPublicJwk(k.jwk) }));
+        ((await carol.session.request('get', `/entity-keys/${entity}`)).entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({
+          kid: k.kid,
+          key: importPublicJwk(k.jwk),
+        }));
       const verified = await verifyChain(blocks, { kmsKey: identity.key, kmsId: identity.kid, keysOf });
       expect([...verified.members[1]!].sort()).to.deep.equal([alice.jid, bob.jid, carol.jid]);
     });
@@ -193,7 +215,10 @@ for (const kind of serverKinds()) {
       try {
         const view = await reader.chain(uri);
         expect(view.hashes).to.have.length(31);
-        expect(view.blocks.slice(1).every((b) => b.length > 43_000 && b.length < 45_000), 'blocks of about 44 KB').to.equal(true);
+        expect(
+          view.blocks.slice(1).every((b) => b.length > 43_000 && b.length < 45_000),
+          'blocks of about 44 KB',
+        ).to.equal(true);
         expect(view.blocks.reduce((n, b) => n + b.length, 0)).to.be.greaterThan(1.3e6);
         expect(view.tail).to.equal((await writer.chain(uri)).tail);
         // In a full IQ, a page leaves 8 KiB for each of the 15 messages after it (pings here).
@@ -245,7 +270,7 @@ for (const kind of serverKinds()) {
         ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', {}, 'a.b.c.d.e.f')), 'set'],
         ['malformed-payload', xml('kms', { xmlns: NS }, xml('message', { id: '1' }, 'a.b.c')), 'set'],
         ['too-many-messages', xml('kms', { xmlns: NS }, ...Array.from({ length: 17 }, () => xml('message', {}, 'a.b.c'))), 'set'],
-        ['payload-too-large', xml('kms', { xmlns: NS }, xml('message', {}, 'a.' + 'b'.repeat(70_000) + '.c')), 'set'],
+        ['payload-too-large', xml('kms', { xmlns: NS }, xml('message', {}, `a.${'b'.repeat(70_000)}.c`)), 'set'],
       ];
       for (const [key, child, type] of cases) {
         const e = await stanzaErrorOf(p, child, type);
@@ -313,7 +338,9 @@ for (const kind of serverKinds()) {
       for (let i = 0; i < 200; i++) nested = xml('x', {}, nested);
       await raw(hostile, xml('kms', { xmlns: NS }, xml('message', {}, nested)), 'set').catch(() => undefined);
       await raw(hostile, xml('kms', { xmlns: NS }, xml('message', {}, '\u0001\u0002junk\uFFFD')), 'set').catch(() => undefined);
-      await hostile.xmpp.write('<iq type="set" to="kms.localhost" id="junk"><kms xmlns="urn:xmpp:kms:0"><message>\u0000\u0007</message></kms></iq>').catch(() => undefined);
+      await hostile.xmpp
+        .write('<iq type="set" to="kms.localhost" id="junk"><kms xmlns="urn:xmpp:kms:0"><message>\u0000\u0007</message></kms></iq>')
+        .catch(() => undefined);
       await disconnect(hostile.xmpp).catch(() => undefined);
       const p = people[0]!;
       // The flood: 20 IQs of 16 messages at once, over the 200-message burst.
@@ -329,9 +356,11 @@ for (const kind of serverKinds()) {
 
     it('comes back after the server is killed and restarted, with every acknowledged request stored', async () => {
       const alice = people[0]!;
-      const genesis = (await alice.session.request('post', 'kms://kms.localhost/blocks', {
-        blockPayload: { operations: [{ entity: alice.jid, optype: 'add' }] },
-      })).block as string;
+      const genesis = (
+        await alice.session.request('post', 'kms://kms.localhost/blocks', {
+          blockPayload: { operations: [{ entity: alice.jid, optype: 'add' }] },
+        })
+      ).block as string;
       const chainUri = JSON.parse(Buffer.from(genesis.split('.')[1]!, 'base64url').toString()).uri as string;
       let tail = blockHash(genesis);
       const acknowledged: string[] = [];

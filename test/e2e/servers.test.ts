@@ -36,7 +36,11 @@ async function joinRoom(entity: Client, room: string, nick: string): Promise<voi
     (s) =>
       s.is('presence') &&
       s.attrs.from === `${room}/${nick}` &&
-      (s.getChild('x', MUC_USER_NS)?.getChildren('status').some((st) => st.attrs.code === '110') ?? false),
+      (s
+        .getChild('x', MUC_USER_NS)
+        ?.getChildren('status')
+        .some((st) => st.attrs.code === '110') ??
+        false),
   );
   await entity.send(xml('presence', { to: `${room}/${nick}` }, xml('x', { xmlns: MUC_NS })));
   await joined;
@@ -82,9 +86,7 @@ describe('e2e harness servers', function () {
 
       it('routes 50 IQs from a client to the component and back with their payloads', async function () {
         const a = await login(alice);
-        const replies = await Promise.all(
-          Array.from({ length: 50 }, (_, n) => a.iqCaller.request(echoIq(server!.componentDomain, n))),
-        );
+        const replies = await Promise.all(Array.from({ length: 50 }, (_, n) => a.iqCaller.request(echoIq(server!.componentDomain, n))));
         replies.forEach((reply: Element, n: number) => {
           expect(reply.attrs.type).to.equal('result');
           const ping = reply.getChild('ping', ECHO_NS);
@@ -99,10 +101,7 @@ describe('e2e harness servers', function () {
         const b = await login(bob);
         await joinRoom(a, room, 'alice');
         await joinRoom(b, room, 'bob');
-        const received = nextStanza(
-          b,
-          (s) => s.is('message') && s.attrs.type === 'groupchat' && s.attrs.from === `${room}/alice` && !!s.getChild('body'),
-        );
+        const received = nextStanza(b, (s) => s.is('message') && s.attrs.type === 'groupchat' && s.attrs.from === `${room}/alice` && !!s.getChild('body'));
         await a.send(xml('message', { to: room, type: 'groupchat' }, xml('body', {}, 'hello room')));
         expect((await received).getChildText('body')).to.equal('hello room');
       });

@@ -21,7 +21,10 @@ async function growChain(kms: KmsFixture, alice: TestUser, uri: string, genesis:
   let batch: string[] = [];
   let batchBytes = 0;
   for (let i = 0; i < count; i++) {
-    const b = alice.block(blockHash(all[all.length - 1]!), Array.from({ length: opsPerBlock }, () => add(PAD)));
+    const b = alice.block(
+      blockHash(all[all.length - 1]!),
+      Array.from({ length: opsPerBlock }, () => add(PAD)),
+    );
     if (batch.length > 0 && ((batchBytes + b.length) * 4) / 3 > kms.deps.config.limits.maxMessageBytes - 2048) {
       await alice.append(uri, batch);
       batch = [];
@@ -58,7 +61,11 @@ describe('engine: get chain in pages (D7)', function () {
     uri = g.uri;
     // 50 blocks of 4 to 12 operations: 5.6 to 17 KB each, about 610 KB in all.
     blocks = [g.block];
-    for (const [count, ops] of [[10, 4], [20, 12], [20, 8]] as const) {
+    for (const [count, ops] of [
+      [10, 4],
+      [20, 12],
+      [20, 8],
+    ] as const) {
       blocks = [...blocks.slice(0, -1), ...(await growChain(kms, alice, uri, blocks[blocks.length - 1]!, count, ops))];
     }
     expect(blocks).to.have.length(51);

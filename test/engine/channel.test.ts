@@ -73,10 +73,14 @@ for (const keyType of ['EC', 'RSA'] as const) {
       expect(kms.deps.sealer.open(record!.key, `ecdhe:${record!.id}`).equals(channelKey)).to.equal(true);
       // ... and a ping round trip proves it: the KMS read our JWE and we read its answer.
       const ping = `${randomUUID()}`;
-      const req = encryptDir(channelKey, JSON.stringify({ client: { clientId: 'client-1', credential: { bearer: token } }, method: 'update', uri: '/ping', requestId: ping }), {
-        enc: 'A256GCM',
-        kid: key.uri as string,
-      });
+      const req = encryptDir(
+        channelKey,
+        JSON.stringify({ client: { clientId: 'client-1', credential: { bearer: token } }, method: 'update', uri: '/ping', requestId: ping }),
+        {
+          enc: 'A256GCM',
+          kid: key.uri as string,
+        },
+      );
       const answer = await kms.engine.handle(req);
       expect(readJweHeader(answer)).to.include({ alg: 'dir', enc: 'A256GCM', kid: key.uri });
       const body = JSON.parse(decryptDir(answer, channelKey, ['A256GCM']).plaintext.toString('utf8'));
@@ -113,7 +117,10 @@ for (const keyType of ['EC', 'RSA'] as const) {
         expect(typeof refused.requestId).to.equal(typeof id);
       }
       // requestId is required (XEP "Failure Responses"): without one the request is refused, and the answer has none.
-      const noId = encryptDir(ch.key, JSON.stringify({ client: { clientId: ch.clientId, credential: { bearer: token } }, method: 'get', uri: '/ping' }), { enc: 'A256GCM', kid: ch.uri });
+      const noId = encryptDir(ch.key, JSON.stringify({ client: { clientId: ch.clientId, credential: { bearer: token } }, method: 'get', uri: '/ping' }), {
+        enc: 'A256GCM',
+        kid: ch.uri,
+      });
       const refusedNoId = ch.open(await handle(noId));
       expect(refusedNoId).to.include({ status: 400, reason: 'invalid request: requestId: Invalid input' });
       expect(refusedNoId).to.not.have.property('requestId');
@@ -144,16 +151,30 @@ for (const keyType of ['EC', 'RSA'] as const) {
       }
       // The handshake URI may be absolute too.
       const hs = handshakeRequest(kms.identity, token, 'c');
-      const payload = { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: `kms://${DOMAIN}/ecdhe`, requestId: 'abs', jwk: ecdhJwk(hs.ecdh) };
+      const payload = {
+        client: { clientId: 'c', credential: { bearer: token } },
+        method: 'create',
+        uri: `kms://${DOMAIN}/ecdhe`,
+        requestId: 'abs',
+        jwk: ecdhJwk(hs.ecdh),
+      };
       const rsa = keyType === 'RSA';
-      const res = signed(kms, await handle(encryptJwe(kms.identity.publicKey, JSON.stringify(payload), { alg: rsa ? 'RSA-OAEP' : 'ECDH-ES', enc: 'A256GCM', kid: kms.identity.kid })));
+      const res = signed(
+        kms,
+        await handle(encryptJwe(kms.identity.publicKey, JSON.stringify(payload), { alg: rsa ? 'RSA-OAEP' : 'ECDH-ES', enc: 'A256GCM', kid: kms.identity.kid })),
+      );
       expect(res.status).to.equal(201);
       expect(res.requestId).to.equal('abs');
     });
 
-    it('answers a URI on another KMS\'s authority with 404 naming federation', async () => {
+    it("answers a URI on another KMS's authority with 404 naming federation", async () => {
       const ch: RawChannel = await openRawChannel(kms.identity, handle, token);
-      for (const uri of [`kms://other.example.net/gks/${randomUUID()}`, 'kms://other.example.net/ping', `kms://${DOMAIN}.evil.net/ping`, `kms://evil.net/${DOMAIN}/ping`]) {
+      for (const uri of [
+        `kms://other.example.net/gks/${randomUUID()}`,
+        'kms://other.example.net/ping',
+        `kms://${DOMAIN}.evil.net/ping`,
+        `kms://evil.net/${DOMAIN}/ping`,
+      ]) {
         const before = await kms.digest();
         const res = ch.open(await handle(ch.seal('get', uri, { entity: 'alice@example.com' })));
         expect(res.status, uri).to.equal(404);

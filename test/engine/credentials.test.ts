@@ -41,9 +41,20 @@ describe('Authenticator: bearer tokens, cross-checked against jose.jwtVerify', (
       ['a token for another audience', await issuer.mint({ subject: 'alice@example.com', audience: 'kms://other.example.com' })],
       ['a token with an audience list including ours', await issuer.mint({ subject: 'alice@example.com', audience: ['kms://x', AUD] })],
       ['a token with an audience list without ours', await issuer.mint({ subject: 'alice@example.com', audience: ['kms://x', 'kms://y'] })],
-      ['a token without sub', await new SignJWT({}).setProtectedHeader({ alg: 'ES256' }).setIssuer(ISS).setAudience(AUD).setExpirationTime('1h').sign(other.privateKey)],
+      [
+        'a token without sub',
+        await new SignJWT({}).setProtectedHeader({ alg: 'ES256' }).setIssuer(ISS).setAudience(AUD).setExpirationTime('1h').sign(other.privateKey),
+      ],
       ['a token not yet valid', await issuer.mint({ subject: 'alice@example.com', audience: AUD, claims: { nbf: sec + 600 } })],
-      ['a token from another issuer', await new SignJWT({ sub: 'alice@example.com' }).setProtectedHeader({ alg: 'ES256', kid: issuer.jwks.keys[0]!.kid! }).setIssuer('https://evil.example.com').setAudience(AUD).setExpirationTime('1h').sign(other.privateKey)],
+      [
+        'a token from another issuer',
+        await new SignJWT({ sub: 'alice@example.com' })
+          .setProtectedHeader({ alg: 'ES256', kid: issuer.jwks.keys[0]!.kid! })
+          .setIssuer('https://evil.example.com')
+          .setAudience(AUD)
+          .setExpirationTime('1h')
+          .sign(other.privateKey),
+      ],
       ['an unsigned token (alg none)', new UnsecuredJWT({ sub: 'alice@example.com' }).setIssuer(ISS).setAudience(AUD).setExpirationTime('1h').encode()],
       ['HS256 keyed with the public key', `${hsInput}.${b64u(createHmac('sha256', pubJwk).update(hsInput).digest())}`],
       ['a tampered payload', `${h}.${b64u(JSON.stringify({ ...payload, sub: 'mallory@example.com' }))}.${s}`],
@@ -57,7 +68,14 @@ describe('Authenticator: bearer tokens, cross-checked against jose.jwtVerify', (
     for (const [name, token] of await cases()) {
       let joseOk = true;
       try {
-        await jwtVerify(token, issuer.keys(), { issuer: ISS, audience: AUD, algorithms: ['ES256', 'PS256', 'RS256'], clockTolerance: 30, currentDate: now, requiredClaims: ['exp', 'sub'] });
+        await jwtVerify(token, issuer.keys(), {
+          issuer: ISS,
+          audience: AUD,
+          algorithms: ['ES256', 'PS256', 'RS256'],
+          clockTolerance: 30,
+          currentDate: now,
+          requiredClaims: ['exp', 'sub'],
+        });
       } catch {
         joseOk = false;
       }
@@ -70,8 +88,7 @@ describe('Authenticator: bearer tokens, cross-checked against jose.jwtVerify', (
       if (joseOk) {
         expect(ours, name).to.be.a('string');
         accepted++;
-      }
-      else {
+      } else {
         expect(ours, name).to.be.instanceOf(KmsError);
         expect((ours as KmsError).status, name).to.equal(401);
         expect((ours as KmsError).reason, name).to.match(/^bearer token rejected: .+/);
@@ -88,8 +105,14 @@ describe('Authenticator: bearer tokens, cross-checked against jose.jwtVerify', (
   it('says why a token is refused', async () => {
     const expired = await issuer.mint({ subject: 'alice@example.com', audience: AUD, ttlSec: -120 });
     const wrongAud = await issuer.mint({ subject: 'alice@example.com', audience: 'kms://other' });
-    await auth.authenticate({ bearer: expired }, now).then(() => expect.fail(), (e) => expect(e.reason).to.match(/exp.*expired/));
-    await auth.authenticate({ bearer: wrongAud }, now).then(() => expect.fail(), (e) => expect(e.reason).to.match(/aud/));
+    await auth.authenticate({ bearer: expired }, now).then(
+      () => expect.fail(),
+      (e) => expect(e.reason).to.match(/exp.*expired/),
+    );
+    await auth.authenticate({ bearer: wrongAud }, now).then(
+      () => expect.fail(),
+      (e) => expect(e.reason).to.match(/aud/),
+    );
   });
 });
 
@@ -110,7 +133,10 @@ describe('Authenticator: jwk credentials of trusted services (x5c to a trust anc
     expect(p).to.include({ id: 'kms://peer.example.com', kind: 'service' });
 
     const reject = async (cred: Record<string, unknown> & { x5c: string[] }, reason: RegExp) => {
-      const e = await auth.authenticate({ jwk: cred }, new Date()).then(() => undefined, (err: KmsError) => err);
+      const e = await auth.authenticate({ jwk: cred }, new Date()).then(
+        () => undefined,
+        (err: KmsError) => err,
+      );
       expect(e, String(reason)).to.be.instanceOf(KmsError);
       expect(e!.status).to.equal(401);
       expect(e!.reason).to.match(reason);
@@ -120,8 +146,14 @@ describe('Authenticator: jwk credentials of trusted services (x5c to a trust anc
     // A trusted certificate presented with another key.
     await reject({ ...publicJwk(createPublicKey(stranger.privateKey)), x5c: x5cOf(peer.chainPem) }, /not the certificate's key/);
     // Without anchors, no service credential is accepted at all.
-    const closed = new Authenticator({ bearer: { keys: issuer.keys(), issuer: ISS, audience: AUD, algorithms: ['ES256'], userClaim: 'sub', clockToleranceSec: 30 }, serviceAnchors: [] });
-    const e = await closed.authenticate({ jwk }, new Date()).then(() => undefined, (err: KmsError) => err);
+    const closed = new Authenticator({
+      bearer: { keys: issuer.keys(), issuer: ISS, audience: AUD, algorithms: ['ES256'], userClaim: 'sub', clockToleranceSec: 30 },
+      serviceAnchors: [],
+    });
+    const e = await closed.authenticate({ jwk }, new Date()).then(
+      () => undefined,
+      (err: KmsError) => err,
+    );
     expect(e?.reason).to.match(/not accepted/);
   });
 });

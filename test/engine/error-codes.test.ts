@@ -49,7 +49,8 @@ describe('engine: every error response carries a code from the registry', functi
     // ---- signed: no usable channel ----
     expect(codeOf(await handle('not jose at all'))).to.equal('BAD_REQUEST');
     expect(codeOf(await handle('a'.repeat(70_000)))).to.equal('TOO_LARGE');
-    const jwe = (header: object) => [b64u(Buffer.from(JSON.stringify(header))), b64u(Buffer.from('k')), b64u(Buffer.alloc(12)), b64u(Buffer.from('ct')), b64u(Buffer.alloc(16))].join('.');
+    const jwe = (header: object) =>
+      [b64u(Buffer.from(JSON.stringify(header))), b64u(Buffer.from('k')), b64u(Buffer.alloc(12)), b64u(Buffer.from('ct')), b64u(Buffer.alloc(16))].join('.');
     expect(codeOf(await handle(jwe({ alg: 'A128KW', enc: 'A256GCM', kid: kms.identity.kid })))).to.equal('UNSUPPORTED');
     expect(codeOf(await handle(jwe({ alg: 'dir', enc: 'A256GCM', kid: `/ecdhe/${randomUUID()}` })))).to.equal('UNAUTHENTICATED');
     expect(codeOf(await handle(handshakeRequest(kms.identity, 'not a token', 'c1').message)), 'bad credential').to.equal('UNAUTHENTICATED');

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { createECDH, createPublicKey, randomUUID } from 'node:crypto';
 import { SignJWT } from 'jose';
-import { KmsFixture, TestUser, add, remove, payloadOf, AUDIENCE, DOMAIN, ISSUER } from '../support/kms-fixture.js';
+import { KmsFixture, type TestUser, add, remove, payloadOf, AUDIENCE, DOMAIN, ISSUER } from '../support/kms-fixture.js';
 import { encryptDir, decryptDir, encryptJwe, readJweHeader } from '../../src/crypto/jwe.js';
 import { signCompact, verifyCompact } from '../../src/crypto/jws.js';
 import { deriveChannelKey } from '../../src/crypto/channel.js';
@@ -248,7 +248,15 @@ describe('engine: hostile input', function () {
 
     it('refuses a header that is not a JSON object with string alg and enc', async () => {
       const rest = aliceCh.seal(aliceCh.payload('update', '/ping')).split('.').slice(1).join('.');
-      for (const h of [b64u('{not json'), b64u('[1,2]'), b64u('"dir"'), b64json({ enc: 'A256GCM', kid: aliceCh.uri }), b64json({ alg: 'dir', kid: aliceCh.uri }), b64json({ alg: 5, enc: 'A256GCM' }), b64u(Buffer.from([0xff, 0xfe, 0x7b, 0x7d]))]) {
+      for (const h of [
+        b64u('{not json'),
+        b64u('[1,2]'),
+        b64u('"dir"'),
+        b64json({ enc: 'A256GCM', kid: aliceCh.uri }),
+        b64json({ alg: 'dir', kid: aliceCh.uri }),
+        b64json({ alg: 5, enc: 'A256GCM' }),
+        b64u(Buffer.from([0xff, 0xfe, 0x7b, 0x7d])),
+      ]) {
         await refused(kms, `${h}.${rest}`, signed400(/not a compact JWE/));
       }
     });
@@ -269,11 +277,19 @@ describe('engine: hostile input', function () {
     it('refuses a JWE with alg none, with or without a channel kid', async () => {
       const body = b64u(JSON.stringify(aliceCh.payload('update', '/ping')));
       const none = (h: unknown) => `${b64json(h)}..${b64u(Buffer.alloc(12))}.${body}.${b64u(Buffer.alloc(16))}`;
-      for (const h of [{ alg: 'none', enc: 'A256GCM' }, { alg: 'none', enc: 'A256GCM', kid: kms.identity.kid }, { alg: 'none', enc: 'none' }]) {
+      for (const h of [
+        { alg: 'none', enc: 'A256GCM' },
+        { alg: 'none', enc: 'A256GCM', kid: kms.identity.kid },
+        { alg: 'none', enc: 'none' },
+      ]) {
         await refused(kms, none(h), { status: 400, reason: /handshake alg none is not accepted/, form: 'signed' });
       }
       // A message under an ephemeral key must be dir; any other alg there is a 400 that says so.
-      await refused(kms, none({ alg: 'none', enc: 'A256GCM', kid: aliceCh.uri }), { status: 400, reason: /a message under an ephemeral key uses alg dir/, form: 'signed' });
+      await refused(kms, none({ alg: 'none', enc: 'A256GCM', kid: aliceCh.uri }), {
+        status: 400,
+        reason: /a message under an ephemeral key uses alg dir/,
+        form: 'signed',
+      });
     });
 
     it('refuses dir with enc none, and dir with an encrypted key, under a real channel', async () => {
@@ -297,9 +313,13 @@ describe('engine: hostile input', function () {
       await refused(kms, other.join('.'), { status: 400, reason: /addressed to kms:\/\/other\.example\.net/, form: 'signed' });
     });
 
-    it('refuses a bearer JWT signed HS256 with the issuer\'s public key as the secret', async () => {
+    it("refuses a bearer JWT signed HS256 with the issuer's public key as the secret", async () => {
       const pub = createPublicKey({ key: kms.issuer.jwks.keys[0]! as never, format: 'jwk' });
-      const secrets = [Buffer.from(pub.export({ type: 'spki', format: 'pem' }) as string), pub.export({ type: 'spki', format: 'der' }), Buffer.from(JSON.stringify(kms.issuer.jwks.keys[0]))];
+      const secrets = [
+        Buffer.from(pub.export({ type: 'spki', format: 'pem' }) as string),
+        pub.export({ type: 'spki', format: 'der' }),
+        Buffer.from(JSON.stringify(kms.issuer.jwks.keys[0])),
+      ];
       const now = Math.floor(Date.now() / 1000);
       for (const secret of secrets) {
         const token = await new SignJWT({ sub: ALICE })
@@ -310,11 +330,15 @@ describe('engine: hostile input', function () {
           .setExpirationTime(now + 600)
           .sign(new Uint8Array(secret));
         const { jwk } = clientEcdh();
-        await refused(kms, toStaticKey(kms, { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk }), {
-          status: 401,
-          reason: /bearer token rejected: algorithm not allowed/,
-          form: 'signed',
-        });
+        await refused(
+          kms,
+          toStaticKey(kms, { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk }),
+          {
+            status: 401,
+            reason: /bearer token rejected: algorithm not allowed/,
+            form: 'signed',
+          },
+        );
         await refusedOn(aliceCh, { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(token) }, 401, /bearer token rejected: algorithm not allowed/);
       }
     });
@@ -344,12 +368,25 @@ describe('engine: hostile input', function () {
     it('refuses an unknown or missing kid (signed 401)', async () => {
       const key = Buffer.alloc(32, 3);
       const body = JSON.stringify(aliceCh.payload('update', '/ping'));
-      for (const kid of [`/ecdhe/${randomUUID()}`, `kms://${DOMAIN}/ecdhe/${randomUUID()}`, '/ecdhe/../../e!x', aliceCh.uri.slice(0, -1), `${aliceCh.uri}0`, '', 'x'.repeat(5000)]) {
+      for (const kid of [
+        `/ecdhe/${randomUUID()}`,
+        `kms://${DOMAIN}/ecdhe/${randomUUID()}`,
+        '/ecdhe/../../e!x',
+        aliceCh.uri.slice(0, -1),
+        `${aliceCh.uri}0`,
+        '',
+        'x'.repeat(5000),
+      ]) {
         await refused(kms, encryptDir(key, body, { enc: 'A256GCM', kid }), { status: 401, reason: /unknown ephemeral key/, form: 'signed' });
       }
       await refused(kms, encryptDir(key, body, { enc: 'A256GCM' }), { status: 401, reason: /names no ephemeral key/, form: 'signed' });
       // Another user's channel URI with the wrong key: the key, not the kid, is what counts.
-      await refused(kms, encryptDir(key, body, { enc: 'A256GCM', kid: bobCh.uri }), { status: 400, reason: /could not be decrypted/, form: 'encrypted' }, bobCh.key);
+      await refused(
+        kms,
+        encryptDir(key, body, { enc: 'A256GCM', kid: bobCh.uri }),
+        { status: 400, reason: /could not be decrypted/, form: 'encrypted' },
+        bobCh.key,
+      );
     });
 
     it('refuses a request under an expired ephemeral key (signed 401), and the key works again when time is back', async () => {
@@ -384,21 +421,32 @@ describe('engine: hostile input', function () {
     it('refuses a live channel named by its absolute URI (signed 401 that says how to write the kid)', async () => {
       const body = JSON.stringify(aliceCh.payload('update', '/ping'));
       const absolute = `kms://${DOMAIN}${aliceCh.uri}`;
-      await refused(kms, encryptDir(aliceCh.key, body, { enc: 'A256GCM', kid: absolute }), { status: 401, reason: /exactly as the handshake returned it/, form: 'signed' });
+      await refused(kms, encryptDir(aliceCh.key, body, { enc: 'A256GCM', kid: absolute }), {
+        status: 401,
+        reason: /exactly as the handshake returned it/,
+        form: 'signed',
+      });
       // Under the relative URI the same request works, and the reply carries the kid it was sent under.
       const ok = await aliceCh.send(encryptDir(aliceCh.key, body, { enc: 'A256GCM', kid: aliceCh.uri }));
       expect(ok.body.status).to.equal(200);
       expect(JSON.parse(Buffer.from(ok.raw.split('.')[0]!, 'base64url').toString()).kid).to.equal(aliceCh.uri);
     });
 
-    it('refuses deleting another channel\'s ephemeral key (404), which keeps working', async () => {
+    it("refuses deleting another channel's ephemeral key (404), which keeps working", async () => {
       await refusedOn(malloryCh, malloryCh.payload('delete', aliceCh.uri), 404, /only the ephemeral key of this channel/);
       expect((await aliceCh.request('update', '/ping')).body.status).to.equal(200);
     });
   });
 
   describe('credentials', () => {
-    const handshakeWith = (token: string, clientId = 'c') => toStaticKey(kms, { client: { clientId, credential: { bearer: token } }, method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk: clientEcdh().jwk });
+    const handshakeWith = (token: string, clientId = 'c') =>
+      toStaticKey(kms, {
+        client: { clientId, credential: { bearer: token } },
+        method: 'create',
+        uri: '/ecdhe',
+        requestId: randomUUID(),
+        jwk: clientEcdh().jwk,
+      });
 
     it('refuses an expired token at the handshake (signed) and on a channel (encrypted)', async () => {
       const token = await kms.issuer.mint({ subject: ALICE, audience: AUDIENCE, ttlSec: -3600 });
@@ -430,11 +478,21 @@ describe('engine: hostile input', function () {
       const other = await KmsFixture.create({ issuer: evil });
       try {
         const token = await evil.mint({ subject: ALICE, audience: AUDIENCE });
-        await refused(other, toStaticKey(other, { client: { clientId: 'c', credential: { bearer: token } }, method: 'create', uri: '/ecdhe', requestId: randomUUID(), jwk: clientEcdh().jwk }), {
-          status: 401,
-          reason: /bearer token rejected: claim iss/,
-          form: 'signed',
-        });
+        await refused(
+          other,
+          toStaticKey(other, {
+            client: { clientId: 'c', credential: { bearer: token } },
+            method: 'create',
+            uri: '/ecdhe',
+            requestId: randomUUID(),
+            jwk: clientEcdh().jwk,
+          }),
+          {
+            status: 401,
+            reason: /bearer token rejected: claim iss/,
+            form: 'signed',
+          },
+        );
       } finally {
         await other.close();
       }
@@ -449,10 +507,14 @@ describe('engine: hostile input', function () {
       const now = Math.floor(Date.now() / 1000);
       const claims = { sub: ALICE, iss: ISSUER, aud: AUDIENCE, iat: now, exp: now + 600 };
       const unsigned = `${b64json({ alg: 'none', typ: 'JWT' })}.${b64json(claims)}.`;
-      await refused(kms, handshakeWith(unsigned), { status: 401, reason: /bearer token rejected: (algorithm not allowed|malformed token|unsupported)/, form: 'signed' });
+      await refused(kms, handshakeWith(unsigned), {
+        status: 401,
+        reason: /bearer token rejected: (algorithm not allowed|malformed token|unsupported)/,
+        form: 'signed',
+      });
       await refusedOn(aliceCh, { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(unsigned) }, 401, /bearer token rejected/);
       // alice's real header and payload, signature stripped.
-      const stripped = alice.token.split('.').slice(0, 2).join('.') + '.';
+      const stripped = `${alice.token.split('.').slice(0, 2).join('.')}.`;
       await refusedOn(aliceCh, { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(stripped) }, 401, /bearer token rejected/);
       for (const t of ['x', 'a.b.c', `${b64json({ alg: 'ES256' })}.${b64json(claims)}.${b64u(Buffer.alloc(64))}`]) {
         await refusedOn(aliceCh, { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(t) }, 401, /bearer token rejected/);
@@ -460,13 +522,21 @@ describe('engine: hostile input', function () {
     });
 
     it('refuses a token without the user claim, or whose user is not an address', async () => {
-      for (const subject of ['', 'not-an-address', 'kms://kms.example.com', `${ALICE}\u0000mallory`, `alice\u0000@example.com`, `${ALICE}\u202e`, 'alice @example.com']) {
+      for (const subject of [
+        '',
+        'not-an-address',
+        'kms://kms.example.com',
+        `${ALICE}\u0000mallory`,
+        `alice\u0000@example.com`,
+        `${ALICE}\u202e`,
+        'alice @example.com',
+      ]) {
         const token = await kms.issuer.mint({ subject, audience: AUDIENCE });
         await refused(kms, handshakeWith(token), { status: 401, reason: /bearer token rejected: claim sub is not a user address/, form: 'signed' });
       }
     });
 
-    it('canonicalises the token\'s user claim: any harmless spelling of alice is alice', async () => {
+    it("canonicalises the token's user claim: any harmless spelling of alice is alice", async () => {
       for (const subject of [`acct:${ALICE}`, 'Alice@Example.COM', `${ALICE}/laptop`]) {
         const token = await kms.issuer.mint({ subject, audience: AUDIENCE });
         const r = await kms.engine.handle(handshakeWith(token));
@@ -476,11 +546,26 @@ describe('engine: hostile input', function () {
       }
     });
 
-    it('refuses another user\'s valid token, or another clientId, on a channel', async () => {
-      await refusedOn(aliceCh, { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(bob.token) }, 401, /not the one this ephemeral key was made for/);
-      await refusedOn(aliceCh, { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(alice.token, 'another-client') }, 401, /not the one this ephemeral key was made for/);
+    it("refuses another user's valid token, or another clientId, on a channel", async () => {
+      await refusedOn(
+        aliceCh,
+        { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(bob.token) },
+        401,
+        /not the one this ephemeral key was made for/,
+      );
+      await refusedOn(
+        aliceCh,
+        { ...aliceCh.payload('update', '/ping'), client: aliceCh.client(alice.token, 'another-client') },
+        401,
+        /not the one this ephemeral key was made for/,
+      );
       // Bob cannot act as Alice by writing on her channel with his token and a chain write.
-      await refusedOn(aliceCh, { ...aliceCh.payload('post', `kms://${DOMAIN}/blocks`, { blockPayload: { operations: [add(BOB)] } }), client: aliceCh.client(bob.token) }, 401, /not the one/);
+      await refusedOn(
+        aliceCh,
+        { ...aliceCh.payload('post', `kms://${DOMAIN}/blocks`, { blockPayload: { operations: [add(BOB)] } }), client: aliceCh.client(bob.token) },
+        401,
+        /not the one/,
+      );
     });
   });
 
@@ -498,7 +583,10 @@ describe('engine: hostile input', function () {
         [{ ...base, requestId: undefined }, /invalid request: requestId/],
         [{ ...base, requestId: '' }, /invalid request: requestId/],
         [{ ...base, requestId: Number.NaN }, /invalid request: requestId/],
-        [{ ...base, client: { clientId: aliceCh.clientId, credential: { bearer: alice.token, jwk: { kty: 'EC', x5c: ['x'] } } } }, /invalid request: client\.credential/],
+        [
+          { ...base, client: { clientId: aliceCh.clientId, credential: { bearer: alice.token, jwk: { kty: 'EC', x5c: ['x'] } } } },
+          /invalid request: client\.credential/,
+        ],
         [{ ...base, client: { clientId: aliceCh.clientId, credential: {} } }, /invalid request: client\.credential/],
       ];
       for (const [p, reason] of cases) {
@@ -510,7 +598,12 @@ describe('engine: hostile input', function () {
       const noCredential = await refusedOn(aliceCh, { ...base, client: { clientId: aliceCh.clientId } }, 401, /client\.credential is missing/);
       expect(noCredential.body.requestId).to.equal(base.requestId);
       for (const text of ['not json', '[]', '"x"', 'null', '5']) {
-        await refused(kms, encryptDir(aliceCh.key, text, { enc: 'A256GCM', kid: aliceCh.uri }), { status: 400, reason: /not JSON|invalid request/, form: 'encrypted' }, aliceCh.key);
+        await refused(
+          kms,
+          encryptDir(aliceCh.key, text, { enc: 'A256GCM', kid: aliceCh.uri }),
+          { status: 400, reason: /not JSON|invalid request/, form: 'encrypted' },
+          aliceCh.key,
+        );
       }
     });
 
@@ -542,7 +635,10 @@ describe('engine: hostile input', function () {
         [aliceCh.payload('post', `/blocks`, { blockPayload: { operations: {} } }), /invalid request: blockPayload\.operations/],
         [aliceCh.payload('post', `/blocks`, { blockPayload: { operations: 'add bob' } }), /invalid request: blockPayload\.operations/],
         [aliceCh.payload('post', `/blocks`, { blockPayload: 5 }), /invalid request: blockPayload/],
-        [aliceCh.payload('post', `/blocks`, { blockPayload: { operations: [{ entity: 5, optype: 'add' }] } }), /invalid request: blockPayload\.operations\.0\.entity/],
+        [
+          aliceCh.payload('post', `/blocks`, { blockPayload: { operations: [{ entity: 5, optype: 'add' }] } }),
+          /invalid request: blockPayload\.operations\.0\.entity/,
+        ],
         [aliceCh.payload('post', `/blocks`, { blockPayload: { operations: [{ entity: BOB, optype: 'promote' }] } }), /optype/],
         [aliceCh.payload('post', `/blocks`, { blockPayload: { operations: [{ entity: 'not an address', optype: 'add' }] } }), /entity must be a user address/],
         [aliceCh.payload('post', `/blocks`, { blockPayload: { operations: [remove(BOB)] } }), /must add at least one member/],
@@ -605,7 +701,18 @@ describe('engine: hostile input', function () {
 
   describe('routing', () => {
     it('refuses unknown URIs (404), including names inherited by plain objects', async () => {
-      for (const uri of ['/nope', '/blocks/a/b', `kms://${DOMAIN}`, '/', '/constructor', '/__proto__', '/toString', '/hasOwnProperty', '/constructor/x', '/valueOf/x']) {
+      for (const uri of [
+        '/nope',
+        '/blocks/a/b',
+        `kms://${DOMAIN}`,
+        '/',
+        '/constructor',
+        '/__proto__',
+        '/toString',
+        '/hasOwnProperty',
+        '/constructor/x',
+        '/valueOf/x',
+      ]) {
         await refusedOn(aliceCh, aliceCh.payload('get', uri), 404, /no such resource/);
       }
       await refusedOn(aliceCh, aliceCh.payload('get', `/blocks/${randomUUID()}`), 404, /no chain/);
@@ -633,19 +740,34 @@ describe('engine: hostile input', function () {
   describe('chains', () => {
     it('refuses a stale or wrong antecedent (409)', async () => {
       for (const antecedent of [blockHash(genesis), '0'.repeat(64), tail.replace(/^./, (c) => (c === 'a' ? 'b' : 'a'))]) {
-        await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [alice.block(antecedent, [add(CAROL)])] }), 409, /antecedent is not the hash of the chain's last block/);
+        await refusedOn(
+          aliceCh,
+          aliceCh.payload('post', chainUri, { blocks: [alice.block(antecedent, [add(CAROL)])] }),
+          409,
+          /antecedent is not the hash of the chain's last block/,
+        );
       }
       // Replaying the block already at the tail.
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [b1] }), 409, /antecedent/);
     });
 
     it('refuses a non-member requester and a non-member signer (403)', async () => {
-      await refusedOn(malloryCh, malloryCh.payload('post', chainUri, { blocks: [mallory.block(tail, [add(MALLORY)])] }), 403, /mallory@example\.com is not a member of/);
-      await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [mallory.block(tail, [add(MALLORY)])] }), 403, /blocks\[0\]: mallory@example\.com is not a member before this block/);
+      await refusedOn(
+        malloryCh,
+        malloryCh.payload('post', chainUri, { blocks: [mallory.block(tail, [add(MALLORY)])] }),
+        403,
+        /mallory@example\.com is not a member of/,
+      );
+      await refusedOn(
+        aliceCh,
+        aliceCh.payload('post', chainUri, { blocks: [mallory.block(tail, [add(MALLORY)])] }),
+        403,
+        /blocks\[0\]: mallory@example\.com is not a member before this block/,
+      );
       await refusedOn(malloryCh, malloryCh.payload('get', chainUri), 403, /may not read/);
     });
 
-    it('refuses a block whose signature is not by the creator\'s registered key (403)', async () => {
+    it("refuses a block whose signature is not by the creator's registered key (403)", async () => {
       const payload = JSON.stringify({ antecedent: tail, creator: ALICE, created: new Date().toISOString(), operations: [add(MALLORY)] });
       const forged = [
         signCompact(mallory.key.privateKey, mallory.key.alg, payload, { kid: alice.key.kid }), // alice's kid, mallory's key
@@ -655,7 +777,12 @@ describe('engine: hostile input', function () {
         tamper(signCompact(alice.key.privateKey, alice.key.alg, payload, { kid: alice.key.kid }), 2),
       ];
       for (const jws of forged) {
-        await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [jws] }), 403, /blocks\[0\]: the signature does not verify with alice@example\.com's key/);
+        await refusedOn(
+          aliceCh,
+          aliceCh.payload('post', chainUri, { blocks: [jws] }),
+          403,
+          /blocks\[0\]: the signature does not verify with alice@example\.com's key/,
+        );
       }
       const otherKid = signCompact(mallory.key.privateKey, mallory.key.alg, payload, { kid: mallory.key.kid });
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [otherKid] }), 403, /alice@example\.com has no registered key with kid/);
@@ -689,19 +816,39 @@ describe('engine: hostile input', function () {
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [alice.block(tail, [add(CAROL), remove(curator)])] }), 403, /removes the curator/);
       await refusedOn(aliceCh, aliceCh.payload('post', '/blocks', { blockPayload: { operations: [add(ALICE), remove(curator)] } }), 403, /removes the curator/);
       const shouted = `KMS://${DOMAIN.toUpperCase()}`;
-      await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [alice.block(tail, [add(CAROL), remove(shouted)])] }), 400, /operations\.1\.entity: must be a canonical entity/);
-      await refusedOn(aliceCh, aliceCh.payload('post', '/blocks', { blockPayload: { operations: [add(ALICE), remove(shouted)] } }), 400, /operations\[1\]\.entity must be a user address/);
+      await refusedOn(
+        aliceCh,
+        aliceCh.payload('post', chainUri, { blocks: [alice.block(tail, [add(CAROL), remove(shouted)])] }),
+        400,
+        /operations\.1\.entity: must be a canonical entity/,
+      );
+      await refusedOn(
+        aliceCh,
+        aliceCh.payload('post', '/blocks', { blockPayload: { operations: [add(ALICE), remove(shouted)] } }),
+        400,
+        /operations\[1\]\.entity must be a user address/,
+      );
     });
 
     it('applies an append all or nothing: block 2 of 3 bad, or block 3 of 3 bad, leaves the chain as it was', async () => {
       const before = (await aliceCh.ok('get', chainUri)).blocks as string[];
       const good1 = alice.block(tail, [add(CAROL)]);
-      const badSig = signCompact(mallory.key.privateKey, mallory.key.alg, JSON.stringify({ antecedent: blockHash(good1), creator: ALICE, created: new Date().toISOString(), operations: [remove(BOB)] }), { kid: alice.key.kid });
+      const badSig = signCompact(
+        mallory.key.privateKey,
+        mallory.key.alg,
+        JSON.stringify({ antecedent: blockHash(good1), creator: ALICE, created: new Date().toISOString(), operations: [remove(BOB)] }),
+        { kid: alice.key.kid },
+      );
       const good3 = alice.block(blockHash(badSig), [add(MALLORY)]);
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [good1, badSig, good3] }), 403, /blocks\[1\]: the signature does not verify/);
       const good2 = alice.block(blockHash(good1), [remove(BOB)]);
       const badLink = alice.block(tail, [add(MALLORY)]); // antecedent is not good2's hash
-      await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [good1, good2, badLink] }), 400, /blocks\[2\]: antecedent is not the hash of blocks\[1\]/);
+      await refusedOn(
+        aliceCh,
+        aliceCh.payload('post', chainUri, { blocks: [good1, good2, badLink] }),
+        400,
+        /blocks\[2\]: antecedent is not the hash of blocks\[1\]/,
+      );
       await refusedOn(aliceCh, aliceCh.payload('post', chainUri, { blocks: [good1, good1] }), 400, /blocks\[1\]: antecedent/);
       // Carol, added by the staged first block, is not a member: she cannot read the chain.
       const carol = await kms.user(CAROL);
@@ -722,7 +869,7 @@ describe('engine: hostile input', function () {
   });
 
   describe('group keys', () => {
-    it('refuses binding or reading someone else\'s unbound GK (403)', async () => {
+    it("refuses binding or reading someone else's unbound GK (403)", async () => {
       await refusedOn(bobCh, bobCh.payload('post', unboundGk, { block: blockHash(b1) }), 403, /only the owner may bind/);
       await refusedOn(bobCh, bobCh.payload('get', unboundGk, { entity: BOB }), 403, /not bound and belongs to another user/);
       await refusedOn(malloryCh, malloryCh.payload('get', unboundGk, { entity: MALLORY }), 403, /not bound and belongs to another user/);
@@ -781,7 +928,10 @@ describe('engine: hostile input', function () {
         [registrationProof(dave, ALICE, ch.uri, now), /proof: signed for another entity/],
         [registrationProof(dave, 'eve@example.com', ch.uri, now - 3600_000), /proof: iat is not fresh/],
         [registrationProof(dave, 'eve@example.com', ch.uri, now + 3600_000), /proof: iat is not fresh/],
-        [`${b64json({ alg: 'none' })}.${b64json({ entity: 'eve@example.com', ephemeralKey: ch.uri, iat: Math.floor(now / 1000) })}.`, /proof: not a valid signature/],
+        [
+          `${b64json({ alg: 'none' })}.${b64json({ entity: 'eve@example.com', ephemeralKey: ch.uri, iat: Math.floor(now / 1000) })}.`,
+          /proof: not a valid signature/,
+        ],
       ];
       for (const [proof, reason] of cases) {
         await refusedOn(ch, ch.payload('post', '/entity-keys', { jwk: dave.publicJwk, proof }), 403, reason);
@@ -802,8 +952,17 @@ describe('engine: hostile input', function () {
       }
       // A JWK with private members is refused, never registered by its public part; a bad key is a 400.
       const before = await kms.digest();
-      for (const jwk of [{ kty: 'oct', k: 'AAAA' }, { ...dave.publicJwk, d: 'AAAA' }, { ...dave.publicJwk, p: 'AAAA', q: 'AAAA' }]) {
-        await refusedOn(ch, ch.payload('post', '/entity-keys', { jwk, proof: registrationProof(dave, 'eve@example.com', ch.uri) }), 400, /jwk: carries private key members/);
+      for (const jwk of [
+        { kty: 'oct', k: 'AAAA' },
+        { ...dave.publicJwk, d: 'AAAA' },
+        { ...dave.publicJwk, p: 'AAAA', q: 'AAAA' },
+      ]) {
+        await refusedOn(
+          ch,
+          ch.payload('post', '/entity-keys', { jwk, proof: registrationProof(dave, 'eve@example.com', ch.uri) }),
+          400,
+          /jwk: carries private key members/,
+        );
       }
       expect(await kms.digest()).to.equal(before);
       // The proof signed right goes through (the refusals were about the proof).
@@ -811,7 +970,7 @@ describe('engine: hostile input', function () {
       expect(ok.body.status).to.equal(201);
     });
 
-    it('keeps an entity\'s keys apart from an entity whose address extends it', async () => {
+    it("keeps an entity's keys apart from an entity whose address extends it", async () => {
       // A fresh KMS, so that no cached key list hides what the store returns.
       const f = await KmsFixture.create();
       try {
@@ -824,7 +983,12 @@ describe('engine: hostile input', function () {
         const list = (await a.session.request('get', `/entity-keys/${ALICE}`)).entityKeys as { kid: string; entity: string }[];
         expect(list.map((e) => e.kid)).to.deep.equal([a.key.kid]);
         const { block: g, uri } = await a.genesis([add(ALICE)]);
-        const forged = signCompact(twin.key.privateKey, twin.key.alg, JSON.stringify({ antecedent: blockHash(g), creator: ALICE, created: new Date().toISOString(), operations: [add('mallory@example.com')] }), { kid: twin.key.kid });
+        const forged = signCompact(
+          twin.key.privateKey,
+          twin.key.alg,
+          JSON.stringify({ antecedent: blockHash(g), creator: ALICE, created: new Date().toISOString(), operations: [add('mallory@example.com')] }),
+          { kid: twin.key.kid },
+        );
         const before = await f.digest();
         const [res] = await a.session.batch([{ method: 'post', uri, body: { blocks: [forged] } }]);
         expect(res!.status, String(res!.reason)).to.equal(403);
@@ -838,12 +1002,16 @@ describe('engine: hostile input', function () {
     });
   });
 
-  describe('the client\'s handshake JWK', () => {
+  describe("the client's handshake JWK", () => {
     it('refuses private members in the handshake jwk (400): nothing stored, the private value never echoed', async () => {
       const { ecdh, jwk } = clientEcdh();
       const stray = createECDH('prime256v1');
       stray.generateKeys();
-      for (const [member, value] of [['d', b64u(ecdh.getPrivateKey())], ['d', b64u(stray.getPrivateKey())], ['k', b64u(Buffer.alloc(32, 9))]] as const) {
+      for (const [member, value] of [
+        ['d', b64u(ecdh.getPrivateKey())],
+        ['d', b64u(stray.getPrivateKey())],
+        ['k', b64u(Buffer.alloc(32, 9))],
+      ] as const) {
         const before = await kms.digest();
         const msg = toStaticKey(kms, { client: aliceCh.client(), method: 'create', uri: '/ecdhe', requestId: 'd-test', jwk: { ...jwk, [member]: value } });
         const raw = await kms.engine.handle(msg);

@@ -19,7 +19,11 @@ function unseal(key: Buffer, s: { iv: Buffer; ct: Buffer; tag: Buffer }) {
 }
 
 // The static key's type crossed with the members' entity key types (RSA is the client's default).
-for (const [keyType, entityKeyType] of [['EC', 'RSA'], ['EC', 'EC'], ['RSA', 'EC']] as const) {
+for (const [keyType, entityKeyType] of [
+  ['EC', 'RSA'],
+  ['EC', 'EC'],
+  ['RSA', 'EC'],
+] as const) {
   describe(`engine: the nominal flow of -03 §3 (${keyType} static key, ${entityKeyType} entity keys)`, function () {
     this.timeout(60_000);
     let kms: KmsFixture;

@@ -81,7 +81,11 @@ describe('engine: persistence on LevelDB', function () {
     const laterBound = await alice.createGk();
     await alice.bindGk(payloadOf(laterBound).uri as string, blockHash(g2));
     const gkKeys = new Map<string, Buffer>();
-    for (const [name, jws] of [['bound', bound], ['unbound', unbound], ['laterBound', laterBound]] as const) {
+    for (const [name, jws] of [
+      ['bound', bound],
+      ['unbound', unbound],
+      ['laterBound', laterBound],
+    ] as const) {
       const gk = openGk(jws, kms.identity.publicKey, alice.key);
       gkKeys.set(gk.uri, gk.key);
       secrets.set(`GK ${name}`, gk.key);
@@ -122,7 +126,9 @@ describe('engine: persistence on LevelDB', function () {
         const uri = payloadOf(jws).uri as string;
         expect(openGk(await alice.getGk(uri), kms2.identity.publicKey, alice.key).key.equals(gkKeys.get(uri)!)).to.equal(true);
       }
-      expect(openGk(await bob.getGk(payloadOf(bound).uri as string), kms2.identity.publicKey, bob.key).key.equals(gkKeys.get(payloadOf(bound).uri as string)!)).to.equal(true);
+      expect(
+        openGk(await bob.getGk(payloadOf(bound).uri as string), kms2.identity.publicKey, bob.key).key.equals(gkKeys.get(payloadOf(bound).uri as string)!),
+      ).to.equal(true);
       // Binding state survived: the bound GK refuses another block, the unbound one can still be bound.
       const [rebind] = await alice.session.batch([{ method: 'post', uri: payloadOf(bound).uri as string, body: { block: blockHash(g1) } }]);
       expect(rebind!.status).to.equal(409);
@@ -166,7 +172,10 @@ describe('engine: persistence on LevelDB', function () {
       // A channel made before the restart cannot be opened either: an error, not a crash.
       const oldEph = [...secrets.entries()].find(([n]) => n.startsWith('ephemeral'))!;
       const oldId = oldEph[0].replace('ephemeral e!', '');
-      const msg = encryptDir(oldEph[1], JSON.stringify({ client: { clientId: 'c', credential: { bearer: a3.token } }, method: 'update', uri: '/ping' }), { enc: 'A256GCM', kid: `/ecdhe/${oldId}` });
+      const msg = encryptDir(oldEph[1], JSON.stringify({ client: { clientId: 'c', credential: { bearer: a3.token } }, method: 'update', uri: '/ping' }), {
+        enc: 'A256GCM',
+        kid: `/ecdhe/${oldId}`,
+      });
       const answer = await kms3.engine.handle(msg);
       expect(answer.split('.')).to.have.length(3);
       const status = JSON.parse(Buffer.from(answer.split('.')[1]!, 'base64url').toString()).status as number;

@@ -102,4 +102,3 @@ describe('engine: the multi-user chat use case (-03 §3.2)', () => {
     }
   });
 });
-

@@ -222,7 +222,9 @@ describe('the package, packed and installed in another project', function () {
     ]) {
       expect(packed, f).to.include(f);
     }
-    expect(packed.filter((f) => !/^(dist\/|bin\/kms\.js$|types\/xmpp__component\.d\.ts$|package\.json$|README\.md$|LICENSE$|CHANGELOG\.md$|SECURITY\.md$)/.test(f))).to.deep.equal([]);
+    expect(
+      packed.filter((f) => !/^(dist\/|bin\/kms\.js$|types\/xmpp__component\.d\.ts$|package\.json$|README\.md$|LICENSE$|CHANGELOG\.md$|SECURITY\.md$)/.test(f)),
+    ).to.deep.equal([]);
     expect(packed.filter((f) => f.startsWith('dist/') && !/\.(js|d\.ts|js\.map)$/.test(f))).to.deep.equal([]);
   });
 
@@ -243,7 +245,10 @@ describe('the package, packed and installed in another project', function () {
     expect(existsSync(join(dir, 'out', 'consumer.js')), 'tsc emitted out/consumer.js').to.equal(true);
     const r = await sh(process.execPath, [join(dir, 'out', 'consumer.js'), dir], dir, userEnv());
     expect(r.code, show(r)).to.equal(0);
-    const [first, second] = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const [first, second] = r.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as Record<string, unknown>);
     const out = first!;
     expect(out.kid).to.equal('kms://kms.consumer.test');
     expect(out.gk).to.match(/^kms:\/\/kms\.consumer\.test\/gks\//);
@@ -293,9 +298,16 @@ describe('the package, packed and installed in another project', function () {
 
   it('arethetypeswrong finds no problem in the tarball (esm-only profile: an ESM-only package)', async function () {
     const tarball = join(dir, `${PKG.name}-${PKG.version}.tgz`);
-    const r = await sh(process.execPath, [await devBin('@arethetypeswrong/cli', 'attw'), tarball, '--profile', 'esm-only', '--format', 'json'], ROOT, userEnv());
+    const r = await sh(
+      process.execPath,
+      [await devBin('@arethetypeswrong/cli', 'attw'), tarball, '--profile', 'esm-only', '--format', 'json'],
+      ROOT,
+      userEnv(),
+    );
     expect(r.code, show(r)).to.equal(0);
-    const { analysis } = JSON.parse(r.stdout) as { analysis: { entrypoints: Record<string, unknown>; problems: Record<string, { kind: string; entrypoint: string; resolutionKind: string }[]> } };
+    const { analysis } = JSON.parse(r.stdout) as {
+      analysis: { entrypoints: Record<string, unknown>; problems: Record<string, { kind: string; entrypoint: string; resolutionKind: string }[]> };
+    };
     expect(Object.keys(analysis.entrypoints)).to.include.members(['.', './client']);
     // What the profile leaves out: require() from CommonJS (node16-cjs) and node10, which knows no exports.
     const counted = Object.values(analysis.problems)

@@ -101,7 +101,10 @@ describe('protocol: one membership rule (property-based)', function () {
             }
             // ...and what the KMS does with it.
             const [res] = await alice.session.batch([{ method: 'post', uri: genesis.uri, body: { blocks: [jws] } }]);
-            expect(res!.status === 200, `KMS ${res!.status} ${String(res!.reason)}; client ${clientView ? 'accepts' : 'refuses'} ${JSON.stringify(b)}`).to.equal(clientView !== undefined);
+            expect(
+              res!.status === 200,
+              `KMS ${res!.status} ${String(res!.reason)}; client ${clientView ? 'accepts' : 'refuses'} ${JSON.stringify(b)}`,
+            ).to.equal(clientView !== undefined);
             if (!clientView) {
               refused++;
               expect(res!.status).to.be.oneOf([400, 403]);
@@ -134,8 +137,26 @@ describe('protocol: one membership rule (property-based)', function () {
   describe('applyOperations', () => {
     it('applies operations in order: add then remove leaves a non-member out, remove then add keeps a member in', () => {
       const bob = canonical('bob');
-      expect([...applyOperations(new Set(), [{ entity: bob, optype: 'add' }, { entity: bob, optype: 'remove' }], CURATOR)]).to.deep.equal([]);
-      expect([...applyOperations(new Set([bob]), [{ entity: bob, optype: 'remove' }, { entity: bob, optype: 'add' }], CURATOR)]).to.deep.equal([bob]);
+      expect([
+        ...applyOperations(
+          new Set(),
+          [
+            { entity: bob, optype: 'add' },
+            { entity: bob, optype: 'remove' },
+          ],
+          CURATOR,
+        ),
+      ]).to.deep.equal([]);
+      expect([
+        ...applyOperations(
+          new Set([bob]),
+          [
+            { entity: bob, optype: 'remove' },
+            { entity: bob, optype: 'add' },
+          ],
+          CURATOR,
+        ),
+      ]).to.deep.equal([bob]);
       expect([...applyOperations(new Set([bob]), [{ entity: CURATOR, optype: 'add' }], CURATOR)]).to.deep.equal([bob]);
       expect(() => applyOperations(new Set([bob]), [{ entity: CURATOR, optype: 'remove' }], CURATOR)).to.throw(/removes the curator/);
     });

@@ -34,7 +34,14 @@ describe('store: write-behind (deferred batches)', function () {
   it('shows a deferred batch to every read at once, before it reaches the database', async () => {
     const { kv, db } = await memory({ flushMs: 60_000 });
     await kv.batch([{ type: 'put', key: 'durable', value: 'd' }], { durable: true });
-    await kv.batch([{ type: 'put', key: 'e!1', value: 'one' }, { type: 'put', key: 'e!2', value: 'two' }, { type: 'del', key: 'durable' }], { deferred: true });
+    await kv.batch(
+      [
+        { type: 'put', key: 'e!1', value: 'one' },
+        { type: 'put', key: 'e!2', value: 'two' },
+        { type: 'del', key: 'durable' },
+      ],
+      { deferred: true },
+    );
     expect(await db.get('e!1')).to.equal(undefined);
     expect(await db.get('durable')).to.equal('d');
     expect(await kv.get('e!1')).to.equal('one');
@@ -112,7 +119,8 @@ describe('store: write-behind (deferred batches)', function () {
     const { kv, db } = await memory({ flushMs: 60_000 });
     const realBatch = db.batch.bind(db);
     let fail = true;
-    (db as unknown as { batch: unknown }).batch = (...args: unknown[]) => (fail ? Promise.reject(new Error('disk full')) : (realBatch as (...a: unknown[]) => unknown)(...args));
+    (db as unknown as { batch: unknown }).batch = (...args: unknown[]) =>
+      fail ? Promise.reject(new Error('disk full')) : (realBatch as (...a: unknown[]) => unknown)(...args);
     await kv.batch([{ type: 'put', key: 'lost', value: 'x' }], { deferred: true });
     let error: unknown;
     try {

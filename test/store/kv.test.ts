@@ -72,13 +72,25 @@ for (const factory of [memoryFactory(), levelFactory()]) {
 
     it('puts and deletes through batch, and reads back exactly what was written', async () => {
       const values = ['plain', '', 'ü ✓ 𝄞', JSON.stringify({ a: [1, 2] }), 'x'.repeat(100_000), 'line\nbreak\u0000nul'];
-      await kv.batch(values.map((value, i) => ({ type: 'put', key: `k${i}`, value })), { durable: true });
+      await kv.batch(
+        values.map((value, i) => ({ type: 'put', key: `k${i}`, value })),
+        { durable: true },
+      );
       for (const [i, v] of values.entries()) expect(await kv.get(`k${i}`)).to.equal(v);
-      await kv.batch([{ type: 'put', key: 'k0', value: 'replaced' }, { type: 'del', key: 'k1' }, { type: 'del', key: 'never-there' }]);
+      await kv.batch([
+        { type: 'put', key: 'k0', value: 'replaced' },
+        { type: 'del', key: 'k1' },
+        { type: 'del', key: 'never-there' },
+      ]);
       expect(await kv.get('k0')).to.equal('replaced');
       expect(await kv.get('k1')).to.equal(undefined);
       // Later ops in one batch win over earlier ones on the same key.
-      await kv.batch([{ type: 'put', key: 'twice', value: '1' }, { type: 'put', key: 'twice', value: '2' }, { type: 'put', key: 'gone', value: 'x' }, { type: 'del', key: 'gone' }]);
+      await kv.batch([
+        { type: 'put', key: 'twice', value: '1' },
+        { type: 'put', key: 'twice', value: '2' },
+        { type: 'put', key: 'gone', value: 'x' },
+        { type: 'del', key: 'gone' },
+      ]);
       expect(await kv.get('twice')).to.equal('2');
       expect(await kv.get('gone')).to.equal(undefined);
       // An empty batch is a no-op.
@@ -160,7 +172,11 @@ for (const factory of [memoryFactory(), levelFactory()]) {
       const seen: string[] = [];
       for await (const [k] of kv.entries({ gte: 's', lt: 's~' })) {
         seen.push(k);
-        if (k === 's1') await kv.batch([{ type: 'put', key: 's15', value: 'late' }, { type: 'del', key: 's3' }]);
+        if (k === 's1')
+          await kv.batch([
+            { type: 'put', key: 's15', value: 'late' },
+            { type: 'del', key: 's3' },
+          ]);
       }
       expect(seen).to.deep.equal(['s1', 's2', 's3']);
       expect(await kv.get('s15')).to.equal('late');
@@ -170,7 +186,10 @@ for (const factory of [memoryFactory(), levelFactory()]) {
     if (reopen) {
       it('keeps what was written across close and reopen', async () => {
         await kv.batch([{ type: 'put', key: 'durable', value: 'd' }], { durable: true });
-        await kv.batch([{ type: 'put', key: 'lazy', value: 'l' }, { type: 'put', key: 'del-me', value: 'x' }]);
+        await kv.batch([
+          { type: 'put', key: 'lazy', value: 'l' },
+          { type: 'put', key: 'del-me', value: 'x' },
+        ]);
         await kv.batch([{ type: 'del', key: 'del-me' }]);
         kv = await reopen(kv);
         expect(await kv.get('durable')).to.equal('d');

@@ -98,7 +98,7 @@ describe('conformance vectors (test/vectors)', function () {
   });
 
   describe('gmbc.json: the project verifies it', () => {
-    it('block 0 is signed by the KMS static key; every later block by its creator\'s key that the header kid names', () => {
+    it("block 0 is signed by the KMS static key; every later block by its creator's key that the header kid names", () => {
       expect(gmbc.blocks.map((b) => b.index)).to.deep.equal(gmbc.blocks.map((_, i) => i));
       const g = verifyCompact(gmbc.blocks[0]!.jws, kmsPublic, ['ES256']);
       expect(g.header.kid).to.equal(gmbc.curator);
@@ -112,7 +112,7 @@ describe('conformance vectors (test/vectors)', function () {
       expect(new Set(gmbc.blocks.slice(1).map((b) => b.header.alg))).to.deep.equal(new Set(['PS256', 'ES256']));
     });
 
-    it('the listed header and payload of every block are its JWS\'s decoded parts', () => {
+    it("the listed header and payload of every block are its JWS's decoded parts", () => {
       for (const b of [...gmbc.blocks, ...gmbc.invalidBlocks, ...gmbc.invalidGenesis]) {
         expect(json(part(b.jws, 0)), 'header').to.deep.equal(b.header);
         expect(json(part(b.jws, 1)), 'payload').to.deep.equal(b.payload);
@@ -134,7 +134,8 @@ describe('conformance vectors (test/vectors)', function () {
 
     it('covers awkward entity spellings: NFC non-ASCII, a dotted i with a combining mark, a final sigma, ß', () => {
       const all = new Set(gmbc.blocks.flatMap((b) => b.members));
-      for (const e of ['zo\u00eb@example.com', 'i\u0307stanbul@example.com', '\u03c3\u03b1\u03c2@example.com', 'stra\u00dfe@example.com']) expect(all.has(e), e).to.equal(true);
+      for (const e of ['zo\u00eb@example.com', 'i\u0307stanbul@example.com', '\u03c3\u03b1\u03c2@example.com', 'stra\u00dfe@example.com'])
+        expect(all.has(e), e).to.equal(true);
       for (const e of all) expect(isCanonicalEntity(e), e).to.equal(true);
     });
 
@@ -165,7 +166,10 @@ describe('conformance vectors (test/vectors)', function () {
           case 'creator-membership': {
             const block = parse();
             expect(tail.members).to.not.include(block.creator);
-            expect(gmbc.blocks.some((b) => b.members.includes(block.creator)), 'a former member').to.equal(true);
+            expect(
+              gmbc.blocks.some((b) => b.members.includes(block.creator)),
+              'a former member',
+            ).to.equal(true);
             expect(v.status).to.equal(403);
             break;
           }
@@ -223,7 +227,8 @@ describe('conformance vectors (test/vectors)', function () {
       const chainId = chainUri.split('/').pop()!;
       const named = new Set(gmbc.blocks.flatMap((b) => b.payload.operations.map((o) => o.entity)).filter((e) => e !== gmbc.curator));
       for (const b of gmbc.blocks) {
-        for (const e of named) expect(isMemberAt(await kms.deps.state.intervals(chainId, e), b.index), `${e} after block ${b.index}`).to.equal(b.members.includes(e));
+        for (const e of named)
+          expect(isMemberAt(await kms.deps.state.intervals(chainId, e), b.index), `${e} after block ${b.index}`).to.equal(b.members.includes(e));
       }
     });
 
@@ -236,7 +241,11 @@ describe('conformance vectors (test/vectors)', function () {
         const [res] = await zoe.session.batch([{ method: 'post', uri: chainUri, body: { blocks: [resign(v, antecedent)] } }]);
         expect([res!.status, res!.code], String(res!.reason)).to.deep.equal([v.status, v.code]);
         // Refused for the listed fault, not another one (e.g. a signature that does not verify).
-        const why = { 'block-form': v.field.replace(/^header\./, '').replace(/\[(\d+)\]/g, '.$1'), operations: 'removes the curator', 'creator-membership': 'is not a member before' }[v.stage];
+        const why = {
+          'block-form': v.field.replace(/^header\./, '').replace(/\[(\d+)\]/g, '.$1'),
+          operations: 'removes the curator',
+          'creator-membership': 'is not a member before',
+        }[v.stage];
         expect(String(res!.reason)).to.include(why);
         expect(await kms.digest()).to.equal(before);
       });
@@ -261,11 +270,11 @@ describe('conformance vectors (test/vectors)', function () {
       }
     });
 
-    it('every antecedent is the previous block\'s hash', () => {
+    it("every antecedent is the previous block's hash", () => {
       for (const b of gmbc.blocks.slice(1)) expect(b.payload.antecedent).to.equal(gmbc.blocks[b.index - 1]!.hash);
     });
 
-    it('signBlock and the KMS\'s genesis signer give each block\'s signing input (header.payload) byte for byte', () => {
+    it("signBlock and the KMS's genesis signer give each block's signing input (header.payload) byte for byte", () => {
       const g = gmbc.blocks[0]!;
       const kmsJws = signCompact(keys.kmsPrivate, 'ES256', JSON.stringify(g.payload), { kid: gmbc.curator });
       expect(kmsJws.split('.').slice(0, 2)).to.deep.equal(g.jws.split('.').slice(0, 2));
@@ -284,7 +293,7 @@ describe('conformance vectors (test/vectors)', function () {
       }
     });
 
-    it('canonicalEntity gives each listed spelling\'s canonical form (null: not an entity)', () => {
+    it("canonicalEntity gives each listed spelling's canonical form (null: not an entity)", () => {
       for (const s of gmbc.spellings) {
         expect(canonicalEntity(s.input) ?? null, JSON.stringify(s.input)).to.equal(s.canonical);
         expect(isCanonicalEntity(s.input), JSON.stringify(s.input)).to.equal(s.canonical === s.input);
@@ -293,7 +302,7 @@ describe('conformance vectors (test/vectors)', function () {
   });
 
   describe('gk.json: the project verifies it', () => {
-    it('each GK is signed by the KMS static key and names the GK\'s uri, the KMS as creator, its created time and block 2\'s hash', () => {
+    it("each GK is signed by the KMS static key and names the GK's uri, the KMS as creator, its created time and block 2's hash", () => {
       expect(gk.block).to.equal(gmbc.blocks[gk.blockIndex]!.hash);
       for (const w of gk.wrapped) {
         const { header, payload } = verifyCompact(w.gkJws, kmsPublic, ['ES256']);
@@ -333,7 +342,12 @@ describe('conformance vectors (test/vectors)', function () {
     it('ECDH-ES+A256KW + A256GCM with the listed epk, CEK and IV reproduces the whole JWE byte for byte', () => {
       expect(ec.deterministic).to.equal(true);
       const zoe = keys.entity(ec.entity);
-      const jwe = encryptEcdhEs(zoe.publicKey, gk.plaintext, { alg: 'ECDH-ES+A256KW', enc: 'A256GCM', kid: zoe.kid }, { epk: ec.epk!, cek: b64(ec.cek), iv: b64(ec.iv) });
+      const jwe = encryptEcdhEs(
+        zoe.publicKey,
+        gk.plaintext,
+        { alg: 'ECDH-ES+A256KW', enc: 'A256GCM', kid: zoe.kid },
+        { epk: ec.epk!, cek: b64(ec.cek), iv: b64(ec.iv) },
+      );
       expect(jwe).to.equal(ec.jwe);
       const { d: _d, ...epkPublic } = ec.epk!;
       expect(ec.jweHeader.epk).to.deep.equal(epkPublic);
@@ -370,7 +384,7 @@ describe('conformance vectors (test/vectors)', function () {
       expect(ek).to.not.equal(part(rsa.jwe, 1));
     });
 
-    it('each GK\'s signing input (the KMS header and the payload with the wrapped key) reproduces byte for byte', () => {
+    it("each GK's signing input (the KMS header and the payload with the wrapped key) reproduces byte for byte", () => {
       for (const w of gk.wrapped) {
         const jws = signCompact(keys.kmsPrivate, 'ES256', JSON.stringify(gkPayload(gk.uri, gk.created, gk.block, w.jwe)), { kid: gmbc.curator });
         expect(jws.split('.').slice(0, 2)).to.deep.equal(w.gkJws.split('.').slice(0, 2));
@@ -419,7 +433,7 @@ describe('conformance vectors (test/vectors)', function () {
       expect(Buffer.from(hkdfSync('sha256', z, Buffer.alloc(0), Buffer.alloc(0), 32)).toString('base64url')).to.equal(channel.key);
     });
 
-    it('encryptDir (the client\'s request) and dirEncrypter (the KMS\'s responses) with the listed IVs reproduce both JWEs byte for byte', () => {
+    it("encryptDir (the client's request) and dirEncrypter (the KMS's responses) with the listed IVs reproduce both JWEs byte for byte", () => {
       const key = b64(channel.key);
       const [request, response] = channel.messages;
       expect(encryptDir(key, request!.plaintext, { enc: 'A256GCM', kid: channel.kid }, { iv: b64(request!.iv) })).to.equal(request!.jwe);

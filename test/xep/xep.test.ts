@@ -11,24 +11,8 @@ import xml, { type Element } from '@xmpp/xml';
 import parse from '@xmpp/xml/lib/parse.js';
 import { KMS_ERRORS } from '../../src/protocol/errors.js';
 import { NS, NS_STANZAS } from '../../src/protocol/namespace.js';
-import {
-  STANZA_ERRORS,
-  type StanzaErrorKey,
-  isStanzaErrorKey,
-  parseStanzaError,
-  stanzaError,
-} from '../../src/protocol/stanza-errors.js';
-import {
-  XEP_DIR,
-  descendants,
-  examplesOf,
-  loadXep,
-  normativeKeywords,
-  renderMarkdown,
-  requirementsOf,
-  tableRows,
-  textOf,
-} from '../../xep/render.js';
+import { STANZA_ERRORS, type StanzaErrorKey, isStanzaErrorKey, parseStanzaError, stanzaError } from '../../src/protocol/stanza-errors.js';
+import { XEP_DIR, descendants, examplesOf, loadXep, normativeKeywords, renderMarkdown, requirementsOf, tableRows, textOf } from '../../xep/render.js';
 
 const EXAMPLES_DIR = resolve(XEP_DIR, 'examples');
 const SCHEMA = resolve(XEP_DIR, 'kms.xsd');
@@ -83,16 +67,21 @@ function parseTestCell(cell: string): { untested?: string; gap?: string; refs: {
 
 /** The it() titles of a test file; a template title's ${…} parts match anything. */
 function itTitles(source: string): { matches: (title: string) => boolean; skipped: boolean }[] {
-  const unescape = (s: string) => s.replace(/\\(.)/g, '$1');
+  const unescapeTitle = (s: string) => s.replace(/\\(.)/g, '$1');
   const literal = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
   const out: { matches: (title: string) => boolean; skipped: boolean }[] = [];
   for (const m of source.matchAll(/\bit(\.skip|\.only)?\(\s*(?:'((?:[^'\\\n]|\\.)*)'|"((?:[^"\\\n]|\\.)*)"|`((?:[^`\\]|\\.)*)`)/g)) {
     const skipped = m[1] === '.skip';
     if (m[4] !== undefined) {
-      const pattern = new RegExp(`^${m[4].split(/\$\{[^}]*\}/).map((part) => literal(unescape(part))).join('.+')}$`);
+      const pattern = new RegExp(
+        `^${m[4]
+          .split(/\$\{[^}]*\}/)
+          .map((part) => literal(unescapeTitle(part)))
+          .join('.+')}$`,
+      );
       out.push({ matches: (t) => pattern.test(t), skipped });
     } else {
-      const title = unescape(m[2] ?? m[3] ?? '');
+      const title = unescapeTitle(m[2] ?? m[3] ?? '');
       out.push({ matches: (t) => t === title, skipped });
     }
   }
@@ -191,8 +180,26 @@ describe('xep (the protocol document, its schema and its error tables)', functio
       expect(textOf(header.getChild('title')!)).to.equal('Key Management Service over XMPP');
       expect(textOf(header.getChild('status')!)).to.equal('ProtoXEP');
       expect(textOf(header.getChild('shortname')!)).to.equal('kms');
-      const specs = header.getChild('dependencies')!.getChildren('spec').map((s) => textOf(s));
-      for (const spec of ['XMPP Core', 'XEP-0030', 'XEP-0045', 'XEP-0114', 'XEP-0313', 'XEP-0334', 'XEP-0380', 'XEP-0420', 'RFC 7515', 'RFC 7516', 'RFC 7517', 'RFC 7518', 'draft-abiggs-saag-key-management-service-03', 'draft-abiggs-saag-primitives-for-conf-group-comms-01']) {
+      const specs = header
+        .getChild('dependencies')!
+        .getChildren('spec')
+        .map((s) => textOf(s));
+      for (const spec of [
+        'XMPP Core',
+        'XEP-0030',
+        'XEP-0045',
+        'XEP-0114',
+        'XEP-0313',
+        'XEP-0334',
+        'XEP-0380',
+        'XEP-0420',
+        'RFC 7515',
+        'RFC 7516',
+        'RFC 7517',
+        'RFC 7518',
+        'draft-abiggs-saag-key-management-service-03',
+        'draft-abiggs-saag-primitives-for-conf-group-comms-01',
+      ]) {
         expect(specs).to.include(spec);
       }
     });
@@ -214,9 +221,7 @@ describe('xep (the protocol document, its schema and its error tables)', functio
     });
 
     it('links only to anchors it defines', function () {
-      const anchors = new Set(
-        ['section1', 'section2', 'section3', 'section4'].flatMap((n) => descendants(root, n).map((s) => s.attrs.anchor)),
-      );
+      const anchors = new Set(['section1', 'section2', 'section3', 'section4'].flatMap((n) => descendants(root, n).map((s) => s.attrs.anchor)));
       for (const link of descendants(root, 'link')) {
         const url = link.attrs.url ?? '';
         if (url.startsWith('#')) expect(anchors, url).to.include(url.slice(1));
@@ -243,9 +248,7 @@ describe('xep (the protocol document, its schema and its error tables)', functio
       const [head, ...rows] = tableRows(root, 'XMPP stanza errors');
       expect(head).to.deep.equal(['Application condition', 'Type', 'Defined condition', 'When']);
       const documented = Object.fromEntries(rows.map(([key, type, condition]) => [key, { type, condition }]));
-      const registry = Object.fromEntries(
-        Object.entries(STANZA_ERRORS).map(([key, e]) => [key, { type: e.type, condition: e.condition }]),
-      );
+      const registry = Object.fromEntries(Object.entries(STANZA_ERRORS).map(([key, e]) => [key, { type: e.type, condition: e.condition }]));
       expect(rows).to.have.length(Object.keys(registry).length);
       expect(documented).to.deep.equal(registry);
     });
@@ -305,8 +308,10 @@ describe('xep (the protocol document, its schema and its error tables)', functio
             if (found.length === 0) problems.push(`${file}: no it() titled "${title}"`);
             else if (found.every((t) => t.skipped)) skippedRefs.push(title);
           }
-          if (cell.gap === undefined && skippedRefs.length > 0) problems.push(`${row.requirement}: skipped test(s) ${skippedRefs.join(', ')} in a row that does not say "not conforming"`);
-          if (cell.gap !== undefined && skippedRefs.length === 0) problems.push(`${row.requirement}: "not conforming" but no test of it is skipped (drop the words if it conforms now)`);
+          if (cell.gap === undefined && skippedRefs.length > 0)
+            problems.push(`${row.requirement}: skipped test(s) ${skippedRefs.join(', ')} in a row that does not say "not conforming"`);
+          if (cell.gap !== undefined && skippedRefs.length === 0)
+            problems.push(`${row.requirement}: "not conforming" but no test of it is skipped (drop the words if it conforms now)`);
         }
         expect(problems).to.deep.equal([]);
       });
@@ -351,7 +356,10 @@ describe('xep (the protocol document, its schema and its error tables)', functio
       ['a <message/> with four parts', `<kms xmlns='${NS}'><message>a.b.c.d</message></kms>`],
       ['an empty <message/>', `<kms xmlns='${NS}'><message/></kms>`],
       ['an <encrypted/> without a gk', `<encrypted xmlns='${NS}' kms='kms.example.com' chain='kms://kms.example.com/blocks/1'>${JWE}</encrypted>`],
-      ['an <encrypted/> holding a JWS', `<encrypted xmlns='${NS}' gk='kms://kms.example.com/gks/1' kms='kms.example.com' chain='kms://kms.example.com/blocks/1'>a.b.c</encrypted>`],
+      [
+        'an <encrypted/> holding a JWS',
+        `<encrypted xmlns='${NS}' gk='kms://kms.example.com/gks/1' kms='kms.example.com' chain='kms://kms.example.com/blocks/1'>a.b.c</encrypted>`,
+      ],
       ['an <identity/> with an unknown child', `<identity xmlns='${NS}'><key/></identity>`],
       ['an <x5c/> that is not base64', `<identity xmlns='${NS}'><x5c>not base64!</x5c></identity>`],
       ['an error condition with content', `<rate-limited xmlns='${NS}'>soon</rate-limited>`],
@@ -404,9 +412,7 @@ describe('xep (the protocol document, its schema and its error tables)', functio
     }
 
     it('returns undefined for an error without a condition of ours, or no error at all', function () {
-      const serverError = parse(
-        `<iq type='error' id='y'><error type='wait'><remote-server-timeout xmlns='${NS_STANZAS}'/></error></iq>`,
-      );
+      const serverError = parse(`<iq type='error' id='y'><error type='wait'><remote-server-timeout xmlns='${NS_STANZAS}'/></error></iq>`);
       expect(parseStanzaError(serverError)).to.equal(undefined);
       expect(parseStanzaError(parse(`<iq type='result' id='z'/>`))).to.equal(undefined);
     });

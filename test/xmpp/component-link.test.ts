@@ -63,6 +63,9 @@ describe('xmpp/component: a server that never opens the stream', function () {
     const made = accepted.length;
     await new Promise((r) => setTimeout(r, 500));
     expect(accepted.length).to.equal(made);
-    expect(accepted.every((s) => s.destroyed), 'every connection closed').to.equal(true);
+    expect(
+      accepted.every((s) => s.destroyed),
+      'every connection closed',
+    ).to.equal(true);
   });
 });

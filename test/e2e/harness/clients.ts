@@ -17,11 +17,6 @@ export interface ClientOptions {
 /** Errors an entity emitted, kept so that an 'error' event never crashes the test process. */
 const emittedErrors = new WeakMap<object, Error[]>();
 
-/** The errors `entity` (a client or component from this module) has emitted so far. */
-export function errorsOf(entity: object): Error[] {
-  return emittedErrors.get(entity) ?? [];
-}
-
 function collectErrors(entity: { on(event: 'error', listener: (err: Error) => void): unknown }): void {
   const errors: Error[] = [];
   emittedErrors.set(entity, errors);

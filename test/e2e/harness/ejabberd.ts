@@ -15,7 +15,7 @@ const SYSTEM_INETRC = '/etc/ejabberd/inetrc';
 const FALLBACK_INETRC = '{lookup,["file","native"]}.\n{host,{127,0,0,1}, ["localhost"]}.\n{file, resolv, "/etc/resolv.conf"}.\n';
 
 /** Replaces every @KEY@; throws if a placeholder outside a comment is left. */
-export function renderTemplate(template: string, values: Record<string, string>, name: string): string {
+function renderTemplate(template: string, values: Record<string, string>, name: string): string {
   const text = template.replace(/@([A-Z][A-Z0-9_]*)@/g, (whole, key: string) => values[key] ?? whole);
   for (const line of text.split('\n')) {
     if (line.trimStart().startsWith('#')) continue;
@@ -79,11 +79,16 @@ export class EjabberdServer extends ManagedServer {
     return {
       command: 'ejabberdctl',
       args: [
-        '--config-dir', this.#configDir,
-        '--config', join(this.#configDir, 'ejabberd.yml'),
-        '--ctl-config', join(this.#configDir, 'ejabberdctl.cfg'),
-        '--spool', this.#spoolDir,
-        '--logs', this.#logsDir,
+        '--config-dir',
+        this.#configDir,
+        '--config',
+        join(this.#configDir, 'ejabberd.yml'),
+        '--ctl-config',
+        join(this.#configDir, 'ejabberdctl.cfg'),
+        '--spool',
+        this.#spoolDir,
+        '--logs',
+        this.#logsDir,
         'foreground',
       ],
       cwd: this.dir,

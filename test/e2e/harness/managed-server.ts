@@ -20,7 +20,7 @@ const STOP_GRACE_MS = 15_000;
 const LOG_TAIL_LINES = 60;
 
 async function tail(file: string, lines: number): Promise<string> {
-  let handle;
+  let handle: Awaited<ReturnType<typeof open>>;
   try {
     handle = await open(file, 'r');
   } catch {
@@ -31,7 +31,12 @@ async function tail(file: string, lines: number): Promise<string> {
     const length = Math.min(size, 64 * 1024);
     const buffer = Buffer.alloc(length);
     await handle.read(buffer, 0, length, size - length);
-    const text = buffer.toString('utf8').split('\n').slice(-lines - 1).join('\n').trimEnd();
+    const text = buffer
+      .toString('utf8')
+      .split('\n')
+      .slice(-lines - 1)
+      .join('\n')
+      .trimEnd();
     return text === '' ? `(${file}: empty)` : `--- ${file} ---\n${text}`;
   } finally {
     await handle.close();
@@ -97,8 +102,7 @@ export abstract class ManagedServer implements XmppServer {
       await group.kill().catch(() => {});
       const logs = await Promise.all([options.outputFile, ...this.logFiles].map((f) => tail(f, LOG_TAIL_LINES)));
       throw new Error(
-        `${this.kind} did not start within ${Date.now() - started} ms (${(err as Error).message}); ` +
-          `directory ${this.dir}\n${logs.join('\n')}`,
+        `${this.kind} did not start within ${Date.now() - started} ms (${(err as Error).message}); ` + `directory ${this.dir}\n${logs.join('\n')}`,
       );
     }
   }

@@ -46,12 +46,7 @@ function accepts(port: number): Promise<boolean> {
  * another process listens on one of the ports, when `deadline` (epoch ms) passes, or when
  * `abort()` returns a reason (e.g. the server process exited).
  */
-export async function waitForPorts(
-  ports: number[],
-  deadline: number,
-  ownSockets: () => Promise<Set<string>>,
-  abort: () => string | undefined,
-): Promise<void> {
+export async function waitForPorts(ports: number[], deadline: number, ownSockets: () => Promise<Set<string>>, abort: () => string | undefined): Promise<void> {
   const pending = new Set(ports);
   for (;;) {
     const reason = abort();
@@ -75,7 +70,7 @@ export async function waitForPorts(
 }
 
 /** Socket inodes of the TCP sockets listening on each local port (any address), from /proc/net. */
-export async function listeningSockets(): Promise<Map<number, Set<string>>> {
+async function listeningSockets(): Promise<Map<number, Set<string>>> {
   const byPort = new Map<number, Set<string>>();
   for (const table of ['/proc/net/tcp', '/proc/net/tcp6']) {
     let text: string;

@@ -47,7 +47,7 @@ for g in $groups; do kill -KILL -- "-$g" 2>/dev/null; done`,
     reaper.stdin?.on('error', () => {});
     (reaper.stdin as unknown as { unref?: () => void } | null)?.unref?.();
   }
-  reaper.stdin?.write(line + '\n');
+  reaper.stdin?.write(`${line}\n`);
 }
 
 /** Pids of the group's processes that are not zombies (Linux /proc). */

@@ -12,9 +12,7 @@ import type { UserAccount } from './servers.js';
 
 const run = promisify(execFile);
 
-export const PROSODY_TEST_CONFIG = fileURLToPath(
-  new URL('../../../prosody-config/prosody.test.cfg.lua', import.meta.url),
-);
+const PROSODY_TEST_CONFIG = fileURLToPath(new URL('../../../prosody-config/prosody.test.cfg.lua', import.meta.url));
 
 export class ProsodyServer extends ManagedServer {
   readonly kind = 'prosody' as const;
