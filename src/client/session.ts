@@ -29,7 +29,7 @@ export interface SessionOptions {
   clientId?: string;
   /** Renew the ephemeral key this long before it expires (ms). */
   renewBeforeMs?: number;
-  /** Retries after a transient failure (a timeout, a lost connection, a stanza error of type wait); each retry is sealed anew with fresh requestIds. */
+  /** Retries after a transient failure (a timeout, a lost connection, a stanza error of type wait), none by default; each retry is sealed anew with fresh requestIds. */
   retry?: RetryOptions;
   clock?: () => number;
 }
@@ -57,6 +57,8 @@ export class KmsSession {
   readonly clientId: string;
   readonly #o: SessionOptions;
   readonly #sigAlgs: JwsAlg[];
+  /** No retries unless asked for (KmsClient asks for its RetryOptions). */
+  readonly #retry: RetryOptions;
   #channel: Channel | undefined;
   #handshaking: Promise<Channel> | undefined;
 
@@ -64,6 +66,7 @@ export class KmsSession {
     this.#o = opts;
     this.clientId = opts.clientId ?? `kms-client-${randomUUID()}`;
     this.#sigAlgs = signatureAlgsFor(opts.kmsKey);
+    this.#retry = opts.retry ?? { retries: 0 };
   }
 
   /** The current ephemeral key, if a handshake has been made. */
@@ -82,7 +85,7 @@ export class KmsSession {
   /** Makes a new ephemeral key (create /ecdhe, -03 §4.6.1). Concurrent callers share one handshake. */
   async handshake(): Promise<EphemeralKeyInfo> {
     // A retried handshake is a new one: a fresh key pair and requestId each time.
-    this.#handshaking ??= retrying(() => this.#doHandshake(), this.#o.retry).finally(() => (this.#handshaking = undefined));
+    this.#handshaking ??= retrying(() => this.#doHandshake(), this.#retry).finally(() => (this.#handshaking = undefined));
     this.#channel = await this.#handshaking;
     return this.#channel.info;
   }
@@ -164,7 +167,7 @@ export class KmsSession {
           }),
         );
         return { ids, replies: await this.#o.transport(messages) };
-      }, this.#o.retry);
+      }, this.#retry);
       const byId = new Map<string | number | undefined, KmsResponse>();
       let channelLost = false;
       const opened = replies.map((reply) => this.#open(reply, channel));
