@@ -72,7 +72,7 @@ async function deleteEphemeral(ctx: RequestContext): Promise<HandlerResult> {
 export interface HandleOptions {
   /**
    * The most bytes the response message may have: the transport's room for it (the XMPP
-   * component's share of its max-reply-size, decision D7). Get chain returns the blocks that fit
+   * component's share of its max-reply-size, XEP "Transport of KMS Messages"). Get chain returns the blocks that fit
    * (and "more"); any other response over it becomes 413 TOO_LARGE. Without it, get chain pages at
    * defaultResponseBudget(limits) and nothing else is limited. Signed responses (handshakes,
    * failures without a channel) are small and not held to it.
@@ -297,7 +297,7 @@ export class KmsEngine {
       };
       const result = await this.#route({ deps, req, principal, ephemeral: eph, now, segments: [], response });
       const json = JSON.stringify(withRequestId({ status: result.status, ...(result.body ?? {}) }, req.requestId));
-      // D7: measured before encrypting. Only reads are this large (get chain pages itself to fit), so nothing changed.
+      // Measured before encrypting (XEP "Transport of KMS Messages"); a large write response (a genesis block) was checked before it was stored.
       const size = channel.overhead + b64uLength(Buffer.byteLength(json));
       if (size > budget)
         throw tooLarge(`the response (${size} bytes) exceeds the ${budget} bytes left for it in this reply: send this request in an IQ of its own`);

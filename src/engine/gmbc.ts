@@ -189,7 +189,7 @@ async function verifyBlockSignature(deps: EngineDeps, jws: DecodedJws, creator: 
   }
 }
 
-/** get <chain uri>: the chain, or the blocks after a given antecedent (-03 §4.6.5), a page at a time (D7). */
+/** get <chain uri>: the chain, or the blocks after a given antecedent (-03 §4.6.5), a page at a time (XEP "Reading a Chain"). */
 export async function getChain(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
   const body = parseBody(getBody, ctx.req.body);
@@ -207,7 +207,7 @@ export async function getChain(ctx: RequestContext): Promise<HandlerResult> {
     from = ref.seq + 1;
   }
   if (from >= chain.length) return { status: 200, body: { blocks: [], more: false } };
-  // D7: the blocks that fit the response's budget, in order; "more" when the rest were left out.
+  // XEP "Reading a Chain": the blocks that fit the response's budget, in order; "more" when the rest were left out.
   // Sized exactly, with "more": false (the longer value); a block is strict base64url (decodeCompactJws),
   // so it takes its length and two quotes in the JSON, and a comma after the first.
   const { response } = ctx;

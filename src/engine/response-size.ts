@@ -1,5 +1,5 @@
 /**
- * The size of responses on a channel (decision D7, xep/kms.xml "Transport of KMS Messages"): a
+ * The size of responses on a channel (xep/kms.xml "Transport of KMS Messages"): a
  * transport gives each request a budget, the most bytes its response message may have; get chain
  * fills its page up to it and any other response over it becomes 413. A response on a channel is
  * a compact JWE dir+A256GCM, `header..iv.ciphertext.tag`, whose size follows from its plaintext's:

@@ -40,7 +40,7 @@ export interface ComponentLimits {
   maxMessagesPerIq: number;
   maxMessageBytes: number;
   maxStanzaBytes: number;
-  /** Largest reply stanza the component sends (max-reply-size, decision D7). */
+  /** Largest reply stanza the component sends (max-reply-size, XEP "Transport of KMS Messages"). */
   maxReplyBytes: number;
   /** Requests (messages) per second per sender, and the burst allowed. */
   ratePerSec: number;
@@ -325,7 +325,7 @@ export class KmsComponent {
       this.#log.info({ event: 'rate-limited', sender }, 'sender over its rate');
       throw new StanzaFailure('rate-limited', `at most ${this.#s.limits.ratePerSec} requests per second`);
     }
-    // D7: no reply over max-reply-size. Each message gets what is left of it, less 8 KiB for each
+    // XEP "Transport of KMS Messages": no reply over max-reply-size. Each message gets what is left of it, less 8 KiB for each
     // message still to come (src/xmpp/reply-budget.ts); responses are base64url, one byte a character.
     const limit = this.#s.limits.maxReplyBytes;
     let used = replyEnvelopeBytes(iq);

@@ -1,5 +1,5 @@
 /**
- * The component's reply budget (decision D7, xep/kms.xml "Transport of KMS Messages"): no reply
+ * The component's reply budget (xep/kms.xml "Transport of KMS Messages"): no reply
  * stanza exceeds max-reply-size. The messages of an IQ are answered in order, and each gets, when
  * its turn comes, what is left of max-reply-size after the IQ's envelope and the responses before
  * it, less 8 KiB reserved for each message still to come. A get-chain response fills its budget
