@@ -85,7 +85,7 @@ export const configSchema = z
       .strict()
       .refine((x) => x.reconnectInitialMs <= x.reconnectMaxMs, { path: ['reconnectInitialMs'], message: 'must not be above xmpp.reconnectMaxMs' })
       .superRefine((x, ctx) => {
-        // D7: a get-chain request first in a full IQ must still get one block.
+        // XEP "Reading a Chain": a get-chain request first in a full IQ must still get one block.
         const min = minReplyBytes(x.maxMessagesPerIq, x.maxMessageBytes);
         if (x.maxReplyBytes < min) {
           ctx.addIssue({
@@ -126,12 +126,19 @@ export const configSchema = z
           .string()
           .min(1)
           .optional()
-          .describe(`the access tokens' issuer (iss): required with jwksFile or jwksUrl; ${LOCAL_ISSUER} (the local issuer) when unset`),
+          .describe(`the access tokens' issuer (iss): required with jwksFile or jwksUrl; issuerUrl when that is set, else ${LOCAL_ISSUER} (the local issuer)`),
         audience: z.string().min(1).optional().describe('the audience (aud) access tokens must name; kms://<domain> when unset'),
         jwksFile: path
           .optional()
           .describe("JSON file of the identity provider's token signing keys (a JWKS); the local development issuer when neither it nor jwksUrl is set"),
         jwksUrl: z.string().superRefine(checkHttpUrl).optional().describe("http(s) URL of the identity provider's JWKS (instead of jwksFile)"),
+        issuerUrl: z
+          .string()
+          .superRefine(checkHttpUrl)
+          .optional()
+          .describe(
+            "an OpenID Connect issuer (e.g. https://keycloak.example.org/realms/chat): its keys are found through <issuerUrl>/.well-known/openid-configuration, whose issuer must be this URL exactly; it is the tokens' iss too (instead of issuer with jwksFile or jwksUrl)",
+          ),
         algorithms: z
           .array(z.enum(['ES256', 'ES384', 'ES512', 'PS256', 'PS384', 'PS512', 'RS256', 'RS384', 'RS512']))
           .min(1)
@@ -147,6 +154,14 @@ export const configSchema = z
       .strict()
       .superRefine((a, ctx) => {
         if (a.jwksFile && a.jwksUrl) ctx.addIssue({ code: 'custom', path: ['jwksUrl'], message: 'give auth.jwksFile or auth.jwksUrl, not both' });
+        if (a.issuerUrl && (a.jwksFile || a.jwksUrl))
+          ctx.addIssue({ code: 'custom', path: ['issuerUrl'], message: 'give auth.issuerUrl (keys by discovery) or auth.jwksFile/auth.jwksUrl, not both' });
+        if (a.issuerUrl && a.issuer !== undefined && a.issuer !== a.issuerUrl)
+          ctx.addIssue({
+            code: 'custom',
+            path: ['issuer'],
+            message: `must be auth.issuerUrl (${a.issuerUrl}) or unset: the discovered issuer is the tokens' iss`,
+          });
         // The local issuer's name would make every token of an outside identity provider fail.
         if ((a.jwksFile || a.jwksUrl) && a.issuer === undefined) {
           ctx.addIssue({
@@ -156,7 +171,7 @@ export const configSchema = z
           });
         }
       })
-      .transform((a) => ({ ...a, issuer: a.issuer ?? LOCAL_ISSUER }))
+      .transform((a) => ({ ...a, issuer: a.issuer ?? a.issuerUrl ?? LOCAL_ISSUER }))
       .prefault({}),
     policy: z
       .number()
@@ -197,6 +212,7 @@ export const ENV_SETTINGS: Record<string, { path: string[]; type: 'string' | 'in
   KMS_AUTH_AUDIENCE: { path: ['auth', 'audience'], type: 'string' },
   KMS_AUTH_JWKS_FILE: { path: ['auth', 'jwksFile'], type: 'string' },
   KMS_AUTH_JWKS_URL: { path: ['auth', 'jwksUrl'], type: 'string' },
+  KMS_AUTH_ISSUER_URL: { path: ['auth', 'issuerUrl'], type: 'string' },
   KMS_AUTH_USER_CLAIM: { path: ['auth', 'userClaim'], type: 'string' },
   KMS_AUTH_ALLOWED_DOMAINS: { path: ['auth', 'allowedDomains'], type: 'list' },
   KMS_POLICY: { path: ['policy'], type: 'int' },

@@ -22,6 +22,8 @@ import { KmsEngine } from './engine/engine.js';
 import { KmsState } from './store/kms-state.js';
 import { openLevelStore } from './store/kv.js';
 import { LocalIssuer } from './auth/local-issuer.js';
+import { discoveredKeys } from './auth/discovery.js';
+import { startIdp, type RunningIdp } from './auth/idp.js';
 import { KmsComponent, type ComponentSettings } from './xmpp/component.js';
 import type { Logger } from './util/logger.js';
 
@@ -56,11 +58,12 @@ export async function masterKey(config: KmsConfig, env: NodeJS.ProcessEnv = proc
   return key;
 }
 
-/** Resolves the identity provider's keys: a JWKS file, a JWKS URL, or the local issuer. */
+/** Resolves the identity provider's keys: a JWKS file, a JWKS URL, an OpenID Connect issuer's discovery document, or the local issuer. */
 async function tokenKeys(config: KmsConfig, sealer: Sealer): Promise<{ keys: JWTVerifyGetKey; issuer?: LocalIssuer }> {
   const a = config.auth;
   if (a.jwksFile) return { keys: createLocalJWKSet(JSON.parse(await readFile(a.jwksFile, 'utf8'))) };
   if (a.jwksUrl) return { keys: createRemoteJWKSet(new URL(a.jwksUrl)) };
+  if (a.issuerUrl) return { keys: discoveredKeys(a.issuerUrl) };
   const issuer = await LocalIssuer.open(resolve(config.dataDir), a.issuer, sealer);
   return { keys: issuer.keys(), issuer };
 }
@@ -82,12 +85,45 @@ export function tokenAudience(config: KmsConfig): string {
  * to make a new issuer too: a KMS already running would not trust its tokens.
  */
 export async function localTokens(config: KmsConfig, o: { mustExist?: boolean } = {}): Promise<(subject: string, ttlSec?: number) => Promise<string>> {
-  if (config.auth.jwksFile || config.auth.jwksUrl) throw new ConfigError('this KMS trusts an outside identity provider; get tokens from it');
+  if (config.auth.jwksFile || config.auth.jwksUrl || config.auth.issuerUrl)
+    throw new ConfigError('this KMS trusts an outside identity provider; get tokens from it');
   const dir = resolve(config.dataDir);
   if (o.mustExist && !existsSync(join(dir, 'issuer.json'))) throw new ConfigError(`no local token issuer in ${dir}: start the KMS first`);
   const issuer = await LocalIssuer.open(dir, config.auth.issuer, new Sealer(await masterKey(config)));
   const audience = tokenAudience(config);
   return (subject, ttlSec = 3600) => issuer.mint({ subject, audience, ttlSec });
+}
+
+/** Options of `startDevIdp`. */
+export interface DevIdpOptions {
+  /** The users' XMPP domain (`alice` is `alice@<userDomain>`). */
+  userDomain: string;
+  host?: string;
+  port?: number;
+  /** The issuer URL, when it is not http://<host>:<port>. */
+  issuer?: string;
+  /** Redirect URIs of the browser client `kms-web`. */
+  redirectUris?: string[];
+}
+
+/**
+ * The development OpenID Connect provider (src/auth/idp.ts) for this configuration: tokens for
+ * its audience (auth.audience or kms://<domain>), its signing key sealed under the master key in
+ * the data folder. The KMS trusts it with auth.issuerUrl set to the returned issuer.
+ */
+export async function startDevIdp(config: KmsConfig, o: DevIdpOptions): Promise<RunningIdp> {
+  const dataDir = resolve(config.dataDir);
+  await mkdir(dataDir, { recursive: true });
+  return startIdp({
+    userDomain: o.userDomain,
+    audience: tokenAudience(config),
+    dataDir,
+    sealer: new Sealer(await masterKey(config)),
+    ...(o.host ? { host: o.host } : {}),
+    ...(o.port !== undefined ? { port: o.port } : {}),
+    ...(o.issuer ? { issuer: o.issuer } : {}),
+    ...(o.redirectUris ? { redirectUris: o.redirectUris } : {}),
+  });
 }
 
 /** The component's settings from a validated configuration. */

@@ -13,7 +13,8 @@ import { clearLine, createInterface, cursorTo, type Interface } from 'node:readl
 import type { Client } from '@xmpp/client';
 import { configFrom, type KmsConfig } from '../config.js';
 import { login } from './demo.js';
-import { localTokens } from '../server.js';
+import { localTokens, tokenAudience } from '../server.js';
+import { deviceLogin } from './device-login.js';
 import { KmsClient } from '../client/kms-client.js';
 import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../client/room.js';
 import { fetchKmsIdentity } from '../client/xmpp.js';
@@ -35,6 +36,9 @@ export interface ChatOptions {
   config?: string;
   create?: string;
   chain?: string;
+  /** Sign in at an OpenID Connect issuer with the device authorization grant (RFC 8628). */
+  device?: boolean;
+  issuer?: string;
 }
 
 /** A failure worth one line to the user (no stack trace). */
@@ -74,6 +78,11 @@ export function chatCommand(): Command {
       ),
     )
     .option('-c, --config <file>', "the KMS's JSON configuration file (or KMS_CONFIG), for the default anchor and local tokens")
+    .option(
+      '--device',
+      'sign in at the identity provider with the device authorization grant: open the URL shown and enter the code (the default when the configuration has auth.issuerUrl)',
+    )
+    .addOption(new Option('--issuer <url>', 'the OpenID Connect issuer for --device (default: auth.issuerUrl of the configuration)').env('KMS_CHAT_ISSUER'))
     .option('--create <jid,jid>', "create the room's chain with you and these members")
     .option('--chain <uri>', 'use this existing chain for the room (default: learnt from the first message)')
     .addHelpText('after', `\nOnce joined, type a line to send it encrypted, or a command:\n${HELP.slice(1).join('\n')}\n`)
@@ -196,7 +205,13 @@ export async function runChat(o: ChatOptions): Promise<number> {
     const cfg = (): KmsConfig => (config ??= configFrom(o));
     const anchorFile = o.anchor ?? join(resolve(cfg().dataDir), 'trust-anchor.pem');
     const anchors = await readAnchors(anchorFile);
-    const bearer = o.token ? () => o.token! : await chatTokens(cfg(), me);
+    const issuer = o.issuer ?? (o.token ? undefined : cfg().auth.issuerUrl);
+    if (o.device && !issuer) throw new ChatError('--device: give --issuer, or a configuration with auth.issuerUrl');
+    const bearer = o.token
+      ? () => o.token!
+      : issuer
+        ? await step(deviceBearer(issuer, tokenAudience(cfg()), out), `could not sign in at ${issuer}: `)
+        : await chatTokens(cfg(), me);
 
     xmpp = await step(login(o.xmpp, domain, o.user, o.password), `could not log in as ${me} to ${o.xmpp}: `);
     out.line(`✓ logged in as ${me} to ${o.xmpp}`);
@@ -354,6 +369,26 @@ export async function runChat(o: ChatOptions): Promise<number> {
   } finally {
     for (const sig of SIGNALS) process.off(sig, earlySignal);
   }
+}
+
+/** An access token from the device authorization grant; the flow runs again when the token has expired. */
+async function deviceBearer(issuer: string, audience: string, out: Output): Promise<() => Promise<string>> {
+  const login = () =>
+    deviceLogin({
+      issuer,
+      audience,
+      prompt: (p) => {
+        out.line(
+          `to sign in, open ${p.verificationUriComplete ?? p.verificationUri} and enter the code ${p.userCode} (valid ${Math.round(p.expiresInSec / 60)} min)`,
+        );
+      },
+    });
+  let tokens = await login();
+  out.line(`✓ signed in at ${issuer}`);
+  return async () => {
+    if (tokens.expiresAt !== undefined && tokens.expiresAt - 60_000 < Date.now()) tokens = await login();
+    return tokens.accessToken;
+  };
 }
 
 /** Tokens minted by the configuration's local issuer, a fresh one at every handshake. */

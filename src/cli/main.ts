@@ -6,9 +6,9 @@ import { Command } from 'commander';
 import { X509Certificate } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { configFrom, ConfigError, ENV_SETTINGS, OTHER_ENV_VARS } from '../config.js';
+import { configFrom, ConfigError, ENV_SETTINGS, LOCAL_ISSUER, OTHER_ENV_VARS } from '../config.js';
 import { showConfig, settingsHelp } from '../config.js';
-import { startKms, localTokens } from '../server.js';
+import { startKms, localTokens, startDevIdp } from '../server.js';
 import { createLogger } from '../util/logger.js';
 import { packageVersion } from './version.js';
 import { runDemo } from './demo.js';
@@ -31,11 +31,25 @@ program
   .description('run the KMS component: connect to the XMPP server and serve KMS requests until SIGTERM/SIGINT')
   .option('-c, --config <file>', 'JSON configuration file (or KMS_CONFIG); KMS_* environment variables override it')
   .option('--check-config', 'validate the configuration, print it (secrets hidden) and exit')
+  .option(
+    '--idp [port]',
+    'also run the development OpenID Connect provider (as `kms idp` does, users of localhost) on 127.0.0.1:<port> (default 5580) and trust its tokens',
+  )
   .addHelpText('after', () => settingsHelp())
-  .action(async (opts: { config?: string; checkConfig?: boolean }) => {
+  .action(async (opts: { config?: string; checkConfig?: boolean; idp?: boolean | string }) => {
     if (opts.checkConfig) return checkConfig(opts);
-    const config = configFrom(opts);
+    let config = configFrom(opts);
     const logger = createLogger({ level: config.logLevel });
+    if (opts.idp !== undefined) {
+      const a = config.auth;
+      if (a.jwksFile || a.jwksUrl || a.issuerUrl || a.issuer !== LOCAL_ISSUER)
+        throw new ConfigError('--idp: the configuration already names an identity provider (auth.*); leave it out or drop --idp');
+      const port = opts.idp === true ? 5580 : Number(opts.idp);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('--idp: a port number from 0 to 65535');
+      const idp = await startDevIdp(config, { userDomain: 'localhost', port });
+      config = { ...config, auth: { ...a, issuerUrl: idp.issuer, issuer: idp.issuer } };
+      logger.info({ event: 'idp-ready', issuer: idp.issuer }, `development identity provider at ${idp.issuer}`);
+    }
     // Signals are handled from the start: a KMS still waiting for its XMPP server stops cleanly too.
     const abort = new AbortController();
     let kms: Awaited<ReturnType<typeof startKms>> | undefined;
@@ -89,6 +103,40 @@ program
     if (!Number.isInteger(ttlSec) || ttlSec <= 0) throw new ConfigError('--ttl: a positive whole number of seconds');
     const mint = await localTokens(configFrom(opts));
     console.log(await mint(opts.user, ttlSec));
+  });
+
+program
+  .command('idp')
+  .description(
+    'run the development OpenID Connect provider until SIGTERM/SIGINT: the demo users alice, bob, carol and dave (password <name>-password), ' +
+      'client kms-web (authorization code + PKCE) and kms-chat (device authorization grant); run the KMS with KMS_AUTH_ISSUER_URL set to the issuer it prints',
+  )
+  .option('-c, --config <file>', "the KMS's JSON configuration file: its data folder, master key and token audience")
+  .option('--host <address>', 'listening address', '127.0.0.1')
+  .option('--port <port>', 'listening port', '5580')
+  .option('--issuer <url>', 'the issuer URL, when clients reach it by another name than http://<host>:<port>')
+  .option('--user-domain <domain>', "the users' XMPP domain (tokens name alice@<domain>)", 'localhost')
+  .option('--redirect-uri <uri,uri>', 'redirect URIs of the browser client kms-web', 'http://localhost:8080/')
+  .action(async (opts: { config?: string; host: string; port: string; issuer?: string; userDomain: string; redirectUri: string }) => {
+    const port = Number(opts.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('--port: a port number from 0 to 65535');
+    const config = configFrom(opts);
+    const idp = await startDevIdp(config, {
+      userDomain: opts.userDomain.toLowerCase(),
+      host: opts.host,
+      port,
+      ...(opts.issuer ? { issuer: opts.issuer } : {}),
+      redirectUris: opts.redirectUri
+        .split(',')
+        .map((u) => u.trim())
+        .filter(Boolean),
+    });
+    console.log(`identity provider ${idp.issuer} (discovery: ${idp.issuer}/.well-known/openid-configuration)`);
+    console.log(`run the KMS with KMS_AUTH_ISSUER_URL=${idp.issuer}`);
+    for (const signal of ['SIGINT', 'SIGTERM'] as const)
+      process.once(signal, () => {
+        void idp.close().then(() => process.exit(0));
+      });
   });
 
 const inspect = program

@@ -139,6 +139,8 @@ function digest(s: string): string {
 /** A short, non-sensitive description of why jose refused a token. */
 function describeJoseError(e: unknown): string {
   if (e instanceof ClaimError) return e.message;
+  // src/auth/discovery.ts: the identity provider's discovery document could not be read or is not for this issuer.
+  if (e instanceof Error && e.name === 'DiscoveryError') return `the identity provider's keys are unavailable (${e.message})`;
   if (e instanceof Error && 'code' in e && String((e as { code: unknown }).code).startsWith('JOSE_')) {
     return (e as { code: string }).code === 'JOSE_SIGNATURE_INVALID'
       ? 'bad signature'

@@ -131,6 +131,21 @@ const BAD: { what: string; file?: unknown; env?: Record<string, string>; expect:
     env: { KMS_AUTH_JWKS_URL: 'https://idp.example.org/jwks' },
     expect: [/setting auth\.issuer/, /missing/],
   },
+  {
+    what: 'an OpenID Connect issuer URL that is no http(s) URL',
+    env: { KMS_AUTH_ISSUER_URL: 'idp.example.org' },
+    expect: [/setting auth\.issuerUrl \(from KMS_AUTH_ISSUER_URL\)/, /http:\/\/ or https:\/\//],
+  },
+  {
+    what: 'an issuer URL together with a JWKS',
+    file: { auth: { issuerUrl: 'https://idp.example.org', jwksUrl: 'https://idp.example.org/jwks' } },
+    expect: [/setting auth\.issuerUrl/, /not both/],
+  },
+  {
+    what: 'an issuer that is not the issuer URL',
+    env: { KMS_AUTH_ISSUER_URL: 'https://idp.example.org/realms/chat', KMS_AUTH_ISSUER: 'https://idp.example.org' },
+    expect: [/setting auth\.issuer/, /must be auth\.issuerUrl/],
+  },
   { what: 'an empty secret', file: { xmpp: { secret: '' } }, expect: [/setting xmpp\.secret/, /empty/] },
   { what: 'an empty file path', file: { masterKeyFile: '' }, expect: [/setting masterKeyFile/, /empty/] },
   { what: 'a domain that is no domain name', env: { KMS_DOMAIN: 'kms..localhost' }, expect: [/setting domain \(from KMS_DOMAIN\)/, /domain name/] },
@@ -174,6 +189,12 @@ describe('configuration', function () {
   });
 
   describe('loadConfig', () => {
+    it("takes an OpenID Connect issuer URL as the tokens' issuer", () => {
+      const c = loadConfig({ env: { KMS_AUTH_ISSUER_URL: 'https://login.example.org/realms/chat' } });
+      expect(c.auth.issuerUrl).to.equal('https://login.example.org/realms/chat');
+      expect(c.auth.issuer).to.equal('https://login.example.org/realms/chat');
+    });
+
     it('runs on the embedded defaults with no file and no variables', () => {
       const c = loadConfig({ env: {} });
       expect(c.domain).to.equal('kms.localhost');
