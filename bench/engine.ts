@@ -12,8 +12,8 @@ import { createECDH, createPublicKey, randomBytes } from 'node:crypto';
 import { rm } from 'node:fs/promises';
 import { KmsFixture, add, payloadOf, DOMAIN, AUDIENCE } from '../test/support/kms-fixture.js';
 import { openRawChannel, handshakeRequest, type RawChannel } from '../test/support/raw-channel.js';
-import { generateEntityKey, registrationProof, type EntityKey } from '../src/client/keys.js';
-import { blockHash, signBlock } from '../src/client/chain.js';
+import { generateEntityKey, registrationProof, type EntityKey } from '../test/support/node-client.js';
+import { blockHash, signBlock } from '../test/support/node-client.js';
 import { ecRawPublic } from '../src/crypto/keys.js';
 import { gkGetFloor, handshakeFloor, type GkGetFloorInput, type HandshakeFloorInput } from './floor.js';
 

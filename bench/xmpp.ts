@@ -44,6 +44,7 @@
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { X509Certificate } from 'node:crypto';
+import { importPublicJwk } from '../src/crypto/keys.js';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, readdir, readFile, readlink, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -57,8 +58,8 @@ import { ECHO_NS, connectLoadClients, runIqLoadOn, startEchoComponent, type IqLo
 import { disconnect } from '../test/e2e/harness/clients.js';
 import { serverKinds, startServer, type ServerKind, type XmppServer } from '../test/e2e/harness/servers.js';
 import { openRawChannel, type RawChannel } from '../test/support/raw-channel.js';
-import { createEntityKey, generateEntityKey, openGk, registrationProof, type EntityKey } from '../src/client/keys.js';
-import { blockHash } from '../src/client/chain.js';
+import { createEntityKey, generateEntityKey, openGk, registrationProof, type EntityKey } from '../test/support/node-client.js';
+import { blockHash } from '../test/support/node-client.js';
 import { fetchKmsIdentity, xmppTransport, type KmsIdentityInfo } from '../src/client/xmpp.js';
 import { NS } from '../src/protocol/namespace.js';
 
@@ -351,7 +352,7 @@ async function benchServer(kind: ServerKind) {
     const members: Member[] = await Promise.all(
       load.map(async (client, i) => {
         const send = xmppTransport(client.xmpp, DOMAIN);
-        const ch = await openRawChannel({ kid: identity.kid, publicKey: identity.key }, async (m) => (await send([m]))[0]!, tokens[i]!);
+        const ch = await openRawChannel({ kid: identity.kid, publicKey: importPublicJwk(identity.key) }, async (m) => (await send([m]))[0]!, tokens[i]!);
         const key = await createEntityKey();
         const ecKey = generateEntityKey({ type: 'EC' });
         for (const k of [key, ecKey]) {

@@ -1,11 +1,13 @@
 /**
  * The layers of src/ (README "Layout"): what both sides of the protocol share lives in
- * src/protocol, on top of src/crypto and src/util; the client library (src/client) stands on those
- * alone and never imports server code (src/engine, src/store, src/xmpp, src/auth, src/cli), so that
+ * src/protocol, on top of src/crypto and src/util; the client library (src/client) stands on
+ * src/protocol and src/util alone (its cryptography is WebCrypto's, src/client/webcrypto.ts, never
+ * node:crypto's src/crypto), uses no Node API, so that it runs in browsers, and never imports server code (src/engine, src/store, src/xmpp, src/auth, src/cli), so that
  * a client can be built without the server; nothing imports the CLI (src/cli). Checked on the real
  * import graph of every source file.
  */
 import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { builtinModules } from 'node:module';
 import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { expect } from 'chai';
@@ -17,7 +19,7 @@ const ALLOWED: Record<string, string[]> = {
   util: [],
   crypto: ['util'],
   protocol: ['crypto', 'util'],
-  client: ['protocol', 'crypto', 'util'],
+  client: ['protocol', 'util'],
 };
 
 function files(dir: string): string[] {
@@ -35,6 +37,35 @@ function relativeImports(source: string): string[] {
   return out;
 }
 
+/** Every module specifier a TypeScript file imports or re-exports, static or dynamic, relative or not. */
+function allImports(source: string): string[] {
+  const out: string[] = [];
+  const re = /(?:import|export)\s[^'"]*?from\s*['"]([^'"]+)['"]|import\s*\(\s*['"]([^'"]+)['"]\s*\)|import\s+['"]([^'"]+)['"]/g;
+  for (const m of source.matchAll(re)) out.push((m[1] ?? m[2] ?? m[3])!);
+  return out;
+}
+
+/** Source text without comments (well enough for the checks below: no comment markers inside strings here). */
+const code = (source: string) => source.replace(/\/\*[\s\S]*?\*\//g, '').replace(/(^|[^:'"`])\/\/.*$/gm, '$1');
+
+/** The source files a file reaches through relative imports (itself included), `.js` specifiers mapped to `.ts`. */
+function reachable(from: string[]): string[] {
+  const seen = new Set<string>();
+  const todo = [...from];
+  while (todo.length > 0) {
+    const file = todo.pop()!;
+    if (seen.has(file)) continue;
+    seen.add(file);
+    for (const spec of relativeImports(readFileSync(file, 'utf8'))) {
+      const target = resolve(dirname(file), spec).replace(/\.js$/, '.ts');
+      if (/\.ts$/.test(target) && !target.endsWith('.d.ts')) todo.push(target);
+    }
+  }
+  return [...seen].sort();
+}
+
+const NODE_BUILTINS = new Set(builtinModules.flatMap((m) => [m, `node:${m}`]));
+
 /** The top-level folder of src/ a file is in ('' for src/index.ts). */
 const layerOf = (file: string) => {
   const rel = relative(SRC, file).split('/');
@@ -46,7 +77,7 @@ describe('layering of src/', () => {
 
   it('finds the imports it checks (the parser is not blind)', () => {
     const chain = readFileSync(join(SRC, 'client', 'chain.ts'), 'utf8');
-    expect(relativeImports(chain)).to.include.members(['../protocol/blocks.js', '../crypto/jws.js']);
+    expect(relativeImports(chain)).to.include.members(['../protocol/blocks.js', './webcrypto.js']);
     expect(relativeImports("export { a } from './x.js';\nconst m = await import('../engine/engine.js');")).to.deep.equal(['./x.js', '../engine/engine.js']);
   });
 
@@ -58,6 +89,30 @@ describe('layering of src/', () => {
       }
     }
     expect(offences).to.deep.equal([]);
+  });
+
+  it('the client library and everything it imports use no Node API (no node: or built-in module, no Buffer): it runs in browsers', () => {
+    const client = all.filter((f) => layerOf(f) === 'client');
+    const closure = reachable(client);
+    // The check sees the shared protocol rules the client uses, not only src/client.
+    expect(closure.map((f) => relative(SRC, f))).to.include.members(['protocol/blocks.ts', 'protocol/entity.ts', 'protocol/errors.ts']);
+    const offences: string[] = [];
+    for (const file of closure) {
+      const source = readFileSync(file, 'utf8');
+      for (const spec of allImports(source)) if (NODE_BUILTINS.has(spec)) offences.push(`${relative(SRC, file)} imports ${spec}`);
+      if (/\bBuffer\b/.test(code(source))) offences.push(`${relative(SRC, file)} uses Buffer`);
+      if (/\bprocess\.|\brequire\(/.test(code(source))) offences.push(`${relative(SRC, file)} uses process or require`);
+    }
+    expect(offences).to.deep.equal([]);
+  });
+
+  it('the browser check is not blind: it sees a node: import, a bare built-in and Buffer', () => {
+    expect(allImports("import { x } from 'node:crypto';\nimport e from 'events';").filter((s) => NODE_BUILTINS.has(s))).to.deep.equal([
+      'node:crypto',
+      'events',
+    ]);
+    expect(/\bBuffer\b/.test(code('// a Buffer in a comment\n/* Buffer */ const x = 1;'))).to.equal(false);
+    expect(/\bBuffer\b/.test(code('const b = Buffer.from(x); // bytes'))).to.equal(true);
   });
 
   for (const [layer, allowed] of Object.entries(ALLOWED)) {

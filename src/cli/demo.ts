@@ -67,9 +67,9 @@ export async function runDemo(o: DemoOptions): Promise<void> {
   log(`✓ ${alice.jid} created a chain with ${alice.jid} and ${bob.jid} (genesis ${chain.tail.slice(0, 16)}…)`);
   const gk = await alice.kms.createGk(chain.tail);
   log(`✓ ${alice.jid} got group key ${gk.uri}, bound to the genesis block`);
-  const secret = encryptDir(gk.key, 'Hello Bob, the XMPP server cannot read this.', { enc: 'A256GCM', kid: gk.uri });
+  const secret = encryptDir(Buffer.from(gk.key), 'Hello Bob, the XMPP server cannot read this.', { enc: 'A256GCM', kid: gk.uri });
   const forBob = await bob.kms.gk(gk.uri);
-  const text = decryptDir(secret, forBob.key, ['A256GCM']).plaintext.toString('utf8');
+  const text = decryptDir(secret, Buffer.from(forBob.key), ['A256GCM']).plaintext.toString('utf8');
   log(`✓ ${bob.jid} fetched the group key through the KMS and decrypted: "${text}"`);
   for (const p of people) {
     await p.kms.close();

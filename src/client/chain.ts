@@ -3,28 +3,30 @@
  * defines validity (KMS signature on the genesis, every antecedent, every signer a member before
  * its block, every signature), so that a client need not trust the KMS's word about membership.
  */
-import type { KeyObject } from 'node:crypto';
-import { blockHash } from '../protocol/block-hash.js';
 import { applyOperations, parseAppendedBlock, parseGenesisBlock, requireFirstMember, type Operation } from '../protocol/blocks.js';
 import { KmsError } from '../protocol/errors.js';
 import { ChainVerificationError } from './errors.js';
 import { parseJsonOr400 } from '../protocol/messages.js';
-import { decodeCompactJws, signatureAlgsFor, signCompact, verifyCompact, verifyDecoded, type DecodedJws, type JwsAlg } from '../crypto/jws.js';
+import { decodeJws, sha256Hex, signJws, verifyJws, type DecodedJws, type JWK } from './webcrypto.js';
 
 export type { Operation };
-export { blockHash };
 
-/** An entity's signing key: its private key, the RFC 7638 thumbprint the KMS knows it by, and the alg. */
+/** hex(SHA-256(compact JWS as stored)): how blocks are named (XEP "Entities and Hashes"), for antecedents and GK bindings. */
+export function blockHash(jws: string): Promise<string> {
+  return sha256Hex(jws);
+}
+
+/** An entity's signing key: its private JWK, the RFC 7638 thumbprint the KMS knows it by, and the alg. */
 export interface SigningKey {
-  privateKey: KeyObject;
+  privateJwk: JWK;
   kid: string;
-  alg: JwsAlg;
+  alg: 'PS256' | 'ES256';
 }
 
 /** Signs an appended block (PCG-01 gmbc-appended-block) over `antecedent`. */
-export function signBlock(key: SigningKey, creator: string, antecedent: string, operations: Operation[], created = new Date()): string {
+export function signBlock(key: SigningKey, creator: string, antecedent: string, operations: Operation[], created = new Date()): Promise<string> {
   const payload = { antecedent, creator, created: created.toISOString(), operations };
-  return signCompact(key.privateKey, key.alg, JSON.stringify(payload), { kid: key.kid });
+  return signJws(key.privateJwk, key.alg, JSON.stringify(payload), { kid: key.kid });
 }
 
 /** A verified chain: its URI, its blocks' hashes and membership after every block. */
@@ -38,10 +40,10 @@ export interface VerifiedChain {
 
 export interface VerifyOptions {
   /** The KMS's validated static key and its identity (kms://<domain>). */
-  kmsKey: KeyObject;
+  kmsKey: JWK;
   kmsId: string;
   /** Public keys of an entity by kid (from get /entity-keys/<entity>). */
-  keysOf: (entity: string) => Promise<{ kid: string; key: KeyObject }[]>;
+  keysOf: (entity: string) => Promise<{ kid: string; key: JWK }[]>;
 }
 
 /** A chain is invalid at block `index`: the first block that breaks a rule. */
@@ -77,15 +79,15 @@ export async function verifyChain(blocks: string[], o: VerifyOptions, from?: Ver
     all = [...from.members];
   } else {
     if (blocks.length === 0) throw invalid(0, 'the chain is empty');
-    let payload: Buffer;
+    let payload: Uint8Array;
     try {
-      ({ payload } = verifyCompact(blocks[0]!, o.kmsKey, signatureAlgsFor(o.kmsKey)));
+      ({ payload } = await verifyJws(blocks[0]!, o.kmsKey));
     } catch {
       throw invalid(0, 'the genesis block is not signed by the KMS');
     }
     const genesis = rule(0, () => parseGenesisBlock(parseJsonOr400(payload, 'block 0'), o.kmsId));
     uri = genesis.uri;
-    hashes = [blockHash(blocks[0]!)];
+    hashes = [await blockHash(blocks[0]!)];
     const first = rule(0, () => applyOperations(new Set<string>(), genesis.operations, o.kmsId));
     rule(0, () => requireFirstMember(first, 'block 0'));
     all = [first];
@@ -96,7 +98,7 @@ export async function verifyChain(blocks: string[], o: VerifyOptions, from?: Ver
     const i = hashes.length;
     let decoded: DecodedJws;
     try {
-      decoded = decodeCompactJws(jws);
+      decoded = decodeJws(jws);
     } catch {
       throw invalid(i, 'not a compact JWS');
     }
@@ -106,12 +108,12 @@ export async function verifyChain(blocks: string[], o: VerifyOptions, from?: Ver
     const key = (await o.keysOf(block.creator)).find((k) => k.kid === block.kid);
     if (!key) throw invalid(i, `${block.creator} has no key ${block.kid}`);
     try {
-      verifyDecoded(decoded, key.key, signatureAlgsFor(key.key));
+      await verifyJws(jws, key.key);
     } catch {
       throw invalid(i, `the signature does not verify with ${block.creator}'s key ${block.kid}`);
     }
     members = rule(i, () => applyOperations(members, block.operations, o.kmsId));
-    hashes.push(blockHash(jws));
+    hashes.push(await blockHash(jws));
     all.push(members);
   }
   return { uri, hashes, members: all, tail: hashes[hashes.length - 1]! };

@@ -18,8 +18,8 @@ export {
 } from './muc.js';
 export { KmsSession, type Transport, type CredentialSource, type KmsResponse, type EphemeralKeyInfo, type SessionOptions } from './session.js';
 export { discoverKms, fetchKmsIdentity, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
+export { xmlConnection, type XmlConnection } from './connection.js';
 export {
-  generateEntityKey,
   createEntityKey,
   entityKeyFromJwk,
   registrationProof,
@@ -29,6 +29,8 @@ export {
   type GroupKey,
 } from './keys.js';
 export { signBlock, verifyChain, blockHash, type Operation, type VerifiedChain, type SigningKey } from './chain.js';
+export type { JWK } from './webcrypto.js';
+export type { TrustAnchor } from './x509.js';
 export {
   KmsResponseError,
   KmsStanzaError,

@@ -1,20 +1,15 @@
 /**
  * A client's entity key, its registration proof, and the unwrapping of GKs the KMS sends. One key
  * serves block signatures and receiving GKs: RSA (PS256, RSA-OAEP: PCG-01's mandatory-to-implement
- * algorithms, and the default) or P-256 (ES256, ECDH-ES+A256KW).
+ * algorithms, and the default) or P-256 (ES256, ECDH-ES+A256KW). Keys are JWKs, used through
+ * WebCrypto (src/client/webcrypto.ts), so that this runs in browsers and in Node.
  */
-import { createPrivateKey, createPublicKey, generateKeyPair, generateKeyPairSync, type JsonWebKey, type KeyObject } from 'node:crypto';
-import { promisify } from 'node:util';
-import { signatureAlgsFor, signCompact, verifyCompact, type JwsAlg } from '../crypto/jws.js';
-import { decryptJwe } from '../crypto/jwe.js';
-import { generateEcKeyPair, publicJwk, thumbprint } from '../crypto/keys.js';
-import { decode as b64uDecode } from '../crypto/base64url.js';
 import type { SigningKey } from './chain.js';
+import { b64uDecode, decryptWithKey, generatePrivateJwk, publicJwk, signJws, thumbprint, utf8, verifyJws, type JWK } from './webcrypto.js';
 
-/** An entity key pair as the client keeps it. */
+/** An entity key pair as the client keeps it: the private JWK (to save and reuse), the public JWK, kid and alg. */
 export interface EntityKey extends SigningKey {
-  publicKey: KeyObject;
-  publicJwk: JsonWebKey;
+  publicJwk: JWK;
 }
 
 /**
@@ -32,24 +27,11 @@ export interface EntityKeyOptions {
 }
 
 const DEFAULT_RSA_BITS = 2048;
-const generateKeyPairAsync = promisify(generateKeyPair);
 
-/**
- * Makes a new entity key, blocking for RSA (0.2 s at 2048 bits, about 1 s at 3072); prefer
- * createEntityKey in an application. Keys are never exported from a generateKeyPairSync key object
- * as JWK (on Node 20 that can hang the process): P-256 comes from createECDH, RSA goes through PKCS#8.
- */
-export function generateEntityKey(opts: EntityKeyOptions = {}): EntityKey {
-  if (opts.type === 'EC') return entityKeyFromPrivate(generateEcKeyPair('P-256').privateKey);
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: rsaBits(opts), publicExponent: 0x10001 });
-  return entityKeyFromPrivate(reimported(privateKey));
-}
-
-/** Makes a new entity key without blocking the event loop (RSA is made on libuv's thread pool). */
+/** Makes a new entity key (with WebCrypto, off the event loop). */
 export async function createEntityKey(opts: EntityKeyOptions = {}): Promise<EntityKey> {
-  if (opts.type === 'EC') return generateEntityKey(opts);
-  const { privateKey } = await generateKeyPairAsync('rsa', { modulusLength: rsaBits(opts), publicExponent: 0x10001 });
-  return entityKeyFromPrivate(reimported(privateKey));
+  if (opts.type === 'EC') return entityKeyFromJwk(await generatePrivateJwk({ type: 'EC' }));
+  return entityKeyFromJwk(await generatePrivateJwk({ type: 'RSA', modulusLength: rsaBits(opts) }));
 }
 
 function rsaBits(opts: EntityKeyOptions): number {
@@ -58,26 +40,21 @@ function rsaBits(opts: EntityKeyOptions): number {
   return bits;
 }
 
-/** The same private key, imported from its PKCS#8 form (so that it may later be exported as JWK safely). */
-function reimported(key: KeyObject): KeyObject {
-  return createPrivateKey({ key: key.export({ format: 'der', type: 'pkcs8' }), format: 'der', type: 'pkcs8' });
-}
-
-/** Rebuilds an entity key from its private JWK (as saved by a client). */
-export function entityKeyFromJwk(jwk: JsonWebKey): EntityKey {
-  return entityKeyFromPrivate(createPrivateKey({ key: jwk, format: 'jwk' }));
-}
-
-function entityKeyFromPrivate(privateKey: KeyObject): EntityKey {
-  const publicKey = createPublicKey(privateKey);
-  const pub = publicJwk(publicKey);
-  const alg: JwsAlg = pub.kty === 'EC' ? 'ES256' : 'PS256';
-  return { privateKey, publicKey, publicJwk: pub, kid: thumbprint(pub), alg };
+/** Rebuilds an entity key from its private JWK (as saved by a client): an RSA or a P-256 private key. */
+export async function entityKeyFromJwk(jwk: JWK): Promise<EntityKey> {
+  if (typeof jwk?.d !== 'string') throw new Error('an entity key needs a private JWK');
+  if (jwk.kty !== 'RSA' && !(jwk.kty === 'EC' && jwk.crv === 'P-256')) throw new Error('an entity key is RSA or P-256');
+  const pub = publicJwk(jwk);
+  const { alg: _alg, use: _use, key_ops: _ops, ext: _ext, ...privateJwk } = jwk;
+  // Signing once checks that the private and public parts belong together.
+  const key: EntityKey = { privateJwk, publicJwk: pub, kid: await thumbprint(pub), alg: pub.kty === 'EC' ? 'ES256' : 'PS256' };
+  await verifyJws(await signJws(privateJwk, key.alg, 'check'), pub);
+  return key;
 }
 
 /** The proof of possession for post /entity-keys: a JWS by the key over entity, channel and time. */
-export function registrationProof(key: EntityKey, entity: string, ephemeralKeyUri: string, now = Date.now()): string {
-  return signCompact(key.privateKey, key.alg, JSON.stringify({ entity, ephemeralKey: ephemeralKeyUri, iat: Math.floor(now / 1000) }), {
+export function registrationProof(key: EntityKey, entity: string, ephemeralKeyUri: string, now = Date.now()): Promise<string> {
+  return signJws(key.privateJwk, key.alg, JSON.stringify({ entity, ephemeralKey: ephemeralKeyUri, iat: Math.floor(now / 1000) }), {
     kid: key.kid,
   });
 }
@@ -88,19 +65,16 @@ export interface GroupKey {
   block?: string;
   created: string;
   /** The 32-byte A256GCM key. */
-  key: Buffer;
+  key: Uint8Array;
 }
 
 /** Verifies a GK (signed by the KMS) and unwraps its key with the entity's private key. */
-export function openGk(gkJws: string, kmsKey: KeyObject, entityKey: EntityKey): GroupKey {
-  const gk = JSON.parse(verifyCompact(gkJws, kmsKey, signatureAlgsFor(kmsKey)).payload.toString('utf8'));
+export async function openGk(gkJws: string, kmsKey: JWK, entityKey: EntityKey): Promise<GroupKey> {
+  const gk = JSON.parse(utf8((await verifyJws(gkJws, kmsKey)).payload));
   if (typeof gk.uri !== 'string' || typeof gk.key !== 'string') throw new Error('not a group key');
-  const { plaintext } = decryptJwe(gk.key, entityKey.privateKey, {
-    alg: ['ECDH-ES+A256KW', 'RSA-OAEP', 'RSA-OAEP-256'],
-    enc: ['A256GCM'],
-  });
-  const jwk = JSON.parse(plaintext.toString('utf8'));
-  if (jwk.kty !== 'oct' || jwk.kid !== gk.uri) throw new Error("the wrapped key is not this group key's");
+  const { plaintext } = await decryptWithKey(gk.key, entityKey.privateJwk);
+  const jwk = JSON.parse(utf8(plaintext));
+  if (jwk.kty !== 'oct' || jwk.kid !== gk.uri || typeof jwk.k !== 'string') throw new Error("the wrapped key is not this group key's");
   const key = b64uDecode(jwk.k);
   if (key.length !== 32) throw new Error('the group key is not 256 bits');
   const out: GroupKey = { uri: gk.uri, created: gk.created, key };

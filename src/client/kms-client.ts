@@ -4,7 +4,6 @@
  * fetched once and cached. This is the API an XMPP client uses; room.ts builds the encrypted
  * multi-user chat on it.
  */
-import type { KeyObject, X509Certificate } from 'node:crypto';
 import { KmsSession, type CredentialSource, type KmsResponse, type Transport } from './session.js';
 import type { RetryOptions } from './retry.js';
 import { discoverKms, fetchKmsIdentity, xmppTransport, type KmsIdentityInfo, type XmppEntity } from './xmpp.js';
@@ -12,7 +11,8 @@ import { createEntityKey, openGk, registrationProof, type EntityKey, type Entity
 import { blockHash, signBlock, verifyChain, type Operation, type VerifiedChain } from './chain.js';
 import { KmsError, isClientCode } from '../protocol/errors.js';
 import { BadResponseError, ChainVerificationError, KmsResponseError } from './errors.js';
-import { importPublicJwk } from '../crypto/keys.js';
+import { publicJwk, type JWK } from './webcrypto.js';
+import type { TrustAnchor } from './x509.js';
 import { canonicalEntity } from '../protocol/entity.js';
 import { encodeSegment } from '../protocol/uri.js';
 import { Lru } from '../util/lru.js';
@@ -23,7 +23,7 @@ export interface KmsClientOptions extends RetryOptions {
   /** The KMS component's JID, e.g. kms.example.com; found with disco on the user's domain when omitted. */
   kms?: string;
   /** Trust anchors for the KMS certificate: the client's own configuration, never the server's word. */
-  anchors: X509Certificate[];
+  anchors: TrustAnchor[];
   /** The user's access token for the KMS; called again at every handshake, so it may refresh. */
   bearer: CredentialSource;
   /** The entity key of this device (default: a new one, registered at connect; see entityKeyType). */
@@ -51,13 +51,13 @@ export class KmsClient {
   readonly session: KmsSession;
   readonly kmsJid: string;
   readonly kmsId: string;
-  readonly kmsKey: KeyObject;
+  readonly kmsKey: JWK;
   readonly entityKey: EntityKey;
   #entity = '';
   readonly #gks: Lru<string, GroupKey>;
   readonly #gkInFlight = new Map<string, Promise<GroupKey>>();
   readonly #chains = new Map<string, ChainView>();
-  readonly #entityKeys = new Map<string, { kid: string; key: KeyObject }[]>();
+  readonly #entityKeys = new Map<string, { kid: string; key: JWK }[]>();
 
   private constructor(o: KmsClientOptions & { kms: string; entityKey: EntityKey }, identity: KmsIdentityInfo, transport: Transport) {
     this.kmsJid = o.kms;
@@ -116,7 +116,7 @@ export class KmsClient {
     this.#entity = eph.userId;
     await this.session.request('post', '/entity-keys', {
       jwk: this.entityKey.publicJwk,
-      proof: registrationProof(this.entityKey, eph.userId, eph.uri),
+      proof: await registrationProof(this.entityKey, eph.userId, eph.uri),
     });
   }
 
@@ -196,11 +196,11 @@ export class KmsClient {
     }
   }
 
-  async #keysOf(entity: string): Promise<{ kid: string; key: KeyObject }[]> {
+  async #keysOf(entity: string): Promise<{ kid: string; key: JWK }[]> {
     let keys = this.#entityKeys.get(entity);
     if (!keys) {
       const res = await this.session.request('get', `/entity-keys/${encodeSegment(entity)}`);
-      keys = (res.entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({ kid: k.kid, key: importPublicJwk(k.jwk) }));
+      keys = (res.entityKeys as { kid: string; jwk: JWK }[]).map((k) => ({ kid: k.kid, key: publicJwk(k.jwk) }));
       this.#entityKeys.set(entity, keys);
     }
     return keys;
@@ -213,7 +213,7 @@ export class KmsClient {
   async append(uri: string, operations: Operation[], attempts = 3): Promise<ChainView> {
     for (let i = 0; ; i++) {
       const chain = await this.chain(uri);
-      const block = signBlock(
+      const block = await signBlock(
         this.entityKey,
         this.entity,
         chain.tail,
@@ -226,7 +226,7 @@ export class KmsClient {
         continue;
       }
       const after = await this.chain(uri);
-      if (!after.hashes.includes(blockHash(block))) {
+      if (!after.hashes.includes(await blockHash(block))) {
         throw new BadResponseError('the appended block is not in the chain the KMS returns');
       }
       return after;
@@ -256,10 +256,10 @@ export class KmsClient {
   }
 
   /** Checks the KMS's signature on a GK, unwraps it with this device's key and caches it. */
-  #keep(gkJws: string, expectedUri?: string): GroupKey {
+  async #keep(gkJws: string, expectedUri?: string): Promise<GroupKey> {
     let gk: GroupKey;
     try {
-      gk = openGk(gkJws, this.kmsKey, this.entityKey);
+      gk = await openGk(gkJws, this.kmsKey, this.entityKey);
     } catch (e) {
       throw new BadResponseError(`the group key the KMS returned cannot be opened: ${(e as Error).message}`, { cause: e });
     }

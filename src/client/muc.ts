@@ -4,11 +4,10 @@
  * carried in <encrypted xmlns='urn:xmpp:kms:0' gk kms chain/> with an XEP-0380 declaration, a
  * fallback body and an XEP-0334 store hint. Pure functions: no network, no KMS.
  */
-import { randomBytes, randomInt, randomUUID } from 'node:crypto';
 import xml, { type Element } from '@xmpp/xml';
 import parseXml from '@xmpp/xml/lib/parse.js';
 import { NS } from '../protocol/namespace.js';
-import { decryptDir, encryptDir, readJweHeader } from '../crypto/jwe.js';
+import { b64uEncode, decodeJweHeader, decryptDir, encryptDir, randomBytes, randomInt, randomUUID, utf8 } from './webcrypto.js';
 import type { GroupKey } from './keys.js';
 
 export const NS_SCE = 'urn:xmpp:sce:1';
@@ -50,7 +49,7 @@ function host(uri: string): string {
 }
 
 /** Builds the <message type='groupchat'/> to send to the room. */
-export function encryptRoomMessage(o: EncryptOptions): Element {
+export async function encryptRoomMessage(o: EncryptOptions): Promise<Element> {
   if (host(o.gk.uri) !== o.kms.toLowerCase() || host(o.chain) !== o.kms.toLowerCase()) {
     throw new Error(`the group key and chain must be served by ${o.kms}`);
   }
@@ -59,12 +58,12 @@ export function encryptRoomMessage(o: EncryptOptions): Element {
     { xmlns: NS_SCE },
     xml('content', {}, xml('body', { xmlns: NS_CLIENT }, o.body)),
     // Random padding of random length hides the length of the content (affix profile: rpad).
-    xml('rpad', {}, randomBytes(150).toString('base64url').slice(0, randomInt(1, 201))),
+    xml('rpad', {}, b64uEncode(randomBytes(150)).slice(0, randomInt(1, 201))),
     xml('time', { stamp: (o.now ?? new Date()).toISOString() }),
     xml('from', { jid: o.from }),
     xml('to', { jid: o.room }),
   );
-  const jwe = encryptDir(o.gk.key, envelope.toString(), { enc: 'A256GCM', kid: o.gk.uri });
+  const jwe = await encryptDir(o.gk.key, envelope.toString(), o.gk.uri);
   return xml(
     'message',
     { type: 'groupchat', to: o.room, id: o.id ?? randomUUID() },
@@ -93,13 +92,13 @@ export function readEncrypted(message: Element): EncryptedRef | undefined {
   if (host(gk) !== kms.toLowerCase() || host(chain) !== kms.toLowerCase()) {
     throw new UndecryptableError('malformed', `the group key and chain are not served by the KMS the message names (${kms})`);
   }
-  let header: ReturnType<typeof readJweHeader>;
+  let header: ReturnType<typeof decodeJweHeader>;
   try {
-    header = readJweHeader(jwe);
+    header = decodeJweHeader(jwe);
   } catch {
     throw new UndecryptableError('malformed', 'the content is not a compact JWE');
   }
-  // A "zip" header never gets here: readJweHeader refuses it (compression is not supported).
+  // A "zip" header never gets here: decodeJweHeader refuses it (compression is not supported).
   if (header.alg !== 'dir' || header.enc !== 'A256GCM' || header.kid !== gk) {
     throw new UndecryptableError('malformed', 'the JWE must be dir + A256GCM with kid equal to the gk attribute');
   }
@@ -124,17 +123,17 @@ export interface OpenOptions {
 }
 
 /** Decrypts a message with its group key and checks the envelope's affixes (time and room). */
-export function openRoomMessage(ref: EncryptedRef, gk: GroupKey, o: OpenOptions): OpenedMessage {
+export async function openRoomMessage(ref: EncryptedRef, gk: GroupKey, o: OpenOptions): Promise<OpenedMessage> {
   if (gk.uri !== ref.gk) throw new UndecryptableError('key-mismatch', 'this is not the group key the message names');
-  let plaintext: Buffer;
+  let plaintext: Uint8Array;
   try {
-    ({ plaintext } = decryptDir(ref.jwe, gk.key, ['A256GCM']));
+    ({ plaintext } = await decryptDir(ref.jwe, gk.key));
   } catch {
     throw new UndecryptableError('decrypt-failed', 'the message does not decrypt with its group key (tampered or forged)');
   }
   let envelope: Element;
   try {
-    envelope = parseXml(plaintext.toString('utf8'));
+    envelope = parseXml(utf8(plaintext));
   } catch {
     throw new UndecryptableError('malformed', 'the decrypted envelope is not XML');
   }

@@ -4,7 +4,6 @@
  * new requestId for every request, a retry included), so a retry is never the same messages sent
  * twice and a late answer to the first attempt cannot be taken for the second's.
  */
-import { setTimeout as sleep } from 'node:timers/promises';
 import { KmsError } from '../protocol/errors.js';
 import { isConnectionLost } from './xmpp.js';
 
@@ -28,6 +27,8 @@ export function isTransient(e: unknown): boolean {
   if (e instanceof KmsError) return e.retryable;
   return (e as Error | undefined)?.name === 'TimeoutError' || isConnectionLost(e);
 }
+
+const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
 /** Runs `attempt` until it succeeds, fails for good, or `retries` retries have failed, with exponential backoff and jitter. */
 export async function retrying<T>(attempt: () => Promise<T>, o: RetryOptions = {}): Promise<T> {

@@ -4,8 +4,8 @@
  * key bound to the chain's last block, and a membership change makes the next message use a new
  * group key. The XMPP server and the MUC service only ever see ciphertext.
  */
-import { EventEmitter } from 'node:events';
-import { randomUUID } from 'node:crypto';
+import { Emitter } from './emitter.js';
+import { randomUUID } from './webcrypto.js';
 import xml, { type Element } from '@xmpp/xml';
 import type { KmsClient, ChainView } from './kms-client.js';
 import { KmsResponseError } from './errors.js';
@@ -90,7 +90,7 @@ export interface EncryptedRoom {
 }
 
 // biome-ignore lint/suspicious/noUnsafeDeclarationMerging: the interface of the same name types the events this class emits.
-export class EncryptedRoom extends EventEmitter {
+export class EncryptedRoom extends Emitter {
   readonly room: string;
   readonly nick: string;
   readonly #o: RoomOptions;
@@ -237,7 +237,7 @@ export class EncryptedRoom extends EventEmitter {
     const gk = await this.#keyForSending();
     const id = randomUUID();
     await this.#o.xmpp.send(
-      encryptRoomMessage({ gk, kms: this.#o.kms.kmsJid, chain: this.#requireChain(), from: this.#o.kms.entity, room: this.room, body, id }),
+      await encryptRoomMessage({ gk, kms: this.#o.kms.kmsJid, chain: this.#requireChain(), from: this.#o.kms.entity, room: this.room, body, id }),
     );
     return id;
   }
@@ -302,7 +302,7 @@ export class EncryptedRoom extends EventEmitter {
       if (this.#chain && ref.chain !== this.#chain) throw new UndecryptableError('key-mismatch', `the message names another chain (${ref.chain})`);
       const gk = await this.#o.kms.gk(ref.gk);
       if (!gk.block) throw new UndecryptableError('key-mismatch', 'the group key is not bound to a block');
-      const opened = openRoomMessage(ref, gk, { room: this.room, at, ...(this.#o.maxSkewMs !== undefined ? { maxSkewMs: this.#o.maxSkewMs } : {}) });
+      const opened = await openRoomMessage(ref, gk, { room: this.room, at, ...(this.#o.maxSkewMs !== undefined ? { maxSkewMs: this.#o.maxSkewMs } : {}) });
       const known = this.#o.kms.knownChain(ref.chain);
       let chain = known;
       if (!chain?.hashes.includes(gk.block)) {

@@ -4,12 +4,20 @@
  * again when the KMS answers with a signed "unknown or expired key" error. A transport (XMPP, or
  * the engine in process for tests) is a function from request messages to response messages.
  */
-import { createECDH, randomUUID, type KeyObject } from 'node:crypto';
-import { encryptJwe, encryptDir, decryptDirParsed, parseCompactJwe } from '../crypto/jwe.js';
-import { decodeCompactJws, signatureAlgsFor, verifyCompact, verifyDecoded, type DecodedJws, type JwsAlg } from '../crypto/jws.js';
-import { importPublicJwk } from '../crypto/keys.js';
-import { deriveChannelKey } from '../crypto/channel.js';
-import { encode as b64u } from '../crypto/base64url.js';
+import {
+  decodeJweHeader,
+  decodeJws,
+  decryptDir,
+  deriveChannelKey,
+  encryptDir,
+  encryptToKey,
+  generateEphemeralKeyPair,
+  randomUUID,
+  signatureAlgsFor,
+  verifyJws,
+  type ClientJwsAlg,
+  type JWK,
+} from './webcrypto.js';
 import { responseCode } from '../protocol/errors.js';
 import { BadResponseError, KmsResponseError } from './errors.js';
 import { retrying, type RetryOptions } from './retry.js';
@@ -21,9 +29,9 @@ export type Transport = (messages: string[]) => Promise<string[]>;
 export type CredentialSource = () => string | Promise<string>;
 
 export interface SessionOptions {
-  /** The KMS's static key id, kms://<domain>, and its validated public key. */
+  /** The KMS's static key id, kms://<domain>, and its validated public key (a public JWK). */
   kmsKid: string;
-  kmsKey: KeyObject;
+  kmsKey: JWK;
   transport: Transport;
   bearer: CredentialSource;
   clientId?: string;
@@ -48,7 +56,7 @@ export type KmsResponse = { status: number; code?: string; reason?: string; requ
 
 interface Channel {
   info: EphemeralKeyInfo;
-  key: Buffer;
+  key: Uint8Array;
   expiresAt: number;
 }
 
@@ -56,7 +64,7 @@ interface Channel {
 export class KmsSession {
   readonly clientId: string;
   readonly #o: SessionOptions;
-  readonly #sigAlgs: JwsAlg[];
+  readonly #sigAlgs: ClientJwsAlg[];
   /** No retries unless asked for (KmsClient asks for its RetryOptions). */
   readonly #retry: RetryOptions;
   #channel: Channel | undefined;
@@ -91,24 +99,19 @@ export class KmsSession {
   }
 
   async #doHandshake(): Promise<Channel> {
-    const ecdh = createECDH('prime256v1');
-    const point = ecdh.generateKeys();
+    const ephemeral = await generateEphemeralKeyPair();
     const requestId = randomUUID();
     const payload = {
       client: await this.#credential(),
       method: 'create',
       uri: '/ecdhe',
       requestId,
-      jwk: { kty: 'EC', crv: 'P-256', x: b64u(point.subarray(1, 33)), y: b64u(point.subarray(33, 65)) },
+      jwk: ephemeral.publicJwk,
     };
-    const rsa = this.#o.kmsKey.asymmetricKeyType === 'rsa';
-    const message = encryptJwe(this.#o.kmsKey, JSON.stringify(payload), {
-      alg: rsa ? 'RSA-OAEP' : 'ECDH-ES',
-      enc: 'A256GCM',
-      kid: this.#o.kmsKid,
-    });
+    // RSA-OAEP to an RSA static key, ECDH-ES to a P-256 one.
+    const message = await encryptToKey(this.#o.kmsKey, JSON.stringify(payload), this.#o.kmsKid);
     const [reply] = await this.#o.transport([message]);
-    const res = this.#verifySigned(reply ?? '');
+    const res = await this.#verifySigned(reply ?? '');
     if (res.requestId !== undefined && res.requestId !== requestId) throw new BadResponseError('the handshake response answers another request');
     // A refusal the KMS could not match to the request (it could not decrypt it) has no requestId.
     if (res.status >= 400) throw KmsResponseError.from(res);
@@ -118,11 +121,11 @@ export class KmsSession {
     if (!key || typeof key.uri !== 'string' || typeof key.expirationDate !== 'string') {
       throw new BadResponseError('the handshake response has no ephemeral key');
     }
-    let kmsPublic: KeyObject;
+    let channelKey: Uint8Array;
     try {
-      kmsPublic = importPublicJwk(key.jwk);
+      channelKey = await deriveChannelKey(ephemeral.privateKey, key.jwk as JWK);
     } catch (e) {
-      throw new BadResponseError("the handshake response's ephemeral key is not a public key", { cause: e });
+      throw new BadResponseError("the handshake response's ephemeral key is not a P-256 public key", { cause: e });
     }
     const info: EphemeralKeyInfo = {
       uri: key.uri,
@@ -131,15 +134,15 @@ export class KmsSession {
       createDate: key.createDate,
       expirationDate: key.expirationDate,
     };
-    return { info, key: deriveChannelKey(ecdh, kmsPublic), expiresAt: Date.parse(key.expirationDate) };
+    return { info, key: channelKey, expiresAt: Date.parse(key.expirationDate) };
   }
 
   /** A JWS by the static key: a handshake response, or an error sent without a channel. */
-  /** The KMS-signed response `message` (already decoded, when `decoded` is given). */
-  #verifySigned(message: string, decoded?: DecodedJws): KmsResponse {
-    let payload: Buffer;
+  /** The KMS-signed response `message`. */
+  async #verifySigned(message: string): Promise<KmsResponse> {
+    let payload: Uint8Array;
     try {
-      ({ payload } = decoded ? verifyDecoded(decoded, this.#o.kmsKey, this.#sigAlgs) : verifyCompact(message, this.#o.kmsKey, this.#sigAlgs));
+      ({ payload } = await verifyJws(message, this.#o.kmsKey, this.#sigAlgs));
     } catch (e) {
       throw new BadResponseError('the response is not signed by the KMS', { cause: e });
     }
@@ -160,17 +163,16 @@ export class KmsSession {
       const { ids, replies } = await retrying(async () => {
         const client = await this.#credential();
         const ids = requests.map(() => randomUUID());
-        const messages = requests.map((r, i) =>
-          encryptDir(channel.key, JSON.stringify({ client, method: r.method, uri: r.uri, requestId: ids[i], ...(r.body ?? {}) }), {
-            enc: 'A256GCM',
-            kid: channel.info.uri,
-          }),
+        const messages = await Promise.all(
+          requests.map((r, i) =>
+            encryptDir(channel.key, JSON.stringify({ client, method: r.method, uri: r.uri, requestId: ids[i], ...(r.body ?? {}) }), channel.info.uri),
+          ),
         );
         return { ids, replies: await this.#o.transport(messages) };
       }, this.#retry);
       const byId = new Map<string | number | undefined, KmsResponse>();
       let channelLost = false;
-      const opened = replies.map((reply) => this.#open(reply, channel));
+      const opened = await Promise.all(replies.map((reply) => this.#open(reply, channel)));
       for (const res of opened) {
         // A signed UNAUTHENTICATED: the KMS cannot read our channel (XEP "Ending a Channel").
         if (res.signed && res.response.status >= 400 && responseCode(res.response) === 'UNAUTHENTICATED') channelLost = true;
@@ -199,23 +201,21 @@ export class KmsSession {
     return res!;
   }
 
-  #open(message: string, channel: Channel): { signed: boolean; response: KmsResponse } {
+  async #open(message: string, channel: Channel): Promise<{ signed: boolean; response: KmsResponse }> {
     const parts = message.split('.').length;
-    // Each reply is parsed once: a malformed one throws here, before any key is tried.
+    // A malformed reply throws here, before any key is tried.
     if (parts === 3) {
-      let decoded: DecodedJws;
       try {
-        decoded = decodeCompactJws(message);
+        decodeJws(message);
       } catch (e) {
         throw new BadResponseError('the response is not a compact JWS', { cause: e });
       }
-      return { signed: true, response: this.#verifySigned(message, decoded) };
+      return { signed: true, response: await this.#verifySigned(message) };
     }
-    let plaintext: Buffer;
+    let plaintext: Uint8Array;
     try {
-      const parsed = parseCompactJwe(message);
-      if (parsed.header.kid !== channel.info.uri) throw new BadResponseError('the response is under another ephemeral key');
-      ({ plaintext } = decryptDirParsed(parsed, channel.key, ['A256GCM']));
+      if (decodeJweHeader(message).kid !== channel.info.uri) throw new BadResponseError('the response is under another ephemeral key');
+      ({ plaintext } = await decryptDir(message, channel.key));
     } catch (e) {
       throw e instanceof BadResponseError ? e : new BadResponseError('the response does not decrypt under the channel key', { cause: e });
     }
@@ -240,10 +240,12 @@ function missing(): never {
 }
 
 /** A response payload: a JSON object with a numeric status, or a BadResponseError. */
-function parseResponse(payload: Buffer): KmsResponse {
+const UTF8 = new TextDecoder();
+
+function parseResponse(payload: Uint8Array): KmsResponse {
   let res: unknown;
   try {
-    res = JSON.parse(payload.toString('utf8'));
+    res = JSON.parse(UTF8.decode(payload));
   } catch (e) {
     throw new BadResponseError('the response is not JSON', { cause: e });
   }

@@ -4,12 +4,11 @@
  * any xmpp.js entity (an `@xmpp/client` connection); the XMPP server is not trusted, so the key
  * is only accepted with a certificate chain to the caller's trust anchors for the kid's host.
  */
-import type { KeyObject, X509Certificate } from 'node:crypto';
 import xml, { type Element } from '@xmpp/xml';
 import { NS } from '../protocol/namespace.js';
 import { parseStanzaError } from '../protocol/stanza-errors.js';
-import { importPublicJwk } from '../crypto/keys.js';
-import { certificateMatchesHost, validateChain } from '../crypto/x509.js';
+import { b64uDecode, publicJwk, type JWK } from './webcrypto.js';
+import { certificateMatchesHost, validateChain, type TrustAnchor, type ValidatedChain } from './x509.js';
 import type { Transport } from './session.js';
 import { BadResponseError, IdentityValidationError, KmsStanzaError, KmsTimeoutError } from './errors.js';
 
@@ -97,7 +96,8 @@ export async function discoverKms(entity: XmppEntity, domain: string, timeoutMs 
 
 export interface KmsIdentityInfo {
   kid: string;
-  key: KeyObject;
+  /** The validated static key, a public JWK. */
+  key: JWK;
   sigAlg: string;
   encAlg: string;
 }
@@ -108,7 +108,7 @@ export interface KmsIdentityInfo {
  * host the component's own domain, and the published key the certificate's. Any failed check is
  * an IdentityValidationError (a KmsStanzaError or KmsTimeoutError when the component did not answer).
  */
-export async function fetchKmsIdentity(entity: XmppEntity, component: string, anchors: X509Certificate[], timeoutMs = 10_000): Promise<KmsIdentityInfo> {
+export async function fetchKmsIdentity(entity: XmppEntity, component: string, anchors: TrustAnchor[], timeoutMs = 10_000): Promise<KmsIdentityInfo> {
   let reply: Element;
   try {
     reply = await entity.iqCaller.request(xml('iq', { type: 'get', to: component }, xml('identity', { xmlns: NS })), timeoutMs);
@@ -122,36 +122,46 @@ export async function fetchKmsIdentity(entity: XmppEntity, component: string, an
   const host = kid.slice('kms://'.length);
   if (host.toLowerCase() !== component.toLowerCase()) throw new IdentityValidationError(`${component} published the key of another KMS (${kid})`);
   const x5c = id.getChildren('x5c').map((c) => c.getText().trim());
-  let chain: ReturnType<typeof validateChain>;
+  let chain: ValidatedChain;
   try {
-    chain = validateChain(x5c, anchors);
+    chain = await validateChain(x5c, anchors);
   } catch (e) {
     throw new IdentityValidationError(`the KMS certificate chain does not validate: ${(e as Error).message}`, { cause: e });
   }
   if (!certificateMatchesHost(chain.leaf, host)) throw new IdentityValidationError(`the KMS certificate is not for ${host}`);
-  let jwk: KeyObject;
+  let jwk: JWK;
   let published: unknown;
   try {
     published = JSON.parse(id.getChildText('jwk') ?? 'null');
-    jwk = importPublicJwk(published);
+    jwk = publicJwk(published as JWK);
   } catch (e) {
     throw new IdentityValidationError(`${component} published a <jwk/> that is not a public key: ${(e as Error).message}`, { cause: e });
   }
-  if (!jwk.equals(chain.publicKey)) throw new IdentityValidationError("the published key is not the certificate's key");
+  const key = chain.publicJwk;
+  if (!sameKey(jwk, key)) throw new IdentityValidationError("the published key is not the certificate's key");
   // XEP "Validating the Static Key" rules 3 and 4: the JWK's own kid, if any, is the kid; the
   // algorithms fit the key type (PS256 and RSA-OAEP for RSA of 2048 bits or more, ES256 and ECDH-ES for P-256).
   const jwkKid = (published as { kid?: unknown }).kid;
   if (jwkKid !== undefined && jwkKid !== kid) throw new IdentityValidationError(`the <jwk/> names kid ${String(jwkKid).slice(0, 100)}, not ${kid}`);
   const sigAlg = id.attrs['sig-alg'] ?? '';
   const encAlg = id.attrs['enc-alg'] ?? '';
-  const type = chain.publicKey.asymmetricKeyType;
-  const details = chain.publicKey.asymmetricKeyDetails;
   const fits =
-    type === 'rsa'
-      ? (details?.modulusLength ?? 0) >= 2048 && (sigAlg === 'PS256' || sigAlg === 'RS256') && encAlg === 'RSA-OAEP'
-      : type === 'ec' && details?.namedCurve === 'prime256v1' && sigAlg === 'ES256' && encAlg === 'ECDH-ES';
-  if (!fits) throw new IdentityValidationError(`sig-alg ${sigAlg} and enc-alg ${encAlg} do not fit the static key (${type})`);
-  return { kid, key: chain.publicKey, sigAlg, encAlg };
+    key.kty === 'RSA'
+      ? rsaBits(key) >= 2048 && (sigAlg === 'PS256' || sigAlg === 'RS256') && encAlg === 'RSA-OAEP'
+      : key.kty === 'EC' && key.crv === 'P-256' && sigAlg === 'ES256' && encAlg === 'ECDH-ES';
+  if (!fits) throw new IdentityValidationError(`sig-alg ${sigAlg} and enc-alg ${encAlg} do not fit the static key (${key.kty?.toLowerCase()})`);
+  return { kid, key, sigAlg, encAlg };
+}
+
+/** Are two public JWKs the same key? */
+function sameKey(a: JWK, b: JWK): boolean {
+  return a.kty === b.kty && (a.kty === 'RSA' ? a.n === b.n && a.e === b.e : a.crv === b.crv && a.x === b.x && a.y === b.y);
+}
+
+/** The modulus length of an RSA public JWK in bits. */
+function rsaBits(jwk: JWK): number {
+  const n = b64uDecode(jwk.n ?? '');
+  return n.length === 0 ? 0 : (n.length - 1) * 8 + (32 - Math.clz32(n[0]!));
 }
 
 /** A Transport over XMPP: one `<kms/>` IQ per batch, replies in order. */

@@ -83,10 +83,12 @@ export function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
 /** A block hash: SHA-256 in lowercase hex, its only spelling (XEP "Entities and Hashes"). */
 export const sha256Hex = z.string().regex(BLOCK_HASH, 'must be a block hash (64 lowercase hex digits)');
 
-/** JSON bytes (a JWS payload) parsed, or a 400 naming `where`. */
-export function parseJsonOr400(payload: Buffer, where: string): unknown {
+const UTF8 = new TextDecoder();
+
+/** JSON bytes (a JWS payload; a Buffer on the server) parsed, or a 400 naming `where`. */
+export function parseJsonOr400(payload: Uint8Array, where: string): unknown {
   try {
-    return JSON.parse(payload.toString('utf8'));
+    return JSON.parse(UTF8.decode(payload));
   } catch {
     throw badRequest(`${where}: the payload is not JSON`);
   }

@@ -5,8 +5,8 @@ import { spawnSync } from 'node:child_process';
 import { rm } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import { KmsFixture, add, remove, payloadOf, DOMAIN } from '../support/kms-fixture.js';
-import { blockHash } from '../../src/client/chain.js';
-import { openGk } from '../../src/client/keys.js';
+import { blockHash } from '../support/node-client.js';
+import { openGk } from '../support/node-client.js';
 
 const BIN = resolve(import.meta.dirname, '../../bin/kms.js');
 

@@ -25,6 +25,7 @@ import { KmsError } from '../../src/protocol/errors.js';
 import { encryptDir } from '../../src/crypto/jwe.js';
 import { verifyChain } from '../../src/client/chain.js';
 import type { EngineOverrides } from '../../src/engine/config.js';
+import { jwkOf } from '../support/node-client.js';
 
 /** A transport to the engine that counts requests by method and uri (it can read them: tests only). */
 function counting(kms: KmsFixture) {
@@ -43,7 +44,7 @@ async function clientFor(kms: KmsFixture, jid: string, transport: Transport = km
     anchors: [],
     bearer: () => token,
     transport,
-    identity: { kid: kms.identity.kid, key: kms.identity.publicKey, sigAlg: 'ES256', encAlg: 'ECDH-ES' },
+    identity: { kid: kms.identity.kid, key: jwkOf(kms.identity.publicKey), sigAlg: 'ES256', encAlg: 'ECDH-ES' },
     backoffMs: 1,
     ...extra,
   });
@@ -85,7 +86,7 @@ describe('client: KmsClient (in process, real engine)', function () {
     const before = counter.calls.length;
     const got = await Promise.all(Array.from({ length: 10 }, () => bob.gk(gk.uri)));
     expect(counter.calls.length - before).to.equal(1);
-    for (const g of got) expect(g.key.equals(gk.key)).to.equal(true);
+    for (const g of got) expect(g.key).to.deep.equal(gk.key);
     expect(bob.hasGk(gk.uri)).to.equal(true);
     await bob.gk(gk.uri);
     expect(counter.calls.length - before).to.equal(1);
@@ -131,7 +132,7 @@ describe('client: KmsClient (in process, real engine)', function () {
     await verifyChain(blocks, {
       kmsKey: bob.kmsKey,
       kmsId: bob.kmsId,
-      keysOf: async () => [{ kid: alice.entityKey.kid, key: alice.entityKey.publicKey }],
+      keysOf: async () => [{ kid: alice.entityKey.kid, key: alice.entityKey.publicJwk }],
     }).catch((e: Error) => (err = e));
     expect(err?.message).to.match(/block 1: the signature does not verify/);
   });
@@ -267,7 +268,7 @@ describe('client: one error model', function () {
       return kms.transport(messages);
     };
     const token = await kms.issuer.mint({ subject: 'alice@example.com', audience: AUDIENCE });
-    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport, bearer: () => token });
+    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: jwkOf(kms.identity.publicKey), transport, bearer: () => token });
     await session.handshake();
     for (const m of ['none', 'foreign-key', 'garbage'] as const) {
       mode = m;

@@ -18,6 +18,7 @@ import { BadResponseError, IdentityValidationError, KmsTimeoutError } from '../.
 import { makeIdentity } from '../../src/engine/identity.js';
 import { decryptDir, decryptJwe, encryptDir, readJweHeader } from '../../src/crypto/jwe.js';
 import { NS } from '../../src/protocol/namespace.js';
+import { jwkOf } from '../support/node-client.js';
 
 const NS_DISCO_ITEMS = 'http://jabber.org/protocol/disco#items';
 const NS_DISCO_INFO = 'http://jabber.org/protocol/disco#info';
@@ -191,7 +192,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
 
   it('puts each KMS message, as it is, in a <message/> of one <kms/> in an IQ set: no attributes, no whitespace', async () => {
     const xmpp = connection(kms);
-    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport: xmppTransport(xmpp, DOMAIN), bearer: token });
+    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: jwkOf(kms.identity.publicKey), transport: xmppTransport(xmpp, DOMAIN), bearer: token });
     await session.handshake();
     await session.batch([
       { method: 'update', uri: '/ping' },
@@ -247,7 +248,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
         anchors: [],
         bearer: () => bearer,
         transport: spy.transport,
-        identity: { kid: kms.identity.kid, key: kms.identity.publicKey, sigAlg: 'ES256', encAlg: 'ECDH-ES' },
+        identity: { kid: kms.identity.kid, key: jwkOf(kms.identity.publicKey), sigAlg: 'ES256', encAlg: 'ECDH-ES' },
         entityKeyType: { type },
       });
       const register = spy.requests.find((r) => r.uri === '/entity-keys' && r.method === 'post')!;
@@ -262,7 +263,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
 
   it('uses a fresh requestId for every request, the one sent again after a lost channel included', async () => {
     const spy = spying(kms);
-    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport: spy.transport, bearer: token });
+    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: jwkOf(kms.identity.publicKey), transport: spy.transport, bearer: token });
     for (let i = 0; i < 5; i++) await session.request('update', '/ping');
     await session.batch([
       { method: 'update', uri: '/ping' },
@@ -288,7 +289,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
       anchors: [],
       bearer: () => bearer,
       backoffMs: 1,
-      identity: { kid: kms.identity.kid, key: kms.identity.publicKey, sigAlg: 'ES256', encAlg: 'ECDH-ES' },
+      identity: { kid: kms.identity.kid, key: jwkOf(kms.identity.publicKey), sigAlg: 'ES256', encAlg: 'ECDH-ES' },
       entityKeyType: { type: 'EC' },
       transport: async (messages) => {
         for (const m of messages) requests.push(await readRequest(kms, m));
@@ -315,7 +316,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
         }),
       );
     };
-    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport, bearer: token });
+    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: jwkOf(kms.identity.publicKey), transport, bearer: token });
     expect((await session.request('update', '/ping')).status).to.equal(200);
     respell = true;
     const e = await failure(session.request('update', '/ping'));
@@ -331,7 +332,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
       if (mode === 'record') replay = out[0];
       return mode === 'replay' ? [replay!] : out;
     };
-    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport, bearer: token });
+    const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: jwkOf(kms.identity.publicKey), transport, bearer: token });
     await session.handshake();
     mode = 'record';
     expect((await session.request('get', `/entity-keys/${encodeURIComponent('alice@example.com')}`)).status).to.equal(200);
@@ -351,7 +352,7 @@ describe('conformance: the client library (xep/kms.xml)', function () {
         anchors: [],
         bearer: () => bearer,
         transport,
-        identity: { kid: kms.identity.kid, key: kms.identity.publicKey, sigAlg: 'ES256', encAlg: 'ECDH-ES' },
+        identity: { kid: kms.identity.kid, key: jwkOf(kms.identity.publicKey), sigAlg: 'ES256', encAlg: 'ECDH-ES' },
         entityKeyType: { type: 'EC' },
       });
     };

@@ -20,7 +20,7 @@ import { signatureAlgsFor, verifyCompact } from '../../src/crypto/jws.js';
 import { importPublicJwk } from '../../src/crypto/keys.js';
 import { encryptDir } from '../../src/crypto/jwe.js';
 import { encode as b64u } from '../../src/crypto/base64url.js';
-import { blockHash } from '../../src/client/chain.js';
+import { blockHash } from '../support/node-client.js';
 
 const ALICE = 'alice@example.com';
 const MALLORY = 'mallory@example.com';

@@ -4,14 +4,69 @@ import type { KeyObject } from 'node:crypto';
 import { promisify } from 'node:util';
 import {
   CertificateError,
-  certificateMatchesHost,
+  certificateMatchesHost as nodeCertificateMatchesHost,
   createDevIdentity,
   issueCertificate,
   parseCertificate,
   pemOf,
-  validateChain,
+  validateChain as nodeValidateChain,
   x5cOf,
 } from '../../src/crypto/x509.js';
+import { certificateMatchesHost as clientCertificateMatchesHost, validateChain as clientValidateChain } from '../../src/client/x509.js';
+// After src/crypto/x509.js, which loads the Reflect polyfill @peculiar/x509 needs.
+import * as px from '@peculiar/x509';
+
+/**
+ * Every validation below runs twice: on the server's validator (node:crypto, whose result the
+ * test checks) and on the client library's (@peculiar/x509 on WebCrypto, src/client/x509.ts),
+ * which must accept and refuse the same chains; its verdicts are awaited after each test.
+ */
+const clientVerdicts: Promise<void>[] = [];
+
+afterEach(async () => {
+  await Promise.all(clientVerdicts.splice(0));
+});
+
+function validateChain(...args: Parameters<typeof nodeValidateChain>): ReturnType<typeof nodeValidateChain> {
+  const [chain, anchors, opts = {}] = args;
+  let error: unknown;
+  let result: ReturnType<typeof nodeValidateChain> | undefined;
+  try {
+    result = nodeValidateChain(chain, anchors, opts);
+  } catch (e) {
+    error = e;
+  }
+  // The client validator has a fixed maximum (5) and takes x5c entries (standard base64 DER).
+  if (opts.maxLength === undefined) {
+    const x5c = chain.map((c) => {
+      try {
+        return (typeof c === 'string' || Buffer.isBuffer(c) ? parseCertificate(c) : c).raw.toString('base64');
+      } catch {
+        return Buffer.isBuffer(c) ? c.toString('base64') : String(c);
+      }
+    });
+    const what = `${chain.length} certificate(s), ${anchors.length} anchor(s): the server ${error ? `refuses (${(error as Error).message})` : 'accepts'}`;
+    clientVerdicts.push(
+      clientValidateChain(x5c, anchors, opts.now).then(
+        (r) => {
+          expect(error, `the client accepts what the server refuses: ${what}`).to.equal(undefined);
+          expect(r.publicJwk).to.deep.include({ kty: result!.publicKey.asymmetricKeyType === 'rsa' ? 'RSA' : 'EC' });
+        },
+        (e: Error) => {
+          expect(error, `the client refuses (${e.message}) what the server accepts: ${what}`).to.not.equal(undefined);
+        },
+      ),
+    );
+  }
+  if (error) throw error;
+  return result!;
+}
+
+function certificateMatchesHost(cert: X509Certificate, host: string): boolean {
+  const server = nodeCertificateMatchesHost(cert, host);
+  expect(clientCertificateMatchesHost(new px.X509Certificate(cert.raw), host), `the client's host check of ${host}`).to.equal(server);
+  return server;
+}
 
 const NOW = new Date('2026-03-01T12:00:00Z');
 const DAY = 86_400_000;

@@ -17,7 +17,7 @@ import { freePorts } from './harness/net.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
 import { fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo } from '../../src/client/xmpp.js';
 import { KmsSession } from '../../src/client/session.js';
-import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
+import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../support/node-client.js';
 import { LevelKvStore } from '../../src/store/kv.js';
 import { KmsState } from '../../src/store/kms-state.js';
 

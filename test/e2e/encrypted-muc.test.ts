@@ -4,6 +4,7 @@
 // is recorded by loopback proxies (harness/wiretap.ts) and searched for plaintext and keys at the end.
 import { expect } from 'chai';
 import { X509Certificate, type KeyObject } from 'node:crypto';
+import { importPrivateJwk } from '../../src/crypto/keys.js';
 import { readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Client } from '@xmpp/client';
@@ -93,7 +94,7 @@ for (const kind of serverKinds()) {
           // Alice names her KMS; everyone else finds it with disco on their domain, by its feature.
           const client = await KmsClient.connect({ xmpp, ...(name === 'alice' ? { kms: 'kms.localhost' } : {}), anchors, bearer: () => token });
           expect(client.kmsJid).to.equal('kms.localhost');
-          secrets.keys.set(`entity key of ${label}`, privateScalar(client.entityKey.privateKey));
+          secrets.keys.set(`entity key of ${label}`, privateScalar(importPrivateJwk(client.entityKey.privateJwk)));
           const room = new EncryptedRoom({ xmpp, kms: client, room: roomJid, nick: label });
           const d: Device = { name, xmpp, kms: client, room, messages: [], refused: [], memberships: [] };
           room.on('membership', (c) => d.memberships.push([...c.members[c.members.length - 1]!].sort()));

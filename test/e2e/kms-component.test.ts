@@ -16,8 +16,11 @@ import { KmsClient } from '../../src/client/kms-client.js';
 import { isRetryable } from '../../src/protocol/errors.js';
 import { fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo } from '../../src/client/xmpp.js';
 import { KmsSession } from '../../src/client/session.js';
-import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
-import { blockHash, signBlock, verifyChain } from '../../src/client/chain.js';
+import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../support/node-client.js';
+import { verifyChain } from '../../src/client/chain.js';
+import { entityKeyFromJwk } from '../../src/client/keys.js';
+import type { JWK } from '../../src/client/webcrypto.js';
+import { blockHash, jwkOf, signBlock } from '../support/node-client.js';
 import { importPublicJwk } from '../../src/crypto/keys.js';
 import { NS } from '../../src/protocol/namespace.js';
 import { STANZA_ERRORS } from '../../src/protocol/stanza-errors.js';
@@ -170,7 +173,7 @@ for (const kind of serverKinds()) {
       const keysOf = async (entity: string) =>
         ((await carol.session.request('get', `/entity-keys/${entity}`)).entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({
           kid: k.kid,
-          key: importPublicJwk(k.jwk),
+          key: jwkOf(importPublicJwk(k.jwk)),
         }));
       const verified = await verifyChain(blocks, { kmsKey: identity.key, kmsId: identity.kid, keysOf });
       expect([...verified.members[1]!].sort()).to.deep.equal([alice.jid, bob.jid, carol.jid]);
@@ -186,14 +189,20 @@ for (const kind of serverKinds()) {
     });
 
     it('reads a chain far larger than one stanza through the client library, in pages, and stays online', async () => {
-      // Decision D7. 30 blocks of about 44 KB (1.3 MB) would make one get-chain response of 1.76 MB,
+      // 30 blocks of about 44 KB (1.3 MB) would make one get-chain response of 1.76 MB,
       // over both servers' 1 MiB stanza limit for components: the server would close the
       // component's stream, losing every request in flight. In pages, no reply exceeds
       // max-reply-size (512 KiB) and the component stays online.
       const [alice, bob] = people as [Person, Person];
       const clientOf = async (p: Person) => {
         const token = await kms.issuer!.mint({ subject: p.jid, audience: 'kms://kms.localhost' });
-        return KmsClient.connect({ xmpp: p.xmpp, kms: 'kms.localhost', anchors, bearer: () => token, entityKey: p.key });
+        return KmsClient.connect({
+          xmpp: p.xmpp,
+          kms: 'kms.localhost',
+          anchors,
+          bearer: () => token,
+          entityKey: await entityKeyFromJwk(p.key.privateJwk as JWK),
+        });
       };
       const writer = await clientOf(alice);
       const { uri } = await writer.createChain([bob.jid]);
@@ -301,7 +310,7 @@ for (const kind of serverKinds()) {
         kms: 'kms.localhost',
         anchors,
         bearer: () => token,
-        entityKey: p.key,
+        entityKey: await entityKeyFromJwk(p.key.privateJwk as JWK),
         retries: 40,
         backoffMs: 100,
         maxBackoffMs: 500,

@@ -1,4 +1,4 @@
-// Get chain in pages (decision D7): the engine fills a get-chain response up to the budget the
+// Get chain in pages (XEP "Reading a Chain"): the engine fills a get-chain response up to the budget the
 // transport gives (KmsEngine.handle's maxResponseBytes), says "more" while blocks were left out,
 // and answers any other response over its budget with 413 TOO_LARGE. The client library follows
 // "more" until it holds the whole chain, verifying each page after the blocks before it.
@@ -6,9 +6,10 @@ import { expect } from 'chai';
 import { KmsFixture, AUDIENCE, DOMAIN, add, type TestUser } from '../support/kms-fixture.js';
 import { openRawChannel, type RawChannel } from '../support/raw-channel.js';
 import { KmsClient } from '../../src/client/kms-client.js';
-import { blockHash } from '../../src/client/chain.js';
+import { blockHash } from '../support/node-client.js';
 import { defaultResponseBudget, largestBlockResponseBytes } from '../../src/engine/response-size.js';
 import { DEFAULT_LIMITS } from '../../src/engine/config.js';
+import { jwkOf } from '../support/node-client.js';
 
 const ALICE = 'alice@example.com';
 const BOB = 'bob@example.com';
@@ -38,7 +39,7 @@ async function growChain(kms: KmsFixture, alice: TestUser, uri: string, genesis:
   return all;
 }
 
-describe('engine: get chain in pages (D7)', function () {
+describe('engine: get chain in pages', function () {
   this.timeout(60_000);
   let kms: KmsFixture;
   let alice: TestUser;
@@ -177,7 +178,7 @@ describe('engine: get chain in pages (D7)', function () {
         largest = Math.max(largest, ...out.map((o) => o.length));
         return out;
       },
-      identity: { kid: kms.identity.kid, key: kms.identity.publicKey, sigAlg: 'ES256', encAlg: 'ECDH-ES' },
+      identity: { kid: kms.identity.kid, key: jwkOf(kms.identity.publicKey), sigAlg: 'ES256', encAlg: 'ECDH-ES' },
       entityKeyType: { type: 'EC' },
     });
     gets = 0;

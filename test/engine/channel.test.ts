@@ -11,7 +11,8 @@ import { decryptDir, encryptDir, encryptJwe, readJweHeader } from '../../src/cry
 import { KmsSession } from '../../src/client/session.js';
 import { deriveChannelKey } from '../../src/crypto/channel.js';
 import { importPublicJwk } from '../../src/crypto/keys.js';
-import { generateEntityKey, openGk } from '../../src/client/keys.js';
+import { generateEntityKey, openGk } from '../support/node-client.js';
+import { jwkOf } from '../support/node-client.js';
 
 /** The public JWK of a client ECDH key. */
 function ecdhJwk(ecdh: ECDH) {
@@ -186,7 +187,7 @@ for (const keyType of ['EC', 'RSA'] as const) {
     it('re-handshakes transparently when the KMS has forgotten the ephemeral key', async () => {
       // A token that outlives the ephemeral key, so that the KMS's clock can pass the key's expiry.
       const long = await kms.issuer.mint({ subject: 'alice@example.com', audience: AUDIENCE, ttlSec: 4 * 3600 });
-      const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport: kms.transport, bearer: () => long });
+      const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: jwkOf(kms.identity.publicKey), transport: kms.transport, bearer: () => long });
       const calls: number[] = [];
       expect((await session.request('update', '/ping')).status).to.equal(200);
       const first = session.ephemeral!.uri;

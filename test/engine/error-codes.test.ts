@@ -11,7 +11,7 @@ import { openRawChannel, handshakeRequest } from '../support/raw-channel.js';
 import { decryptDir } from '../../src/crypto/jwe.js';
 import { signatureAlgsFor, verifyCompact } from '../../src/crypto/jws.js';
 import { encode as b64u } from '../../src/crypto/base64url.js';
-import { blockHash } from '../../src/client/chain.js';
+import { blockHash } from '../support/node-client.js';
 import { KMS_ERRORS, type KmsServerCode } from '../../src/protocol/errors.js';
 
 describe('engine: every error response carries a code from the registry', function () {

@@ -13,8 +13,8 @@ import { deriveChannelKey } from '../../src/crypto/channel.js';
 import { importPublicJwk } from '../../src/crypto/keys.js';
 import { encode as b64u } from '../../src/crypto/base64url.js';
 import { LocalIssuer } from '../../src/auth/local-issuer.js';
-import { blockHash } from '../../src/client/chain.js';
-import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../../src/client/keys.js';
+import { blockHash } from '../support/node-client.js';
+import { generateEntityKey, openGk, registrationProof, type EntityKey } from '../support/node-client.js';
 import { KMS_ERRORS } from '../../src/protocol/errors.js';
 
 // ---- a raw channel: what a client does, by hand, so that every byte can be chosen ----

@@ -1,10 +1,11 @@
 import { expect } from 'chai';
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { KmsFixture, add, payloadOf, DOMAIN } from '../support/kms-fixture.js';
-import { openGk } from '../../src/client/keys.js';
-import { blockHash, verifyChain } from '../../src/client/chain.js';
+import { openGk } from '../support/node-client.js';
+import { verifyChain } from '../../src/client/chain.js';
+import { blockHash } from '../support/node-client.js';
 import { importPublicJwk } from '../../src/crypto/keys.js';
-import type { KeyObject } from 'node:crypto';
+import { jwkOf } from '../support/node-client.js';
 
 function seal(key: Buffer, text: string) {
   const iv = randomBytes(12);
@@ -80,9 +81,9 @@ for (const [keyType, entityKeyType] of [
       const blocks = await bob.chain(chainUri);
       const keysOf = async (entity: string) => {
         const res = await bob.session.request('get', `/entity-keys/${entity}`);
-        return (res.entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({ kid: k.kid, key: importPublicJwk(k.jwk) as KeyObject }));
+        return (res.entityKeys as { kid: string; jwk: unknown }[]).map((k) => ({ kid: k.kid, key: jwkOf(importPublicJwk(k.jwk)) }));
       };
-      const verified = await verifyChain(blocks, { kmsKey: kms.identity.publicKey, kmsId: `kms://${DOMAIN}`, keysOf });
+      const verified = await verifyChain(blocks, { kmsKey: jwkOf(kms.identity.publicKey), kmsId: `kms://${DOMAIN}`, keysOf });
       expect([...verified.members[1]!].sort()).to.deep.equal(['alice@example.com', 'bob@example.com']);
       expect(verified.tail).to.equal(blockHash(b1));
       refused = await bob.session.batch([{ method: 'get', uri: chainUri, body: { antecedent: blockHash(genesis) } }]);

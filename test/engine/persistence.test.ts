@@ -8,8 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { readdir, readFile, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { KmsFixture, TestUser, add, remove, payloadOf } from '../support/kms-fixture.js';
-import { blockHash } from '../../src/client/chain.js';
-import { openGk } from '../../src/client/keys.js';
+import { blockHash } from '../support/node-client.js';
+import { openGk } from '../support/node-client.js';
 import { encode as b64u } from '../../src/crypto/base64url.js';
 import { encryptDir } from '../../src/crypto/jwe.js';
 

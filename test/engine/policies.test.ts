@@ -1,7 +1,7 @@
 import { expect } from 'chai';
 import { KmsFixture, add, remove, type TestUser } from '../support/kms-fixture.js';
-import { blockHash } from '../../src/client/chain.js';
-import { openGk } from '../../src/client/keys.js';
+import { blockHash } from '../support/node-client.js';
+import { openGk } from '../support/node-client.js';
 import type { RetrievalPolicy } from '../../src/engine/config.js';
 
 /** Who can get which GK, as a matrix: status of `user` fetching `gk`. */

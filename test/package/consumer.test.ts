@@ -75,8 +75,8 @@ import {
   type RunningKms,
 } from 'xmpp-kms';
 import {
+  createEntityKey,
   encryptRoomMessage,
-  generateEntityKey,
   KmsError,
   KmsResponseError,
   KmsSession,
@@ -85,6 +85,7 @@ import {
   readEncrypted,
   registrationProof,
   type GroupKey,
+  type JWK,
   type Transport,
 } from 'xmpp-kms/client';
 
@@ -102,18 +103,18 @@ try {
   const token = await kms.issuer.mint({ subject: jid, audience: tokenAudience(config) });
   // The client side, with the engine in process as its transport: handshake, register a key, get a group key.
   const transport: Transport = (messages) => Promise.all(messages.map((m) => kms.engine.handle(m)));
-  const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.publicKey, transport, bearer: () => token });
-  const key = generateEntityKey({ type: 'EC' });
+  const session = new KmsSession({ kmsKid: kms.identity.kid, kmsKey: kms.identity.jwk as JWK, transport, bearer: () => token });
+  const key = await createEntityKey({ type: 'EC' });
   const ephemeral = await session.handshake();
-  await session.request('post', '/entity-keys', { jwk: key.publicJwk, proof: registrationProof(key, jid, ephemeral.uri) });
+  await session.request('post', '/entity-keys', { jwk: key.publicJwk, proof: await registrationProof(key, jid, ephemeral.uri) });
   const created = await session.request('post', \`kms://\${config.domain}/gks\`, {});
-  const gk: GroupKey = openGk(String(created.gk), kms.identity.publicKey, key);
+  const gk: GroupKey = await openGk(String(created.gk), kms.identity.jwk as JWK, key);
   // A room message encrypted with it, and opened again.
   const room = 'room@conference.consumer.test';
-  const message = encryptRoomMessage({ gk, kms: config.domain, chain: \`kms://\${config.domain}/chains/consumer\`, from: jid, room, body: 'hello from a consumer' });
+  const message = await encryptRoomMessage({ gk, kms: config.domain, chain: \`kms://\${config.domain}/chains/consumer\`, from: jid, room, body: 'hello from a consumer' });
   const ref = readEncrypted(message);
   if (!ref) throw new Error('no <encrypted/> in the message');
-  const opened = openRoomMessage(ref, gk, { room, at: new Date() });
+  const opened = await openRoomMessage(ref, gk, { room, at: new Date() });
   // A refusal arrives as the library's typed error.
   let refused: KmsError | undefined;
   try {
@@ -142,7 +143,7 @@ try {
     }),
   });
   const token = await issuer.mint({ subject: 'bob@consumer.test', audience: identity.kid });
-  const session = new KmsSession({ kmsKid: identity.kid, kmsKey: identity.publicKey, transport: (m) => Promise.all(m.map((x) => engine.handle(x))), bearer: () => token });
+  const session = new KmsSession({ kmsKid: identity.kid, kmsKey: identity.jwk as JWK, transport: (m) => Promise.all(m.map((x) => engine.handle(x))), bearer: () => token });
   const ephemeral = await session.handshake();
   console.log(JSON.stringify({ composed: ephemeral.uri }));
 } finally {

@@ -6,10 +6,11 @@
  */
 import { expect } from 'chai';
 import fc from 'fast-check';
-import type { KeyObject } from 'node:crypto';
 import { canonicalEntity, isCanonicalEntity } from '../../src/protocol/entity.js';
 import { applyOperations, type Operation } from '../../src/protocol/blocks.js';
-import { blockHash, signBlock, verifyChain, type VerifiedChain } from '../../src/client/chain.js';
+import { verifyChain, type VerifiedChain } from '../../src/client/chain.js';
+import type { JWK } from '../../src/client/webcrypto.js';
+import { blockHash, jwkOf, signBlock } from '../support/node-client.js';
 import { isMemberAt } from '../../src/store/kms-state.js';
 import { DOMAIN, KmsFixture, type TestUser } from '../support/kms-fixture.js';
 
@@ -69,19 +70,19 @@ describe('protocol: one membership rule (property-based)', function () {
   describe('the KMS and a client verifying the chain', () => {
     let kms: KmsFixture;
     let alice: TestUser;
-    let aliceKey: KeyObject;
+    let aliceKey: JWK;
 
     before(async () => {
       kms = await KmsFixture.create();
       alice = await kms.user(ALICE, { keyType: 'EC' });
       await alice.register();
-      aliceKey = alice.key.publicKey;
+      aliceKey = jwkOf(alice.key.publicKey);
     });
     after(() => kms.close());
 
     it('accept the same blocks and agree on the members after every block', async () => {
       const keysOf = async (e: string) => (e === ALICE ? [{ kid: alice.key.kid, key: aliceKey }] : []);
-      const opts = { kmsKey: kms.identity.publicKey, kmsId: CURATOR, keysOf };
+      const opts = { kmsKey: jwkOf(kms.identity.publicKey), kmsId: CURATOR, keysOf };
       let accepted = 0;
       let refused = 0;
       await fc.assert(

@@ -17,10 +17,11 @@ import { Sealer } from '../../src/crypto/seal.js';
 import { KmsState } from '../../src/store/kms-state.js';
 import { openLevelStore, type KvStore } from '../../src/store/kv.js';
 import { openMemoryStore } from './memory-store.js';
+import type { JWTVerifyGetKey } from 'jose';
 import { LocalIssuer } from '../../src/auth/local-issuer.js';
 import { KmsSession, type KmsResponse } from '../../src/client/session.js';
-import { generateEntityKey, registrationProof, type EntityKey } from '../../src/client/keys.js';
-import { signBlock, type Operation } from '../../src/client/chain.js';
+import { generateEntityKey, jwkOf, registrationProof, signBlock, type EntityKey } from './node-client.js';
+import type { Operation } from '../../src/protocol/blocks.js';
 
 export const DOMAIN = 'kms.example.com';
 export const AUDIENCE = 'kms://kms.example.com';
@@ -45,6 +46,8 @@ export interface FixtureOptions {
   storage?: 'memory' | 'disk' | { dir: string };
   masterKey?: Buffer;
   issuer?: LocalIssuer;
+  /** The authenticator's token source, instead of the fixture's local issuer (e.g. an OpenID Connect issuer's discovered keys). */
+  bearer?: { keys: JWTVerifyGetKey; issuer: string };
   clock?: () => Date;
 }
 
@@ -78,7 +81,14 @@ export class KmsFixture {
       ...(o.clock ? { clock: o.clock } : {}),
     });
     const authenticator = new Authenticator({
-      bearer: { keys: issuer.keys(), issuer: ISSUER, audience: AUDIENCE, algorithms: ['ES256', 'PS256', 'RS256'], userClaim: 'sub', clockToleranceSec: 30 },
+      bearer: {
+        keys: o.bearer?.keys ?? issuer.keys(),
+        issuer: o.bearer?.issuer ?? ISSUER,
+        audience: AUDIENCE,
+        algorithms: ['ES256', 'PS256', 'RS256'],
+        userClaim: 'sub',
+        clockToleranceSec: 30,
+      },
       serviceAnchors: [],
     });
     return new KmsFixture(new KmsEngine({ deps, authenticator }), deps, identity, issuer, kv, masterKey, dir);
@@ -88,11 +98,11 @@ export class KmsFixture {
   transport = (messages: string[]) => Promise.all(messages.map((m) => this.engine.handle(m)));
 
   /** A user with a session (not yet handshaken) and a fresh entity key. */
-  async user(jid: string, opts: { clientId?: string; keyType?: 'RSA' | 'EC' } = {}): Promise<TestUser> {
-    const token = await this.issuer.mint({ subject: jid, audience: AUDIENCE });
+  async user(jid: string, opts: { clientId?: string; keyType?: 'RSA' | 'EC'; token?: string } = {}): Promise<TestUser> {
+    const token = opts.token ?? (await this.issuer.mint({ subject: jid, audience: AUDIENCE }));
     const session = new KmsSession({
       kmsKid: this.identity.kid,
-      kmsKey: this.identity.publicKey,
+      kmsKey: jwkOf(this.identity.publicKey),
       transport: this.transport,
       bearer: () => token,
       ...(opts.clientId ? { clientId: opts.clientId } : {}),

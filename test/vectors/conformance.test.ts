@@ -13,8 +13,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { blockHash, signBlock, verifyChain, type VerifiedChain, type VerifyOptions } from '../../src/client/chain.js';
-import { openGk } from '../../src/client/keys.js';
+import { verifyChain, type VerifiedChain, type VerifyOptions } from '../../src/client/chain.js';
+import { blockHash, jwkOf, openGk, signBlock } from '../support/node-client.js';
 import { applyOperations, parseAppendedBlock } from '../../src/protocol/blocks.js';
 import { canonicalEntity, isCanonicalEntity } from '../../src/protocol/entity.js';
 import { KmsError } from '../../src/protocol/errors.js';
@@ -54,8 +54,8 @@ const json = (s: string) => JSON.parse(b64(s).toString('utf8'));
 /** The KMS's public key as a client holds it: from the public members only. */
 const kmsPublic: KeyObject = importPublicJwk(keysFile.kms.jwk);
 /** get /entity-keys/<entity> as the vectors answer it: public keys only. */
-const keysOf = async (entity: string) => keysFile.entities.filter((e) => e.entity === entity).map((e) => ({ kid: e.kid, key: importPublicJwk(e.jwk) }));
-const verifyOpts: VerifyOptions = { kmsKey: kmsPublic, kmsId: gmbc.curator, keysOf };
+const keysOf = async (entity: string) => keysFile.entities.filter((e) => e.entity === entity).map((e) => ({ kid: e.kid, key: jwkOf(importPublicJwk(e.jwk)) }));
+const verifyOpts: VerifyOptions = { kmsKey: jwkOf(kmsPublic), kmsId: gmbc.curator, keysOf };
 const chainJws = gmbc.blocks.map((b) => b.jws);
 
 /** Runs fn and returns the KmsError it throws (failing if it throws anything else or nothing). */
@@ -222,7 +222,7 @@ describe('conformance vectors (test/vectors)', function () {
     it('accepts the valid chain signed again over its own genesis, and holds the listed members after each block', async () => {
       const stored = await zoe.chain(chainUri);
       expect(stored.map(blockHash)).to.deep.equal(hashes);
-      const v = await verifyChain(stored, { ...verifyOpts, kmsKey: kms.identity.publicKey });
+      const v = await verifyChain(stored, { ...verifyOpts, kmsKey: jwkOf(kms.identity.publicKey) });
       expect(v.members.map((m) => sortMembers(m))).to.deep.equal(gmbc.blocks.map((b) => b.members));
       const chainId = chainUri.split('/').pop()!;
       const named = new Set(gmbc.blocks.flatMap((b) => b.payload.operations.map((o) => o.entity)).filter((e) => e !== gmbc.curator));
