@@ -180,7 +180,8 @@ export class KmsSession {
       }
       if (channelLost && attempt === 0) {
         // The KMS no longer knows our key (expired, deleted, KMS restarted without it): handshake again once.
-        this.#channel = undefined;
+        // Only if no concurrent batch has made a new channel meanwhile.
+        if (this.#channel === channel) this.#channel = undefined;
         continue;
       }
       // By requestId; by position only for a response that carries none (the KMS could not read the

@@ -165,16 +165,16 @@ export class KmsEngine {
     const id = deps.identity;
     // XEP "Failure Responses": every handshake failure is a JWS signed by the static key.
     if (typeof header.kid === 'string' && this.#isEphemeralKid(header.kid)) {
-      throw new ChannelError(badRequest(`a message under an ephemeral key uses alg dir and enc A256GCM, not alg ${String(header.alg)}`));
+      throw new ChannelError(badRequest(`a message under an ephemeral key uses alg dir and enc A256GCM, not alg ${quoted(header.alg)}`));
     }
     if (header.kid !== undefined && header.kid !== id.kid) {
       // A static key given to a JOSE library without its kid makes it address the key's thumbprint.
       throw new ChannelError(badRequest(`the handshake is addressed to ${String(header.kid).slice(0, 100)}, not to this KMS's static key ${id.kid}`));
     }
     if (!id.handshakeAlgs.includes(String(header.alg))) {
-      throw new ChannelError(unsupported(`handshake alg ${String(header.alg)} is not accepted (use ${id.handshakeAlgs.join(' or ')})`));
+      throw new ChannelError(unsupported(`handshake alg ${quoted(header.alg)} is not accepted (use ${id.handshakeAlgs.join(' or ')})`));
     }
-    if (header.enc !== 'A256GCM') throw new ChannelError(unsupported(`handshake enc ${String(header.enc)} is not accepted (use A256GCM)`));
+    if (header.enc !== 'A256GCM') throw new ChannelError(unsupported(`handshake enc ${quoted(header.enc)} is not accepted (use A256GCM)`));
     let plaintext: Buffer;
     try {
       ({ plaintext } = decryptJweParsed(parsed, id.privateKey, { alg: id.handshakeAlgs, enc: ['A256GCM'] }));
@@ -274,7 +274,7 @@ export class KmsEngine {
     }
     let requestId: string | number | undefined;
     try {
-      if (header.enc !== 'A256GCM') throw unsupported(`a message under an ephemeral key uses enc A256GCM, not ${String(header.enc)}`);
+      if (header.enc !== 'A256GCM') throw unsupported(`a message under an ephemeral key uses enc A256GCM, not ${quoted(header.enc)}`);
       let plaintext: Buffer;
       try {
         ({ plaintext } = decryptDirParsed(parsed, channel.key, ['A256GCM']));
@@ -394,6 +394,11 @@ export class KmsEngine {
 
 function withRequestId<T extends Record<string, unknown>>(payload: T, requestId: string | number | undefined): T {
   return requestId === undefined ? payload : { ...payload, requestId };
+}
+
+/** A header value quoted in a reason: at most 100 characters, so that a hostile header cannot make a reply large. */
+function quoted(v: unknown): string {
+  return String(v).slice(0, 100);
 }
 
 /** The payload parsed from JSON, or NOT_JSON. */

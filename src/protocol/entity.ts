@@ -8,18 +8,29 @@
  */
 import { badRequest } from './errors.js';
 
-/** RFC 7622: a localpart and a domainpart of at most 1023 octets each, and the '@'. */
-const MAX_PART_LENGTH = 1023;
-export const MAX_ENTITY_LENGTH = 2 * MAX_PART_LENGTH + 1;
+/** RFC 7622: a localpart and a domainpart of at most 1023 octets each (in UTF-8), and the '@'. */
+const MAX_PART_OCTETS = 1023;
+/** The longest entity in UTF-16 code units (each is at least one UTF-8 octet). */
+export const MAX_ENTITY_LENGTH = 2 * MAX_PART_OCTETS + 1;
+/** The longest entity in UTF-8 octets: what a URI segment carrying it percent-encodes (3 characters an octet). */
+export const MAX_ENTITY_OCTETS = 2 * MAX_PART_OCTETS + 1;
 
-/** Characters no part may hold: separators, controls, format and unassigned code points, and XML/JID delimiters. */
-const FORBIDDEN = /[\p{C}\p{Z}@/<>'"&]/u;
+/**
+ * Characters no part may hold: separators, controls, format, private-use and surrogate code points,
+ * and XML/JID delimiters. Unassigned code points (\p{Cn}) are not checked here: which are unassigned
+ * depends on the runtime's Unicode version, and a client on an older one must accept what the KMS
+ * accepted.
+ */
+const FORBIDDEN = /[\p{Cc}\p{Cf}\p{Co}\p{Cs}\p{Z}@/<>'"&]/u;
+
+const octets = (s: string) => new TextEncoder().encode(s).length;
 
 /** The canonical spelling of an entity, or undefined when `value` is not a user address at all. Idempotent. */
 export function canonicalEntity(value: unknown): string | undefined {
   if (typeof value !== 'string' || value.length === 0 || value.length > 4 * MAX_ENTITY_LENGTH) return undefined;
   let v = value.trim();
-  if (v.startsWith('acct:') || v.startsWith('xmpp:')) v = v.slice(5);
+  const prefix = v.slice(0, 5).toLowerCase();
+  if (prefix === 'acct:' || prefix === 'xmpp:') v = v.slice(5);
   const slash = v.indexOf('/');
   if (slash >= 0) v = v.slice(0, slash);
   v = fold(v);
@@ -27,17 +38,27 @@ export function canonicalEntity(value: unknown): string | undefined {
   if (at <= 0 || at === v.length - 1) return undefined;
   const local = v.slice(0, at);
   const domain = v.slice(at + 1);
-  if (local.length > MAX_PART_LENGTH || domain.length > MAX_PART_LENGTH) return undefined;
+  if (octets(local) > MAX_PART_OCTETS || octets(domain) > MAX_PART_OCTETS) return undefined;
   if (FORBIDDEN.test(local) || local.includes(':') || FORBIDDEN.test(domain)) return undefined;
   if (domain.startsWith('.') || domain.endsWith('.') || domain.includes('..')) return undefined;
   return v;
 }
 
+/**
+ * Lower case code point by code point (String.prototype.toLowerCase depends on context: a final
+ * capital sigma becomes ς, elsewhere σ), with ς folded to σ as Unicode case folding does, so that
+ * one name has one spelling wherever its letters stand.
+ */
+const lower = (s: string) =>
+  Array.from(s, (c) => c.toLowerCase())
+    .join('')
+    .replaceAll('ς', 'σ');
+
 /** NFC and lower case, repeated until stable (one pass is not always a fixed point in Unicode). */
 function fold(s: string): string {
   let v = s;
   for (let i = 0; i < 4; i++) {
-    const next = v.normalize('NFC').toLowerCase().normalize('NFC');
+    const next = lower(v.normalize('NFC')).normalize('NFC');
     if (next === v) return v;
     v = next;
   }

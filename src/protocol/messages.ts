@@ -5,6 +5,7 @@
 import { z } from 'zod';
 import { badRequest, unauthenticated } from './errors.js';
 import { BLOCK_HASH } from './entity.js';
+import { MAX_URI_LENGTH } from './uri.js';
 
 /** Methods of both vocabularies (-03 operations use post/get; the content rule create/retrieve/update/delete). */
 const METHODS = ['post', 'get', 'create', 'retrieve', 'update', 'delete'] as const;
@@ -30,7 +31,7 @@ const requestSchema = z.looseObject({
     credential: z.unknown().optional(),
   }),
   method: z.enum(METHODS),
-  uri: z.string().min(1).max(2048),
+  uri: z.string().min(1).max(MAX_URI_LENGTH),
   requestId: requestIdSchema,
 });
 

@@ -2,6 +2,7 @@
  * KMS request URIs: relative (`/ecdhe/…`, `/ping`) or absolute (`kms://<domain>/blocks/…`) as
  * the -03 examples mix both (XEP "Sending KMS Requests"). Routing uses the path only.
  */
+import { MAX_ENTITY_OCTETS } from './entity.js';
 import { badRequest, notFound } from './errors.js';
 
 /** The path segments of a request URI addressed to this KMS. */
@@ -10,11 +11,14 @@ export interface ParsedUri {
   segments: string[];
 }
 
-const SEGMENT = /^[A-Za-z0-9._~%@+-]{1,256}$/;
+/** A path segment: long enough for any entity percent-encoded (3 characters per UTF-8 octet). */
+const SEGMENT = new RegExp(`^[A-Za-z0-9._~%@+-]{1,${3 * MAX_ENTITY_OCTETS}}$`);
+/** The longest request URI: an absolute URI with an entity segment at its end. */
+export const MAX_URI_LENGTH = 3 * MAX_ENTITY_OCTETS + 2048;
 
 /** Parses `uri` and checks that it is addressed to `domain`. */
 export function parseKmsUri(uri: string, domain: string): ParsedUri {
-  if (uri.length > 2048) throw badRequest('uri is too long');
+  if (uri.length > MAX_URI_LENGTH) throw badRequest('uri is too long');
   let path: string;
   if (uri.startsWith('kms://')) {
     const rest = uri.slice('kms://'.length);

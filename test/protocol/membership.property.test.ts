@@ -7,6 +7,7 @@
 import { expect } from 'chai';
 import fc from 'fast-check';
 import { canonicalEntity, isCanonicalEntity } from '../../src/protocol/entity.js';
+import { encodeSegment } from '../../src/protocol/uri.js';
 import { applyOperations, type Operation } from '../../src/protocol/blocks.js';
 import { verifyChain, type VerifiedChain } from '../../src/client/chain.js';
 import type { JWK } from '../../src/client/webcrypto.js';
@@ -63,6 +64,36 @@ describe('protocol: one membership rule (property-based)', function () {
         for (const s of rest.slice(0, 6)) expect(canonicalEntity(s), s).to.equal(c);
         for (const s of rest.slice(6)) expect(canonicalEntity(s), JSON.stringify(s)).to.equal(undefined);
         for (const s of rest) expect(isCanonicalEntity(s), JSON.stringify(s)).to.equal(false);
+      }
+    });
+
+    it('gives one spelling to a name whatever the position of its letters (a final sigma too), and counts parts in UTF-8 octets', () => {
+      for (const s of [
+        '\u03a3\u0391\u03a3@x.org',
+        '\u03c3\u03b1\u03c2@x.org',
+        '\u03c3\u03b1\u03c3@x.org',
+        '\u039f\u0394\u039f\u03a3@x.org'.replace('\u039f\u0394\u039f', '\u03c3\u03b1'),
+      ]) {
+        expect(canonicalEntity(s), s).to.equal('\u03c3\u03b1\u03c3@x.org');
+      }
+      for (const prefix of ['ACCT:', 'Xmpp:']) expect(canonicalEntity(`${prefix}bob@example.com`)).to.equal('bob@example.com');
+      // 341 three-octet letters are 1023 octets: the most a localpart may hold (RFC 7622); one more is too long.
+      expect(canonicalEntity(`${'\u4e00'.repeat(341)}@example.com`)).to.be.a('string');
+      expect(canonicalEntity(`${'\u4e00'.repeat(342)}@example.com`)).to.equal(undefined);
+    });
+
+    it('lets the longest entity be named in a URI: its keys can be listed', async () => {
+      const f = await KmsFixture.create();
+      try {
+        const longest = `${'\u4e00'.repeat(341)}@${'d'.repeat(1019)}.org`;
+        expect(isCanonicalEntity(longest)).to.equal(true);
+        const user = await f.user(longest, { keyType: 'EC' });
+        await user.register();
+        const reader = await f.user(ALICE, { keyType: 'EC' });
+        const res = await reader.session.request('get', `/entity-keys/${encodeSegment(longest)}`);
+        expect((res.entityKeys as { entity: string }[]).map((k) => k.entity)).to.deep.equal([longest]);
+      } finally {
+        await f.close();
       }
     });
   });

@@ -134,7 +134,7 @@ describe('conformance vectors (test/vectors)', function () {
 
     it('covers awkward entity spellings: NFC non-ASCII, a dotted i with a combining mark, a final sigma, ß', () => {
       const all = new Set(gmbc.blocks.flatMap((b) => b.members));
-      for (const e of ['zo\u00eb@example.com', 'i\u0307stanbul@example.com', '\u03c3\u03b1\u03c2@example.com', 'stra\u00dfe@example.com'])
+      for (const e of ['zo\u00eb@example.com', 'i\u0307stanbul@example.com', '\u03c3\u03b1\u03c3@example.com', 'stra\u00dfe@example.com'])
         expect(all.has(e), e).to.equal(true);
       for (const e of all) expect(isCanonicalEntity(e), e).to.equal(true);
     });

@@ -338,7 +338,7 @@ const add = (entity: string): Operation => ({ entity, optype: 'add' });
 const remove = (entity: string): Operation => ({ entity, optype: 'remove' });
 
 const ISTANBUL = 'i\u0307stanbul@example.com'; // "İstanbul" lower-cased: i + U+0307 COMBINING DOT ABOVE
-const SIGMA = '\u03c3\u03b1\u03c2@example.com'; // "ΣΑΣ" lower-cased: the last sigma is final (U+03C2)
+const SIGMA = '\u03c3\u03b1\u03c3@example.com'; // "ΣΑΣ" lower-cased letter by letter: every sigma is U+03C3, a final one too
 const STRASSE = 'stra\u00dfe@example.com'; // ß is lower case already and stays ß
 
 const SPELLINGS: { input: string; note: string }[] = [
@@ -347,8 +347,11 @@ const SPELLINGS: { input: string; note: string }[] = [
   { input: 'xmpp:ZO\u00cb@example.com', note: 'prefix removed; \u00cb (U+00CB) lower-cases to \u00eb (U+00EB)' },
   { input: 'zoe\u0308@example.com', note: 'NFD (e + U+0308) composes to U+00EB: the same entity as zo\u00eb' },
   { input: '\u0130stanbul@example.com', note: 'U+0130 lower-cases to i + U+0307 (two code points; NFC keeps them apart)' },
-  { input: '\u03a3\u0391\u03a3@example.com', note: 'Unicode Final_Sigma: a capital sigma at the end of a word lower-cases to U+03C2' },
-  { input: '\u03c3\u03b1\u03c3@example.com', note: 'canonical already, and a different entity from \u03c3\u03b1\u03c2@example.com' },
+  { input: '\u03a3\u0391\u03a3@example.com', note: 'each letter lower-cased alone: no Final_Sigma rule, so the last sigma is U+03C3 too' },
+  {
+    input: '\u03c3\u03b1\u03c2@example.com',
+    note: 'a final sigma (U+03C2) folds to U+03C3, as Unicode case folding does: the same entity as \u03c3\u03b1\u03c3',
+  },
   { input: 'Stra\u00dfe@Example.com', note: '\u00df stays \u00df (no case folding to ss)' },
   { input: '\u212a@example.com', note: 'KELVIN SIGN U+212A lower-cases to k' },
   { input: 'bob\u0000@example.com', note: 'a control character: not an entity' },
