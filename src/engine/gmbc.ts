@@ -57,11 +57,11 @@ class Membership {
   }
 
   /** Applies a block's operations as block `seq`; returns the members it leaves among those it names. */
-  async apply(seq: number, ops: readonly Operation[]): Promise<Set<string>> {
+  async apply(seq: number, ops: readonly Operation[], where: string): Promise<Set<string>> {
     const named = [...new Set(ops.map((o) => o.entity))].filter((e) => e !== this.#curator);
     const before = new Set<string>();
     for (const e of named) if (await this.isMemberAt(e, seq - 1)) before.add(e);
-    const after = applyOperations(before, ops, this.#curator);
+    const after = applyOperations(before, ops, this.#curator, where);
     for (const e of named) {
       const was = before.has(e);
       const is = after.has(e);
@@ -106,7 +106,7 @@ export async function postGenesis(ctx: RequestContext): Promise<HandlerResult> {
   const id = randomUUID();
   const m = new Membership(deps.state, id, curator);
   // PCG-01: a genesis block adds at least one member.
-  requireFirstMember(await m.apply(0, operations), 'blockPayload');
+  requireFirstMember(await m.apply(0, operations, 'blockPayload'), 'blockPayload');
   const payload = {
     uri: absoluteUri(deps.config.domain, 'blocks', id),
     nonce: randomUUID(),
@@ -166,7 +166,7 @@ export async function appendBlocks(ctx: RequestContext): Promise<HandlerResult> 
       // PCG-01: the creator must be a member before its block.
       if (!(await m.isMemberAt(block.creator, seq - 1))) throw forbidden(`${where}: ${block.creator} is not a member before this block`);
       await verifyBlockSignature(deps, decoded, block.creator, block.kid, where);
-      await m.apply(seq, block.operations);
+      await m.apply(seq, block.operations, where);
       const hash = blockHash(jws);
       if ((await deps.state.blockRef(hash)) || written.some((w) => w.hash === hash)) throw conflict(`${where}: this block is already stored`);
       written.push({ seq, jws, hash });

@@ -107,11 +107,11 @@ const op = (o: { entity: string; optype: 'add' | 'remove' }): Operation => ({ en
  * apply in array order; adding a member or removing a non-member changes nothing; adding the
  * curator changes nothing, removing it is forbidden (PCG-01: the curator is a permanent member).
  */
-export function applyOperations(before: ReadonlySet<string>, ops: readonly Operation[], curator: string): Set<string> {
+export function applyOperations(before: ReadonlySet<string>, ops: readonly Operation[], curator: string, where?: string): Set<string> {
   const next = new Set(before);
   ops.forEach((o, i) => {
     if (o.entity === curator) {
-      if (o.optype === 'remove') throw forbidden(`operation ${i} removes the curator, a permanent member`);
+      if (o.optype === 'remove') throw forbidden(`${where ? `${where}: ` : ''}operation ${i} removes the curator, a permanent member`);
       return;
     }
     if (o.optype === 'add') next.add(o.entity);
