@@ -27,6 +27,7 @@ const XSF_REFERENCES: Record<string, [title: string, url: string]> = {
   xep0199: ['XMPP Ping (XEP-0199)', 'https://xmpp.org/extensions/xep-0199.html'],
   xep0313: ['Message Archive Management (XEP-0313)', 'https://xmpp.org/extensions/xep-0313.html'],
   xep0334: ['Message Processing Hints (XEP-0334)', 'https://xmpp.org/extensions/xep-0334.html'],
+  xep0363: ['HTTP File Upload (XEP-0363)', 'https://xmpp.org/extensions/xep-0363.html'],
   xep0359: ['Unique and Stable Stanza IDs (XEP-0359)', 'https://xmpp.org/extensions/xep-0359.html'],
   xep0380: ['Explicit Message Encryption (XEP-0380)', 'https://xmpp.org/extensions/xep-0380.html'],
   xep0420: ['Stanza Content Encryption (XEP-0420)', 'https://xmpp.org/extensions/xep-0420.html'],

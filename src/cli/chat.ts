@@ -7,8 +7,8 @@
  */
 import { Command, Option } from 'commander';
 import { X509Certificate } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { readFile, writeFile } from 'node:fs/promises';
+import { basename, extname, join, resolve } from 'node:path';
 import { clearLine, createInterface, cursorTo, type Interface } from 'node:readline';
 import type { Client } from '@xmpp/client';
 import { configFrom, type KmsConfig } from '../config.js';
@@ -16,7 +16,8 @@ import { login } from './demo.js';
 import { localTokens, tokenAudience } from '../server.js';
 import { deviceLogin } from './device-login.js';
 import { KmsClient } from '../client/kms-client.js';
-import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../client/room.js';
+import { EncryptedRoom, type RoomMessage, type SharedFile, type Undecryptable } from '../client/room.js';
+import { safeFileName } from '../client/files.js';
 import { fetchKmsIdentity } from '../client/xmpp.js';
 import type { ChainView } from '../client/kms-client.js';
 import { pemCertificates } from '../crypto/x509.js';
@@ -56,6 +57,8 @@ const HELP = [
   "  /remove <jid>   remove a member from the room's chain (the next message uses a new group key)",
   '  /members        who is in the chain now, i.e. who can decrypt new messages',
   "  /history        decrypt the room's archive: each message, or why it cannot be read",
+  '  /send <file>    share a file: encrypted under the group key, uploaded through HTTP File Upload',
+  '  /get <n>        download and decrypt shared file number n into the current directory',
   '  /help           this list',
   '  /quit           leave the room, close the KMS session and exit (also Ctrl-C, Ctrl-D)',
 ];
@@ -121,6 +124,39 @@ function messageLine(m: RoomMessage): string {
 
 function refusalLine(u: Undecryptable, at: Date | undefined = u.at): string {
   return `[${at ? hhmmss(at) : '--:--:--'}] ${clean(u.nick)}: [cannot decrypt: ${clean(u.reason)}]`;
+}
+
+function fileLine(n: number, f: SharedFile): string {
+  return `[${hhmmss(f.at)}] ${clean(f.nick)}${f.jid ? ` (${f.jid})` : ''} shared file #${n}: "${clean(f.file.name)}" (${f.file.size} bytes, ${clean(f.file.type)}); /get ${n} saves it`;
+}
+
+/** A few media types by extension; anything else is application/octet-stream. */
+const MEDIA_TYPES: Record<string, string> = {
+  '.txt': 'text/plain',
+  '.md': 'text/markdown',
+  '.pdf': 'application/pdf',
+  '.png': 'image/png',
+  '.jpg': 'image/jpeg',
+  '.jpeg': 'image/jpeg',
+  '.json': 'application/json',
+  '.zip': 'application/zip',
+};
+
+/** Writes `data` in the current directory under a safe form of `name`, never over an existing file; returns the name used. */
+async function saveNew(name: string, data: Uint8Array): Promise<string> {
+  const safe = safeFileName(name);
+  const ext = extname(safe);
+  const stem = safe.slice(0, safe.length - ext.length) || 'file';
+  for (let i = 0; i < 1000; i++) {
+    const candidate = i === 0 ? safe : `${stem} (${i})${ext}`;
+    try {
+      await writeFile(resolve(candidate), data, { flag: 'wx' });
+      return candidate;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+  }
+  throw new ChatError(`too many files named like ${safe} here`);
 }
 
 function lastMembers(chain: ChainView): string[] {
@@ -228,6 +264,11 @@ export async function runChat(o: ChatOptions): Promise<number> {
     let ownChange = false;
     room.on('message', (m) => out.line(messageLine(m)));
     room.on('undecryptable', (u) => out.line(refusalLine(u)));
+    const files: SharedFile[] = [];
+    room.on('file', (f) => {
+      files.push(f);
+      out.line(fileLine(files.length, f));
+    });
     room.on('occupant', (p) => {
       if (p.available && !present.has(p.nick)) {
         present.add(p.nick);
@@ -294,6 +335,27 @@ export async function runChat(o: ChatOptions): Promise<number> {
         ownChange = true;
         const chain = await r.remove([jid]);
         out.line(`✓ removed ${jid}; members now ${lastMembers(chain).join(', ')}`);
+      },
+      send: async (arg) => {
+        const path = arg.trim();
+        if (!path) throw new ChatError('give a file, e.g. /send notes.txt');
+        let data: Uint8Array;
+        try {
+          data = await readFile(resolve(path));
+        } catch (e) {
+          throw new ChatError(`cannot read ${path}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
+        const name = basename(path);
+        const ref = await r.sendFile(data, { name, type: MEDIA_TYPES[extname(name).toLowerCase()] ?? 'application/octet-stream' });
+        out.line(`✓ shared "${clean(name)}" (${data.length} bytes), encrypted under ${ref.gk}`);
+      },
+      get: async (arg) => {
+        const n = Number(arg.trim());
+        const f = Number.isInteger(n) ? files[n - 1] : undefined;
+        if (!f) throw new ChatError(files.length ? `give a file number from 1 to ${files.length}` : 'no file has been shared since you joined');
+        const data = await r.download(f);
+        const saved = await saveNew(f.file.name, data);
+        out.line(`✓ saved file #${n} (${data.length} bytes) as ${clean(saved)}`);
       },
       history: async () => {
         const results = await r.history();

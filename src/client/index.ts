@@ -6,7 +6,31 @@
  */
 export { KmsClient, type KmsClientOptions, type ChainView } from './kms-client.js';
 export { isTransient, retrying, type RetryOptions } from './retry.js';
-export { EncryptedRoom, type RoomConnection, type RoomOptions, type RoomMessage, type Undecryptable } from './room.js';
+export {
+  EncryptedRoom,
+  type RoomConnection,
+  type RoomOptions,
+  type RoomMessage,
+  type Undecryptable,
+  type SharedFile,
+  type SendFileOptions,
+} from './room.js';
+export {
+  encryptFile,
+  decryptFile,
+  fileMessage,
+  readFile,
+  safeFileName,
+  discoverUpload,
+  requestSlot,
+  putSlot,
+  fetchEncryptedFile,
+  FILE_MEDIA_TYPE,
+  FILE_FALLBACK_BODY,
+  NS_UPLOAD,
+  type FileRef,
+  type UploadSlot,
+} from './files.js';
 export {
   encryptRoomMessage,
   readEncrypted,

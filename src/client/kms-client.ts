@@ -36,6 +36,11 @@ export interface KmsClientOptions extends RetryOptions {
   renewBeforeMs?: number;
   /** How many group keys to keep (default 10,000). */
   gkCacheSize?: number;
+  /**
+   * How long to keep asking for a group key that the KMS says is not bound yet (409 NOT_BOUND: its
+   * creator may still bind it, XEP "Sharing a File"), with backoff, before giving up (default 15 s; 0 = never retry).
+   */
+  notBoundWaitMs?: number;
   /** Tests: a transport other than XMPP, and the identity it would have discovered. */
   transport?: Transport;
   identity?: KmsIdentityInfo;
@@ -58,6 +63,7 @@ export class KmsClient {
   readonly #gkInFlight = new Map<string, Promise<GroupKey>>();
   readonly #chains = new Map<string, ChainView>();
   readonly #entityKeys = new Map<string, { kid: string; key: JWK }[]>();
+  readonly #notBoundWaitMs: number;
 
   private constructor(o: KmsClientOptions & { kms: string; entityKey: EntityKey }, identity: KmsIdentityInfo, transport: Transport) {
     this.kmsJid = o.kms;
@@ -65,6 +71,7 @@ export class KmsClient {
     this.kmsKey = identity.key;
     this.entityKey = o.entityKey;
     this.#gks = new Lru(o.gkCacheSize ?? 10_000);
+    this.#notBoundWaitMs = o.notBoundWaitMs ?? 15_000;
     this.session = new KmsSession({
       kmsKid: identity.kid,
       kmsKey: identity.key,
@@ -275,8 +282,21 @@ export class KmsClient {
   }
 
   /**
+   * `n` new unbound group keys, made ahead of time (-03 §3.1): encrypt with one now, bind it to a
+   * block when sharing (bindGk). Unbound, only this user can fetch them.
+   */
+  async createUnboundGks(n: number): Promise<GroupKey[]> {
+    if (!Number.isInteger(n) || n < 1 || n > 100) throw new RangeError('make 1 to 100 group keys at a time');
+    const out: GroupKey[] = [];
+    for (let i = 0; i < n; i++) out.push(await this.createGk());
+    return out;
+  }
+
+  /**
    * The group key `uri`: from the cache, or fetched from the KMS once however many callers ask
    * at the same time. A refusal (403: not a member under the policy) is thrown to every caller.
+   * "Not bound yet" (409 NOT_BOUND) is asked again with backoff for up to notBoundWaitMs (XEP
+   * "Sharing a File"), then thrown.
    */
   async gk(uri: string): Promise<GroupKey> {
     const cached = this.#gks.get(uri);
@@ -284,8 +304,17 @@ export class KmsClient {
     let p = this.#gkInFlight.get(uri);
     if (!p) {
       p = (async () => {
-        const res = await this.session.request('get', uri, { entity: this.entity, kid: this.entityKey.kid });
-        return this.#keep(res.gk as string, uri);
+        const deadline = Date.now() + this.#notBoundWaitMs;
+        for (let delay = 100; ; delay = Math.min(delay * 2, 2000)) {
+          try {
+            const res = await this.session.request('get', uri, { entity: this.entity, kid: this.entityKey.kid });
+            return await this.#keep(res.gk as string, uri);
+          } catch (e) {
+            const left = deadline - Date.now();
+            if (!(e instanceof KmsResponseError && e.code === 'NOT_BOUND') || left <= 0) throw e;
+            await new Promise((r) => setTimeout(r, Math.min(left, delay / 2 + Math.random() * (delay / 2))));
+          }
+        }
       })().finally(() => this.#gkInFlight.delete(uri));
       this.#gkInFlight.set(uri, p);
     }

@@ -12,6 +12,19 @@ import { KmsResponseError } from './errors.js';
 import type { GroupKey } from './keys.js';
 import { encryptRoomMessage, openRoomMessage, readEncrypted, UndecryptableError, type EncryptedRef } from './muc.js';
 import { currentMembers } from './chain.js';
+import {
+  decryptFile,
+  discoverUpload,
+  encryptFile,
+  FILE_MEDIA_TYPE,
+  fetchEncryptedFile,
+  fileMessage,
+  putSlot,
+  readFile,
+  requestSlot,
+  type FileRef,
+} from './files.js';
+import { utf8Encode } from './webcrypto.js';
 import { canonicalEntity } from '../protocol/entity.js';
 
 const NS_MUC = 'http://jabber.org/protocol/muc';
@@ -78,6 +91,30 @@ export interface RoomOptions {
   maxSkewMs?: number;
 }
 
+/** A file shared in the room (XEP "Sharing a File"): where it is and which key opens it; download() fetches and decrypts it. */
+export interface SharedFile {
+  nick: string;
+  /** The occupant's real bare JID, when the room discloses it. */
+  jid?: string;
+  file: FileRef;
+  at: Date;
+  stanzaId?: string;
+}
+
+/** How to share a file: its name and media type, and optionally a group key made ahead of time. */
+export interface SendFileOptions {
+  name: string;
+  type?: string;
+  /**
+   * An unbound group key of this user's (KmsClient.createUnboundGks): the file is encrypted and
+   * uploaded under it, the message sent, and the key bound to the chain's last block right after.
+   * Default: the room's current sending key.
+   */
+  key?: GroupKey;
+  /** The XEP-0363 service (default: found by disco on the user's domain). */
+  uploadService?: string;
+}
+
 type Result = { ok: true; message: RoomMessage } | { ok: false; error: Undecryptable };
 
 export interface EncryptedRoom {
@@ -85,6 +122,8 @@ export interface EncryptedRoom {
   on(event: 'undecryptable', listener: (u: Undecryptable) => void): this;
   on(event: 'membership', listener: (chain: ChainView) => void): this;
   on(event: 'occupant', listener: (o: { nick: string; jid?: string; available: boolean }) => void): this;
+  /** A file was shared (not yet downloaded: see download()). */
+  on(event: 'file', listener: (f: SharedFile) => void): this;
   /** The room bounced a message we sent (a stanza error): the message did not reach the room. */
   on(event: 'refused', listener: (r: { id?: string; condition: string; text?: string }) => void): this;
 }
@@ -242,6 +281,59 @@ export class EncryptedRoom extends Emitter {
     return id;
   }
 
+  /**
+   * Shares a file (XEP "Sharing a File"): encrypts it under a group key, uploads the ciphertext
+   * through HTTP File Upload and sends a message with the key's URI and the file's URL, never the
+   * key. Resolves with what receivers get.
+   */
+  async sendFile(data: Uint8Array, o: SendFileOptions): Promise<FileRef> {
+    const kms = this.#o.kms;
+    const chain = this.#requireChain();
+    if (o.key?.block !== undefined) throw new Error('the group key given to sendFile is already bound: give an unbound one, or none');
+    const gk = o.key ?? (await this.#keyForSending());
+    const jwe = utf8Encode(await encryptFile(gk, data));
+    const xmpp = this.#o.xmpp;
+    const domain = kms.entity.split('@')[1] ?? '';
+    const service = o.uploadService ?? (await discoverUpload(xmpp, domain));
+    if (!service) throw new Error(`no HTTP File Upload service (urn:xmpp:http:upload:0) found on ${domain}`);
+    // The upload service sees a random name: the file's own name travels in the room message.
+    const slot = await requestSlot(xmpp, service, { filename: `${randomUUID()}.jwe`, size: jwe.length, contentType: FILE_MEDIA_TYPE });
+    await putSlot(slot, jwe, FILE_MEDIA_TYPE);
+    const ref: FileRef = { gk: gk.uri, kms: kms.kmsJid, chain, url: slot.get, name: o.name, size: data.length, type: o.type || 'application/octet-stream' };
+    await xmpp.send(fileMessage({ room: this.room, ref }));
+    if (o.key) {
+      // Bound after the message is out: a receiver asking meanwhile hears NOT_BOUND and asks again.
+      const c = await kms.chain(chain);
+      await kms.bindGk(gk.uri, c.tail);
+    }
+    return ref;
+  }
+
+  /**
+   * Fetches and decrypts a shared file: the ciphertext from its URL, the group key from the KMS
+   * (asked again while the KMS answers "not bound yet"), checked like a message's key (bound to a
+   * block of the announced chain where the sender, when the room discloses it, was a member).
+   */
+  async download(f: SharedFile | FileRef): Promise<Uint8Array> {
+    const ref = 'file' in f ? f.file : f;
+    const sender = 'file' in f ? f.jid : undefined;
+    const kms = this.#o.kms;
+    if (ref.kms.toLowerCase() !== kms.kmsJid.toLowerCase()) {
+      throw new UndecryptableError('key-refused', `the file uses another KMS (${ref.kms}); this client trusts ${kms.kmsJid}`);
+    }
+    if (this.#chain && ref.chain !== this.#chain) throw new UndecryptableError('key-mismatch', `the file message names another chain (${ref.chain})`);
+    const [jwe, gk] = await Promise.all([fetchEncryptedFile(ref), kms.gk(ref.gk)]);
+    if (!gk.block) throw new UndecryptableError('key-mismatch', 'the group key is not bound to a block');
+    let chain = kms.knownChain(ref.chain);
+    if (!chain?.hashes.includes(gk.block)) chain = await kms.chain(ref.chain);
+    const at = chain.hashes.indexOf(gk.block);
+    if (at < 0) throw new UndecryptableError('key-mismatch', 'the group key is not bound to a block of the announced chain');
+    if (sender !== undefined && !chain.members[at]!.has(sender)) {
+      throw new UndecryptableError('not-a-member', `${sender} was not a member at the group key's block`);
+    }
+    return decryptFile(ref, gk, jwe);
+  }
+
   /** Leaves the room. */
   async leave(): Promise<void> {
     this.#o.xmpp.off('stanza', this.#onStanza);
@@ -269,6 +361,19 @@ export class EncryptedRoom extends Emitter {
     }
     if (!el.is('message') || el.attrs.type !== 'groupchat') return;
     const delay = el.getChild('delay', NS_DELAY)?.attrs.stamp;
+    let file: FileRef | undefined;
+    try {
+      file = readFile(el);
+    } catch (e) {
+      this.emit('undecryptable', { nick, code: 'malformed', reason: (e as Error).message, archived: false, at: delay ? new Date(delay) : new Date() });
+      return;
+    }
+    if (file) {
+      const jid = this.#occupants.get(nick);
+      const stanzaId = el.getChildren('stanza-id', 'urn:xmpp:sid:0').find((s) => (s.attrs.by ?? '').toLowerCase() === this.room)?.attrs.id;
+      this.emit('file', { nick, ...(jid ? { jid } : {}), file, at: delay ? new Date(delay) : new Date(), ...(stanzaId ? { stanzaId } : {}) });
+      return;
+    }
     const r = await this.#read(el, nick, this.#occupants.get(nick), delay ? new Date(delay) : new Date(), false);
     if (!r) return;
     if (r.ok) this.emit('message', r.message);

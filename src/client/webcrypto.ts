@@ -47,6 +47,11 @@ export function utf8(bytes: Uint8Array): string {
   return UTF8.decode(bytes);
 }
 
+/** The UTF-8 bytes of a string. */
+export function utf8Encode(s: string): Uint8Array {
+  return ENCODER.encode(s);
+}
+
 /** `n` random bytes. */
 export function randomBytes(n: number): Uint8Array {
   return globalThis.crypto.getRandomValues(new Uint8Array(n));

@@ -5,7 +5,7 @@
  */
 import { randomBytes, randomUUID } from 'node:crypto';
 import { z } from 'zod';
-import { badRequest, conflict, forbidden, notFound } from '../protocol/errors.js';
+import { badRequest, conflict, forbidden, notBound, notFound } from '../protocol/errors.js';
 import { parseBody, sha256Hex } from '../protocol/messages.js';
 import { MAX_ENTITY_LENGTH, kmsIdentity, requireCanonicalEntity } from '../protocol/entity.js';
 import { absoluteUri } from '../protocol/uri.js';
@@ -114,8 +114,10 @@ export async function getGk(ctx: RequestContext): Promise<HandlerResult> {
   if (principal.kind === 'user' && entity !== principal.id) throw forbidden(`${principal.id} may not fetch keys for ${entity}`);
   const gk = await requireGk(deps, ctx.segments);
   if (gk.block === undefined) {
-    // An unbound GK is its owner's alone (-02's unbound keys; XEP "Group Key Retrieval Policy").
-    if (entity !== gk.owner) throw forbidden(`${gk.uri} is not bound and belongs to another user`);
+    // An unbound GK is its owner's alone until it is bound (-02's unbound keys; XEP "Group Key
+    // Retrieval Policy"). Anyone else hears NOT_BOUND (409), not FORBIDDEN: the owner may bind it
+    // later (a file shared under a key made ahead of time), and the client retries (XEP "Sharing a File").
+    if (entity !== gk.owner) throw notBound(`${gk.uri} is not bound to a block yet`);
   } else if (!(await policyAllows(deps, gk.block, entity))) {
     throw forbidden(`${entity} may not have ${gk.uri} under retrieval policy ${deps.config.policy}`);
   }

@@ -23,6 +23,10 @@ export const KMS_ERRORS = {
   NOT_FOUND: { status: 404, summary: 'No such chain, block, group key, entity key or URI.' },
   METHOD_NOT_ALLOWED: { status: 405, summary: 'The URI exists but does not accept this method.' },
   CONFLICT: { status: 409, summary: 'A stale antecedent (the chain moved on), or a group key already bound to another block.' },
+  NOT_BOUND: {
+    status: 409,
+    summary: 'Get group key: the group key exists but is not bound to a block yet, and the requester did not create it; it may be bound later (retry).',
+  },
   TOO_LARGE: { status: 413, summary: 'The message or one of its fields exceeds a configured limit.' },
   INTERNAL: { status: 500, summary: 'An unexpected failure inside the KMS; nothing was changed.' },
 } as const satisfies Record<string, { status: number; summary: string }>;
@@ -118,6 +122,7 @@ export const forbidden = (reason: string) => new KmsError('FORBIDDEN', reason);
 export const notFound = (reason: string) => new KmsError('NOT_FOUND', reason);
 export const methodNotAllowed = (reason: string) => new KmsError('METHOD_NOT_ALLOWED', reason);
 export const conflict = (reason: string) => new KmsError('CONFLICT', reason);
+export const notBound = (reason: string) => new KmsError('NOT_BOUND', reason);
 export const tooLarge = (reason: string) => new KmsError('TOO_LARGE', reason);
 
 /** The members of an error response (XEP "KMS Error Codes"): status, code and reason. */

@@ -6,7 +6,7 @@
 import { expect } from 'chai';
 import { execFile, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -55,7 +55,7 @@ class Tmux {
     return stdout;
   }
 
-  /** Opens a window named `name` running `argv` in the repository, with `env` added to its environment. */
+  /** Opens a window named `name` running `argv` in `dir` (where /get saves files), with `env` added to its environment. */
   async open(dir: string, name: string, argv: string[], env: Record<string, string>): Promise<void> {
     if (!this.#conf) {
       this.#conf = join(dir, 'tmux.conf');
@@ -69,10 +69,10 @@ class Tmux {
     const command = `${argv.map(shellQuote).join(' ')}; s=$?; echo "[exited with status $s]"; exit $s`;
     const envArgs = Object.entries(env).flatMap(([k, v]) => ['-e', `${k}=${v}`]);
     if (!this.#started) {
-      await this.exec('new-session', '-d', '-s', this.session, '-n', name, '-x', '200', '-y', '50', '-c', ROOT, ...envArgs, command);
+      await this.exec('new-session', '-d', '-s', this.session, '-n', name, '-x', '200', '-y', '50', '-c', dir, ...envArgs, command);
       this.#started = true;
     } else {
-      await this.exec('new-window', '-d', '-t', `${this.session}:`, '-n', name, '-c', ROOT, ...envArgs, command);
+      await this.exec('new-window', '-d', '-t', `${this.session}:`, '-n', name, '-c', dir, ...envArgs, command);
     }
   }
 
@@ -281,6 +281,26 @@ for (const kind of serverKinds()) {
         if (Date.now() > end) throw new Error(`the archive never held both messages; Carol's pane:\n${pane}`);
         await new Promise((r) => setTimeout(r, 500));
       }
+    });
+
+    it("/send in Alice's terminal shares a file; /get 1 in Bob's saves it, decrypted, under a safe name", async function () {
+      const content = `the budget for ${kind}, encrypted under a group key\n`.repeat(50);
+      const source = join(dataDir, 'outbox');
+      await mkdir(source, { recursive: true });
+      await writeFile(join(source, '.budget.txt'), content);
+      await tmux.type('alice', `/send ${join(source, '.budget.txt')}`);
+      await tmux.waitFor('alice', new RegExp(`✓ shared ".budget.txt" \\(${content.length} bytes\\), encrypted under kms://kms\\.localhost/gks/`));
+      await tmux.waitFor(
+        'bob',
+        new RegExp(`alice \\(alice@localhost\\) shared file #1: ".budget.txt" \\(${content.length} bytes, text/plain\\); /get 1 saves it`),
+      );
+      await tmux.type('bob', '/get 1');
+      await tmux.waitFor('bob', new RegExp(`✓ saved file #1 \\(${content.length} bytes\\) as budget.txt$`, 'm'));
+      expect(await readFile(join(dataDir, 'budget.txt'), 'utf8')).to.equal(content);
+      // Carol, no longer a member, sees the file announced but cannot have its key.
+      await tmux.waitFor('carol', /shared file #1/);
+      await tmux.type('carol', '/get 1');
+      await tmux.waitFor('carol', /! \/get failed: .*carol@localhost may not have/);
     });
 
     it('/quit (Alice, Bob) and Ctrl-C (Carol) leave, close the KMS session and exit 0', async function () {

@@ -6,7 +6,7 @@
  */
 import { expect } from 'chai';
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
-import { KmsFixture, add, AUDIENCE, DOMAIN } from '../support/kms-fixture.js';
+import { KmsFixture, add, AUDIENCE, DOMAIN, payloadOf } from '../support/kms-fixture.js';
 import { openRawChannel, handshakeRequest } from '../support/raw-channel.js';
 import { decryptDir } from '../../src/crypto/jwe.js';
 import { signatureAlgsFor, verifyCompact } from '../../src/crypto/jws.js';
@@ -62,6 +62,9 @@ describe('engine: every error response carries a code from the registry', functi
     expect(await onChannel('post', '/entity-keys', { jwk: p384, proof: 'x' })).to.equal('UNSUPPORTED');
     expect(await onChannel('post', '/entity-keys', { jwk: alice.key.publicJwk, proof: 'not a JWS' })).to.equal('BAD_REQUEST');
     expect(await onChannel('get', `kms://${DOMAIN}/gks/${randomUUID()}`, { entity: 'bob@example.com' })).to.equal('FORBIDDEN');
+    const unbound = payloadOf(await alice.createGk()).uri as string;
+    const bobCh = await openRawChannel(kms.identity, handle, await kms.issuer.mint({ subject: 'bob@example.com', audience: AUDIENCE }));
+    expect(codeOf(await handle(bobCh.seal('get', unbound, { entity: 'bob@example.com' })), bobCh.key)).to.equal('NOT_BOUND');
     const stale = alice.block(blockHash(genesis), [add('dave@example.com')]);
     expect(await onChannel('post', chainUri, { blocks: [stale] })).to.equal('CONFLICT');
 

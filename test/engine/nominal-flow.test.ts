@@ -56,10 +56,11 @@ for (const [keyType, entityKeyType] of [
       expect(gk.block).to.equal(undefined);
       const content = seal(gk.key, 'the quarterly numbers');
 
-      // Bob is not a member and the GK is unbound: he gets nothing.
+      // Bob is not a member and the GK is unbound: he gets nothing, and is told "not bound yet" (409 NOT_BOUND).
       await bob.session.handshake();
       let refused = await bob.session.batch([{ method: 'get', uri: gk.uri, body: { entity: 'bob@example.com' } }]);
-      expect(refused[0]!.status).to.equal(403);
+      expect(refused[0]!.status).to.equal(409);
+      expect(refused[0]!.code).to.equal('NOT_BOUND');
 
       // 3. Alice appends a block adding Bob, signed with her own key.
       const b1 = alice.block(blockHash(genesis), [add('bob@example.com')]);

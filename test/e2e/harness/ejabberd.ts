@@ -32,6 +32,8 @@ function yamlString(value: string): string {
 export class EjabberdServer extends ManagedServer {
   readonly kind = 'ejabberd' as const;
   readonly logFiles: string[];
+  /** Where mod_http_upload keeps the uploaded files. */
+  readonly uploadDir: string;
   readonly #configDir: string;
   readonly #spoolDir: string;
   readonly #logsDir: string;
@@ -45,6 +47,8 @@ export class EjabberdServer extends ManagedServer {
     this.#logsDir = join(setup.dir, 'logs');
     for (const d of [this.#configDir, this.#spoolDir, this.#logsDir]) mkdirSync(d, { recursive: true });
     this.logFiles = [join(this.#logsDir, 'ejabberd.log'), join(this.#logsDir, 'error.log')];
+    this.uploadDir = join(setup.dir, 'upload');
+    mkdirSync(this.uploadDir, { recursive: true });
 
     const yml = renderTemplate(
       readFileSync(join(CONFIG_SOURCE, 'ejabberd.test.yml.tmpl'), 'utf8'),
@@ -52,6 +56,7 @@ export class EjabberdServer extends ManagedServer {
         C2S_PORT: String(setup.c2sPort),
         COMPONENT_PORT: String(setup.componentPort),
         HTTP_PORT: String(setup.httpPort),
+        UPLOAD_DIR: yamlString(this.uploadDir),
         COMPONENT_SECRET: yamlString(setup.componentSecret),
         LOG_LEVEL: process.env.KMS_TEST_SERVER_LOG_LEVEL ?? 'info',
       },

@@ -45,6 +45,7 @@ async function tail(file: string, lines: number): Promise<string> {
 
 export abstract class ManagedServer implements XmppServer {
   abstract readonly kind: ServerKind;
+  abstract readonly uploadDir: string;
   readonly domain = 'localhost' as const;
   readonly componentDomain = 'kms.localhost' as const;
   readonly mucDomain = 'conference.localhost' as const;

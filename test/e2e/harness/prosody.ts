@@ -17,6 +17,8 @@ const PROSODY_TEST_CONFIG = fileURLToPath(new URL('../../../prosody-config/proso
 export class ProsodyServer extends ManagedServer {
   readonly kind = 'prosody' as const;
   readonly logFiles: string[];
+  /** Where mod_http_file_share keeps the uploaded files (somewhere under the data directory). */
+  readonly uploadDir: string;
   readonly #env: NodeJS.ProcessEnv;
 
   constructor(setup: ServerSetup) {
@@ -26,6 +28,7 @@ export class ProsodyServer extends ManagedServer {
     mkdirSync(data, { recursive: true });
     mkdirSync(certs, { recursive: true });
     const log = join(setup.dir, 'prosody.log');
+    this.uploadDir = data;
     this.logFiles = [log];
     this.#env = {
       ...process.env,

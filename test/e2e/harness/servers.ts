@@ -32,6 +32,8 @@ export interface XmppServer {
   /** HTTP port (BOSH and WebSocket on both servers; mod_http_api on ejabberd). */
   httpPort: number;
   componentSecret: string;
+  /** The directory under which the server stores what HTTP File Upload (upload.localhost, on httpPort) receives. */
+  uploadDir: string;
   /** Temporary directory holding the server's config, data and logs. */
   dir: string;
   /** The server's log files (stdout/stderr go to a further file in `dir`). */
