@@ -18,7 +18,7 @@
 --   PROSODY_TEST_CERTS_DIR         an existing, possibly empty, directory (avoids a certificate-index error)
 --   PROSODY_TEST_C2S_PORT          client-to-server port (127.0.0.1 only)
 --   PROSODY_TEST_COMPONENT_PORT    XEP-0114 external component port (127.0.0.1 only)
---   PROSODY_TEST_HTTP_PORT         HTTP port for BOSH and WebSocket (127.0.0.1 only)
+--   PROSODY_TEST_HTTP_PORT         HTTP port for BOSH, WebSocket and HTTP File Upload (127.0.0.1 only)
 --   PROSODY_TEST_COMPONENT_SECRET  shared secret of the kms.localhost component
 -- optional:
 --   PROSODY_TEST_LOG_LEVEL         debug | info (default) | warn | error
@@ -91,6 +91,12 @@ modules_disabled = {
 }
 s2s_ports = {}
 
+-- Browser clients (converse.js in test/browser) connect over WebSocket from a page served on another
+-- loopback port: accept any Origin, and treat the unencrypted loopback WebSocket as secure enough
+-- for PLAIN (like c2s above; tests only).
+cross_domain_websocket = true
+consider_websocket_secure = true
+
 -- Accounts are created by the harness with prosodyctl, not in-band.
 allow_registration = false
 
@@ -117,3 +123,10 @@ Component "conference.localhost" "muc"
 	muc_log_all_rooms = true               -- archive every room, whatever its configuration says
 	muc_log_expires_after = "never"
 	max_history_messages = 50
+
+-- HTTP File Upload (XEP-0363) for encrypted file sharing: upload.localhost hands out slots on the
+-- loopback HTTP port above; the files (ciphertext only) are kept under the data directory.
+Component "upload.localhost" "http_file_share"
+	http_host = "127.0.0.1"
+	http_external_url = "http://127.0.0.1:" .. required_port("PROSODY_TEST_HTTP_PORT") .. "/"
+	http_file_share_size_limit = 16 * 1024 * 1024

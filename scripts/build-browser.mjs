@@ -1,6 +1,7 @@
-// The ESM browser bundle of the client library (`npm run build`): src/client/index.ts and everything
+// The ESM browser bundles (`npm run build`): the client library, src/client/index.ts and everything
 // it imports in one file, dist/browser/xmpp-kms-client.js by default (or the directory given as
-// the first argument), with its source map; --json prints what went in and what it imports. No
+// the first argument), and the converse.js plugin beside it (src/converse/plugin.ts,
+// xmpp-kms-converse.js, as self-contained), with their source maps; --json prints what went in and what it imports. No
 // Node module is left to resolve: the library uses WebCrypto, TextEncoder and atob, which browsers
 // and Node 20 both have (test/package/browser.test.ts).
 import { build } from 'esbuild';
@@ -9,7 +10,7 @@ const args = process.argv.slice(2);
 const report = args.includes('--json');
 const outdir = args.find((a) => !a.startsWith('--')) ?? 'dist/browser';
 const result = await build({
-  entryPoints: { 'xmpp-kms-client': 'src/client/index.ts' },
+  entryPoints: { 'xmpp-kms-client': 'src/client/index.ts', 'xmpp-kms-converse': 'src/converse/plugin.ts' },
   outdir,
   bundle: true,
   format: 'esm',

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages the end-to-end tests and the XMPP benchmark need on Debian 12
-# (Prosody, ejabberd, tmux), and makes sure the system-wide Prosody/ejabberd services that
+# (Prosody, ejabberd, tmux; Chromium for the browser test, test/browser, driven by playwright-core
+# through its executablePath: no browser is downloaded), and makes sure the system-wide Prosody/ejabberd services that
 # Debian would start on install are stopped and disabled: the tests run their own private instances
 # on free loopback ports, and a system instance would only hold the default ports and an epmd daemon.
 #
@@ -8,7 +9,7 @@
 #   sudo scripts/install-system-deps.sh
 set -euo pipefail
 
-PACKAGES=(prosody lua-unbound ejabberd tmux)
+PACKAGES=(prosody lua-unbound ejabberd tmux chromium)
 SERVICES=(prosody ejabberd)
 
 log() { printf '[install-system-deps] %s\n' "$*"; }
@@ -82,4 +83,5 @@ fi
 # Report what the tests will find.
 log "prosody:  $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo absent)"
 log "ejabberd: $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo absent)"
+log "chromium: $(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo absent)"
 log "done"

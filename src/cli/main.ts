@@ -196,6 +196,8 @@ program
 
 // `kms chat`: an end-to-end encrypted terminal chat in a MUC room (src/cli/chat.ts).
 program.addCommand((await import('./chat.js')).chatCommand());
+// `kms web`: a converse.js page with the KMS plugin (src/cli/web.ts, src/converse/plugin.ts).
+program.addCommand((await import('./web.js')).webCommand());
 
 program.addHelpText(
   'after',

@@ -1,0 +1,165 @@
+/**
+ * `kms web`: a small static server for a ready-to-use converse.js page with the KMS plugin
+ * (src/converse/plugin.ts): converse's prebuilt dist/ under /converse/, the plugin bundle
+ * (dist/browser/xmpp-kms-converse.js) and an index.html configured for one WebSocket URL, one
+ * KMS and its trust anchors. The page asks `window.kmsBearer()` for the access token (set it from
+ * your identity provider), else prompts for one. `?room=<jid>` joins that room after login.
+ */
+import { Command } from 'commander';
+import { existsSync } from 'node:fs';
+import { createServer, type Server } from 'node:http';
+import { readFile } from 'node:fs/promises';
+import { dirname, extname, join, normalize, resolve, sep } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { configFrom, ConfigError } from '../config.js';
+
+/** The package's root (from src/cli or dist/cli alike). */
+const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export interface WebOptions {
+  /** The XMPP server's WebSocket endpoint, e.g. ws://127.0.0.1:5280/xmpp-websocket. */
+  websocketUrl: string;
+  /** The KMS component's JID. */
+  kmsJid: string;
+  /** The KMS's trust anchors, PEM texts. */
+  anchors: string[];
+  /** converse.js's dist/ folder. */
+  converseDir: string;
+  /** The folder holding xmpp-kms-converse.js. */
+  pluginDir: string;
+  host?: string;
+  port?: number;
+}
+
+const TYPES: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json',
+  '.map': 'application/json',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.woff': 'font/woff',
+  '.woff2': 'font/woff2',
+  '.ttf': 'font/ttf',
+  '.wasm': 'application/wasm',
+  '.mp3': 'audio/mpeg',
+  '.ogg': 'audio/ogg',
+};
+
+/** The page: converse.js with the plugin, configured from `o`. */
+export function indexHtml(o: Pick<WebOptions, 'websocketUrl' | 'kmsJid' | 'anchors'>): string {
+  const config = JSON.stringify({ websocketUrl: o.websocketUrl, kmsJid: o.kmsJid, anchors: o.anchors }).replace(/</g, '\\u003c');
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Encrypted rooms (xmpp-kms + converse.js)</title>
+<link rel="stylesheet" href="/converse/converse.min.css">
+</head>
+<body class="converse-fullscreen">
+<script type="module">
+import converse from '/converse/converse.min.js';
+import { registerKmsPlugin } from '/xmpp-kms-converse.js';
+registerKmsPlugin(converse);
+const config = ${config};
+const room = new URLSearchParams(location.search).get('room');
+converse.initialize({
+  assets_path: '/converse/',
+  websocket_url: config.websocketUrl,
+  discover_connection_methods: false,
+  view_mode: 'fullscreen',
+  authentication: 'login',
+  whitelisted_plugins: ['xmpp-kms'],
+  blacklisted_plugins: ['converse-omemo'],
+  auto_join_rooms: room ? [room] : [],
+  muc_nickname_from_jid: true,
+  kms_jid: config.kmsJid,
+  kms_trust_anchors: config.anchors,
+  kms_bearer: async () => (typeof window.kmsBearer === 'function' ? window.kmsBearer() : window.prompt('Access token for the KMS')),
+});
+</script>
+</body>
+</html>
+`;
+}
+
+/** Starts the server; resolves with it and its URL once it listens. */
+export async function startWeb(o: WebOptions): Promise<{ server: Server; url: string }> {
+  const page = indexHtml(o);
+  const roots: [string, string][] = [
+    ['/converse/', resolve(o.converseDir)],
+    ['/', resolve(o.pluginDir)],
+  ];
+  const server = createServer(async (req, res) => {
+    let path: string;
+    try {
+      path = decodeURIComponent(new URL(req.url ?? '/', 'http://x').pathname);
+    } catch {
+      res.writeHead(400, { 'content-type': 'text/plain' }).end('bad request');
+      return;
+    }
+    if (path === '/' || path === '/index.html') {
+      res.writeHead(200, { 'content-type': TYPES['.html']!, 'cache-control': 'no-store' }).end(page);
+      return;
+    }
+    for (const [prefix, root] of roots) {
+      if (!path.startsWith(prefix)) continue;
+      const file = normalize(join(root, path.slice(prefix.length)));
+      if (!file.startsWith(root + sep)) break;
+      try {
+        const body = await readFile(file);
+        res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream' }).end(body);
+        return;
+      } catch {
+        // not in this root: try the next
+      }
+    }
+    res.writeHead(404, { 'content-type': 'text/plain' }).end('not found');
+  });
+  const host = o.host ?? '127.0.0.1';
+  await new Promise<void>((done, fail) => server.once('error', fail).listen(o.port ?? 0, host, () => done()));
+  const address = server.address();
+  const port = typeof address === 'object' && address ? address.port : o.port;
+  return { server, url: `http://${host}:${port}/` };
+}
+
+/** `kms web`: serves the page until SIGINT/SIGTERM. */
+export function webCommand(): Command {
+  return new Command('web')
+    .description(
+      'serve a converse.js page with the KMS plugin (encrypted rooms in a browser): log in with an XMPP account over WebSocket, ' +
+        'give the page an access token (`kms token -u <jid>` with the local issuer; or set window.kmsBearer), open a room (?room=<jid>) and turn on "KMS"',
+    )
+    .requiredOption('--websocket <url>', "the XMPP server's WebSocket endpoint, e.g. ws://127.0.0.1:5280/xmpp-websocket")
+    .option('--kms <jid>', "the KMS component's JID", 'kms.localhost')
+    .option('--anchor <file>', "the KMS's trust anchors (PEM); default: trust-anchor.pem in the configuration's data folder")
+    .option('-c, --config <file>', "the KMS's JSON configuration file (for its data folder)")
+    .option('--host <address>', 'listening address', '127.0.0.1')
+    .option('--port <port>', 'listening port', '8080')
+    .action(async (opts: { websocket: string; kms: string; anchor?: string; config?: string; host: string; port: string }) => {
+      const port = Number(opts.port);
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('--port: a port number from 0 to 65535');
+      const anchorFile = opts.anchor ?? join(resolve(configFrom(opts).dataDir), 'trust-anchor.pem');
+      const pluginDir = join(PACKAGE_ROOT, 'dist', 'browser');
+      if (!existsSync(join(pluginDir, 'xmpp-kms-converse.js'))) throw new ConfigError(`${pluginDir}/xmpp-kms-converse.js is missing: run npm run build`);
+      let converseDir: string;
+      try {
+        converseDir = dirname(fileURLToPath(import.meta.resolve('converse.js')));
+      } catch {
+        throw new ConfigError('converse.js is not installed: npm install converse.js@14');
+      }
+      const { url } = await startWeb({
+        websocketUrl: opts.websocket,
+        kmsJid: opts.kms,
+        anchors: [await readFile(anchorFile, 'utf8')],
+        converseDir,
+        pluginDir,
+        host: opts.host,
+        port,
+      });
+      console.log(`converse.js with the KMS plugin on ${url}`);
+      for (const signal of ['SIGINT', 'SIGTERM'] as const) process.once(signal, () => process.exit(0));
+    });
+}
