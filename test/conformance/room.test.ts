@@ -17,6 +17,7 @@ import { encryptRoomMessage, openRoomMessage, readEncrypted, FALLBACK_BODY, NS_S
 import type { GroupKey } from '../../src/client/keys.js';
 import { encryptDir } from '../../src/crypto/jwe.js';
 import { jwkOf } from '../support/node-client.js';
+import { until } from '../support/until.js';
 
 const ROOM = 'planning@conference.example.com';
 const NS_MUC_USER = 'http://jabber.org/protocol/muc#user';
@@ -132,15 +133,6 @@ interface Person {
   refused: Undecryptable[];
 }
 
-async function until<T>(what: string, probe: () => T | undefined): Promise<T> {
-  for (let i = 0; i < 400; i++) {
-    const v = probe();
-    if (v !== undefined) return v;
-    await new Promise((r) => setTimeout(r, 5));
-  }
-  throw new Error(`timed out waiting for ${what}`);
-}
-
 describe('conformance: encrypted room messages (xep/kms.xml, Encrypted Messages)', function () {
   this.timeout(60_000);
   let kms: KmsFixture;
@@ -168,8 +160,8 @@ describe('conformance: encrypted room messages (xep/kms.xml, Encrypted Messages)
     return p;
   }
 
-  const read = (p: Person, body: string) => until(`${p.jid} to read "${body}"`, () => p.messages.find((m) => m.body === body));
-  const refusal = (p: Person, n: number) => until(`${p.jid} to refuse message ${n}`, () => p.refused[n - 1]);
+  const read = (p: Person, body: string) => until(`${p.jid} to read "${body}"`, () => p.messages.find((m) => m.body === body), 2_000, 5);
+  const refusal = (p: Person, n: number) => until(`${p.jid} to refuse message ${n}`, () => p.refused[n - 1], 2_000, 5);
   /** The group key of the last message `p` sent. */
   const lastSentKey = async (p: Person): Promise<GroupKey> => p.kms.gk(readEncrypted(p.xmpp.sentMessages.at(-1)!)!.gk);
 

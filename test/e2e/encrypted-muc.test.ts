@@ -17,6 +17,7 @@ import { KmsClient } from '../../src/client/kms-client.js';
 import { EncryptedRoom, type RoomMessage, type Undecryptable } from '../../src/client/room.js';
 import type { GroupKey } from '../../src/client/keys.js';
 import { FALLBACK_BODY } from '../../src/client/muc.js';
+import { until } from '../support/until.js';
 
 const NAMES = ['alice', 'bob', 'carol', 'dave'] as const;
 type Name = (typeof NAMES)[number];
@@ -43,16 +44,6 @@ function remember(gk: GroupKey | undefined) {
 
 function privateScalar(key: KeyObject): Buffer {
   return Buffer.from(key.export({ format: 'jwk' }).d as string, 'base64url');
-}
-
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
 }
 
 for (const kind of serverKinds()) {

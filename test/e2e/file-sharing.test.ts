@@ -15,18 +15,9 @@ import type { RunningKms } from '../../src/server.js';
 import { KmsClient } from '../../src/client/kms-client.js';
 import { EncryptedRoom, type SharedFile } from '../../src/client/room.js';
 import { KmsResponseError } from '../../src/client/errors.js';
+import { until } from '../support/until.js';
 
 const USERS = ['alice', 'bob'].map((u) => ({ username: u, password: `${u}-pw` }));
-
-async function until<T>(what: string, probe: () => T | undefined, timeoutMs = 10_000): Promise<T> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    const v = probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
 
 /** Every file under `dir`, with its bytes. */
 async function filesUnder(dir: string): Promise<{ path: string; bytes: Buffer }[]> {
