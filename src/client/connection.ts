@@ -8,6 +8,7 @@ import type { Element } from '@xmpp/xml';
 import parseXml from '@xmpp/xml/lib/parse.js';
 import type { RoomConnection } from './room.js';
 import type { XmppEntity } from './xmpp.js';
+import { NS_STANZAS } from '../protocol/namespace.js';
 
 /** An XMPP connection that speaks in serialized stanzas (XML text). */
 export interface XmlConnection {
@@ -34,8 +35,6 @@ class StanzaError extends Error {
     this.name = 'StanzaError';
   }
 }
-
-const NS_STANZAS = 'urn:ietf:params:xml:ns:xmpp-stanzas';
 
 /** A connection for KmsClient and EncryptedRoom over a client that speaks in serialized stanzas. */
 export function xmlConnection(c: XmlConnection): RoomConnection & XmppEntity {

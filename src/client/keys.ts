@@ -5,7 +5,7 @@
  * WebCrypto (src/client/webcrypto.ts), so that this runs in browsers and in Node.
  */
 import type { SigningKey } from './chain.js';
-import { b64uDecode, decryptWithKey, generatePrivateJwk, publicJwk, signJws, thumbprint, utf8, verifyJws, type JWK } from './webcrypto.js';
+import { b64uDecode, bareJwk, decryptWithKey, generatePrivateJwk, publicJwk, signJws, thumbprint, utf8, verifyJws, type JWK } from './webcrypto.js';
 
 /** An entity key pair as the client keeps it: the private JWK (to save and reuse), the public JWK, kid and alg. */
 export interface EntityKey extends SigningKey {
@@ -45,7 +45,7 @@ export async function entityKeyFromJwk(jwk: JWK): Promise<EntityKey> {
   if (typeof jwk?.d !== 'string') throw new Error('an entity key needs a private JWK');
   if (jwk.kty !== 'RSA' && !(jwk.kty === 'EC' && jwk.crv === 'P-256')) throw new Error('an entity key is RSA or P-256');
   const pub = publicJwk(jwk);
-  const { alg: _alg, use: _use, key_ops: _ops, ext: _ext, ...privateJwk } = jwk;
+  const privateJwk = bareJwk(jwk);
   // Signing once checks that the private and public parts belong together.
   const key: EntityKey = { privateJwk, publicJwk: pub, kid: await thumbprint(pub), alg: pub.kty === 'EC' ? 'ES256' : 'PS256' };
   await verifyJws(await signJws(privateJwk, key.alg, 'check'), pub);

@@ -243,14 +243,14 @@ export class KmsClient {
   addMembers(uri: string, entities: string[]): Promise<ChainView> {
     return this.append(
       uri,
-      entities.map((entity) => ({ entity: toEntity(entity), optype: 'add' })),
+      entities.map((entity) => ({ entity, optype: 'add' })),
     );
   }
 
   removeMembers(uri: string, entities: string[]): Promise<ChainView> {
     return this.append(
       uri,
-      entities.map((entity) => ({ entity: toEntity(entity), optype: 'remove' })),
+      entities.map((entity) => ({ entity, optype: 'remove' })),
     );
   }
 

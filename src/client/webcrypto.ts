@@ -91,7 +91,7 @@ export function publicJwk(jwk: JWK): JWK {
 }
 
 /** The key material of a JWK without alg, use, key_ops or ext (so that it can be imported for any use). */
-function bareJwk(jwk: JWK): JWK {
+export function bareJwk(jwk: JWK): JWK {
   const { alg: _alg, use: _use, key_ops: _ops, ext: _ext, ...rest } = jwk;
   return rest;
 }
