@@ -1,7 +1,8 @@
 // The ESM browser bundles (`npm run build`): the client library, src/client/index.ts and everything
 // it imports in one file, dist/browser/xmpp-kms-client.js by default (or the directory given as
 // the first argument), and the converse.js plugin beside it (src/converse/plugin.ts,
-// xmpp-kms-converse.js, as self-contained), with their source maps; --json prints what went in and what it imports. No
+// xmpp-kms-converse.js, as self-contained) and the page's OpenID Connect sign-in (src/converse/oidc.ts,
+// xmpp-kms-oidc.js), with their source maps; --json prints what went in and what it imports. No
 // Node module is left to resolve: the library uses WebCrypto, TextEncoder and atob, which browsers
 // and Node 20 both have (test/package/browser.test.ts).
 import { build } from 'esbuild';
@@ -10,7 +11,7 @@ const args = process.argv.slice(2);
 const report = args.includes('--json');
 const outdir = args.find((a) => !a.startsWith('--')) ?? 'dist/browser';
 const result = await build({
-  entryPoints: { 'xmpp-kms-client': 'src/client/index.ts', 'xmpp-kms-converse': 'src/converse/plugin.ts' },
+  entryPoints: { 'xmpp-kms-client': 'src/client/index.ts', 'xmpp-kms-converse': 'src/converse/plugin.ts', 'xmpp-kms-oidc': 'src/converse/oidc.ts' },
   outdir,
   bundle: true,
   format: 'esm',

@@ -41,7 +41,7 @@ export interface IdpOptions {
   port?: number;
   /** The issuer URL, when the IdP is reached by another name than http://<host>:<port> (e.g. behind a proxy). */
   issuer?: string;
-  /** Redirect URIs of the browser client. */
+  /** Redirect URIs of the browser client (default: `kms web`'s page, http://127.0.0.1:8080/ and http://localhost:8080/). */
   redirectUris?: string[];
   /** User names and passwords (default: the demo users, `<name>-password`). */
   users?: Record<string, string>;
@@ -118,7 +118,7 @@ export async function startIdp(o: IdpOptions): Promise<RunningIdp> {
         token_endpoint_auth_method: 'none',
         grant_types: ['authorization_code', 'refresh_token'],
         response_types: ['code'],
-        redirect_uris: o.redirectUris ?? ['http://localhost:8080/'],
+        redirect_uris: o.redirectUris ?? ['http://127.0.0.1:8080/', 'http://localhost:8080/'],
       },
       {
         client_id: DEVICE_CLIENT_ID,
@@ -132,6 +132,9 @@ export async function startIdp(o: IdpOptions): Promise<RunningIdp> {
     jwks: { keys: [jwk as never] },
     cookies: { keys: [randomBytes(32).toString('base64url')] },
     pkce: { required: () => true },
+    // Both clients get a refresh token (the page renews its access token without a new login; the
+    // terminal without a new device code), whether or not offline_access was asked for.
+    issueRefreshToken: async (_ctx, client) => client.grantTypeAllowed('refresh_token'),
     // A browser client calls the token endpoint from its page: allowed from the origins of its redirect URIs.
     clientBasedCORS: (_ctx, origin, client) => client.redirectUris?.some((uri) => URL.parse(uri)?.origin === origin) ?? false,
     scopes: ['openid', 'offline_access', KMS_SCOPE],
@@ -185,7 +188,7 @@ export async function startIdp(o: IdpOptions): Promise<RunningIdp> {
       },
       revocation: { enabled: true },
     },
-    ttl: { AccessToken: 3600, AuthorizationCode: 60, DeviceCode: 600, IdToken: 3600, Interaction: 600, Session: 86400, Grant: 86400 },
+    ttl: { AccessToken: 3600, AuthorizationCode: 60, DeviceCode: 600, IdToken: 3600, Interaction: 600, RefreshToken: 86400, Session: 86400, Grant: 86400 },
     renderError: (ctx, out) => {
       ctx.type = 'html';
       ctx.body = page('Error', `<p class="error">${escapeHtml(String(out.error))}: ${escapeHtml(String(out.error_description ?? ''))}</p>`);

@@ -116,7 +116,7 @@ program
   .option('--port <port>', 'listening port', '5580')
   .option('--issuer <url>', 'the issuer URL, when clients reach it by another name than http://<host>:<port>')
   .option('--user-domain <domain>', "the users' XMPP domain (tokens name alice@<domain>)", 'localhost')
-  .option('--redirect-uri <uri,uri>', 'redirect URIs of the browser client kms-web', 'http://localhost:8080/')
+  .option('--redirect-uri <uri,uri>', 'redirect URIs of the browser client kms-web (the pages of `kms web`)', 'http://127.0.0.1:8080/,http://localhost:8080/')
   .action(async (opts: { config?: string; host: string; port: string; issuer?: string; userDomain: string; redirectUri: string }) => {
     const port = Number(opts.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new ConfigError('--port: a port number from 0 to 65535');
