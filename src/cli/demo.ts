@@ -2,7 +2,10 @@
  * A short demonstration that the KMS answers over XMPP, as two users would use it: both log in,
  * fetch and validate the KMS's key, make a secure channel and register their entity keys; Alice
  * makes a chain with both of them and a group key bound to it; Bob fetches that key through the
- * KMS and decrypts what Alice encrypted. Every step is printed.
+ * KMS and decrypts what Alice encrypted. Every step is printed. With an OpenID Connect issuer
+ * (the development IdP of `kms run --idp`), each user signs in there with the device authorization
+ * grant, the demo approving the code at the IdP with the user's password as a person would in a
+ * browser; without one, tokens come from the configuration's local issuer.
  */
 import { randomUUID, type X509Certificate } from 'node:crypto';
 import { client, type Client } from '@xmpp/client';
@@ -11,7 +14,9 @@ import type { KmsConfig } from '../config.js';
 import { fetchKmsIdentity } from '../client/xmpp.js';
 import { KmsClient } from '../client/kms-client.js';
 import { encryptDir, decryptDir } from '../crypto/jwe.js';
-import { localTokens } from '../server.js';
+import { approveDevice } from '../auth/form-client.js';
+import { localTokens, tokenAudience } from '../server.js';
+import { deviceLogin } from './device-login.js';
 
 export interface DemoOptions {
   config: KmsConfig;
@@ -19,7 +24,32 @@ export interface DemoOptions {
   domain: string;
   users: { username: string; password: string }[];
   anchors: X509Certificate[];
+  /** Sign the users in at this OpenID Connect issuer (their IdP password is the one in `users`). */
+  issuer?: string;
   log: (line: string) => void;
+}
+
+/** The users' access tokens: through the issuer's device flow, or minted by the local issuer. */
+async function tokenSource(o: DemoOptions): Promise<(jid: string, password: string) => Promise<string>> {
+  const issuer = o.issuer;
+  if (!issuer) {
+    const mint = await localTokens(o.config);
+    return (jid) => mint(jid);
+  }
+  return async (jid, password) => {
+    let approval: Promise<void> | undefined;
+    const { accessToken } = await deviceLogin({
+      issuer,
+      audience: tokenAudience(o.config),
+      prompt: (p) => {
+        o.log(`  ${jid}: device sign-in at ${p.verificationUri}, code ${p.userCode} (approved here with the demo password, as a person would in a browser)`);
+        approval = approveDevice(p.verificationUriComplete ?? `${p.verificationUri}?user_code=${encodeURIComponent(p.userCode)}`, jid.split('@')[0]!, password);
+        approval.catch(() => undefined);
+      },
+    });
+    await approval;
+    return accessToken;
+  };
 }
 
 /** Logs in with SASL PLAIN when offered (fast on loopback), else lets xmpp.js choose. */
@@ -46,7 +76,7 @@ export async function login(service: string, domain: string, username: string, p
 export async function runDemo(o: DemoOptions): Promise<void> {
   const { config, log } = o;
   const component = config.domain;
-  const mint = await localTokens(config);
+  const tokens = await tokenSource(o);
   const people: { jid: string; xmpp: Client; kms: KmsClient }[] = [];
   for (const u of o.users.slice(0, 2)) {
     const jid = `${u.username}@${o.domain}`;
@@ -54,7 +84,8 @@ export async function runDemo(o: DemoOptions): Promise<void> {
     log(`✓ ${jid} logged in to ${o.service}`);
     const identity = await fetchKmsIdentity(xmpp, component, o.anchors);
     log(`✓ ${jid} validated the KMS key ${identity.kid} (${identity.sigAlg}) against the trust anchor`);
-    const token = await mint(jid);
+    const token = await tokens(jid, u.password);
+    log(`✓ ${jid} got an access token for the KMS from ${o.issuer ?? 'the local issuer'}`);
     const kms = await KmsClient.connect({ xmpp, kms: component, anchors: o.anchors, identity, bearer: () => token });
     const eph = kms.session.ephemeral!;
     log(`✓ ${jid} made a secure channel (${eph.uri}, until ${eph.expirationDate})`);

@@ -5,6 +5,7 @@
  * has approved (or refused, or the code expired). The access token is the bearer for the KMS.
  */
 import * as oidc from 'openid-client';
+import { plainHttpAllowed } from '../auth/plain-http.js';
 
 /** The public client of `kms chat` at the development identity provider (src/auth/idp.ts). */
 const DEFAULT_DEVICE_CLIENT_ID = 'kms-chat';
@@ -37,7 +38,7 @@ export async function deviceLogin(o: DeviceLoginOptions): Promise<DeviceTokens> 
     undefined,
     oidc.None(),
     // Plain http is for a development identity provider on loopback only.
-    issuer.protocol === 'http:' ? { execute: [oidc.allowInsecureRequests] } : undefined,
+    plainHttpAllowed(issuer) ? { execute: [oidc.allowInsecureRequests] } : undefined,
   );
   const params = { scope: o.scope ?? 'openid kms', resource: o.audience };
   const device = await oidc.initiateDeviceAuthorization(config, params);

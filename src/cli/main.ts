@@ -8,7 +8,7 @@ import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { configFrom, ConfigError, ENV_SETTINGS, LOCAL_ISSUER, OTHER_ENV_VARS } from '../config.js';
 import { showConfig, settingsHelp } from '../config.js';
-import { startKms, localTokens, startDevIdp } from '../server.js';
+import { startKms, localTokens, startDevIdp, tokenAudience } from '../server.js';
 import { createLogger } from '../util/logger.js';
 import { packageVersion } from './version.js';
 import { runDemo } from './demo.js';
@@ -38,6 +38,9 @@ program
   .addHelpText('after', () => settingsHelp())
   .action(async (opts: { config?: string; checkConfig?: boolean; idp?: boolean | string }) => {
     if (opts.checkConfig) return checkConfig(opts);
+    // Everything the KMS writes is private to its user, the files LevelDB makes later (tables,
+    // logs) included: 0600 files, 0700 folders.
+    process.umask(0o077);
     let config = configFrom(opts);
     const logger = createLogger({ level: config.logLevel });
     if (opts.idp !== undefined) {
@@ -103,6 +106,32 @@ program
     if (!Number.isInteger(ttlSec) || ttlSec <= 0) throw new ConfigError('--ttl: a positive whole number of seconds');
     const mint = await localTokens(configFrom(opts));
     console.log(await mint(opts.user, ttlSec));
+  });
+
+program
+  .command('login')
+  .description(
+    'sign in at an OpenID Connect issuer with the device authorization grant (RFC 8628) and print the access token for the KMS on stdout ' +
+      '(where to sign in goes to stderr): KMS_TOKEN=$(kms login --issuer http://127.0.0.1:5580)',
+  )
+  .option('--issuer <url>', 'the issuer (default: auth.issuerUrl of the configuration)')
+  .option('--client-id <id>', 'the public client allowed the device grant', 'kms-chat')
+  .option('-c, --config <file>', "the KMS's JSON configuration file (token audience, auth.issuerUrl)")
+  .action(async (opts: { issuer?: string; clientId: string; config?: string }) => {
+    const config = configFrom(opts);
+    const issuer = opts.issuer ?? config.auth.issuerUrl;
+    if (!issuer) throw new ConfigError('--issuer: give the identity provider (or a configuration with auth.issuerUrl)');
+    const { deviceLogin } = await import('./device-login.js');
+    const { accessToken } = await deviceLogin({
+      issuer,
+      clientId: opts.clientId,
+      audience: tokenAudience(config),
+      prompt: (p) =>
+        console.error(
+          `Sign in at ${p.verificationUriComplete ?? p.verificationUri} (code ${p.userCode}, valid ${Math.round(p.expiresInSec / 60)} minutes); waiting…`,
+        ),
+    });
+    console.log(accessToken);
   });
 
 program
@@ -175,9 +204,11 @@ program
   .option('-c, --config <file>', "JSON configuration file (the same as the component's)")
   .requiredOption('--xmpp <url>', "the XMPP server's client port, e.g. xmpp://127.0.0.1:5222")
   .option('--xmpp-domain <domain>', "the users' XMPP domain", 'localhost')
-  .option('--users <a:pw,b:pw>', 'two accounts that exist on the server', 'alice:alice-password,bob:bob-password')
-  .action(async (opts: { config?: string; xmpp: string; xmppDomain: string; users: string }) => {
+  .option('--users <a:pw,b:pw>', 'two accounts that exist on the server (and at the identity provider, with --issuer)', 'alice:alice-password,bob:bob-password')
+  .option('--issuer <url>', 'sign the users in at this OpenID Connect issuer with the device flow (default: auth.issuerUrl; else the local issuer mints)')
+  .action(async (opts: { config?: string; xmpp: string; xmppDomain: string; users: string; issuer?: string }) => {
     const config = configFrom(opts);
+    const issuer = opts.issuer ?? config.auth.issuerUrl;
     const anchorPem = await readFile(join(resolve(config.dataDir), 'trust-anchor.pem'), 'utf8');
     const users = opts.users.split(',').map((u) => {
       const [username, password] = u.split(':');
@@ -190,6 +221,7 @@ program
       domain: opts.xmppDomain,
       users,
       anchors: [new X509Certificate(anchorPem)],
+      ...(issuer ? { issuer } : {}),
       log: (s: string) => console.log(s),
     });
   });

@@ -9,6 +9,7 @@
  * sessionStorage (this tab only; closing it signs out).
  */
 import * as oauth from 'oauth4webapi';
+import { plainHttpAllowed } from '../auth/plain-http.js';
 
 export interface OidcSignInOptions {
   /** The identity provider's issuer URL (discovery: <issuer>/.well-known/openid-configuration). */
@@ -57,11 +58,6 @@ const browser = () => globalThis as unknown as BrowserGlobals;
 /** Renew this long before the token expires. */
 const RENEW_MARGIN_MS = 60_000;
 
-/** Only a loopback issuer may be plain HTTP (the development IdP); any other must be https. */
-function insecureAllowed(issuer: URL): boolean {
-  return issuer.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(issuer.hostname);
-}
-
 /**
  * Signs in: resolves with the session, or never resolves when it has sent the browser to the
  * identity provider (the page loads again when it comes back). Rejects with the IdP's error
@@ -70,7 +66,7 @@ function insecureAllowed(issuer: URL): boolean {
 export async function oidcSignIn(o: OidcSignInOptions): Promise<OidcSession> {
   const g = browser();
   const issuer = new URL(o.issuer);
-  const insecure = insecureAllowed(issuer);
+  const insecure = plainHttpAllowed(issuer);
   const http = { [oauth.allowInsecureRequests]: insecure };
   const client: oauth.Client = { client_id: o.clientId ?? 'kms-web' };
   const redirectUri = o.redirectUri ?? `${g.location.origin}${g.location.pathname}`;

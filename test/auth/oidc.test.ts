@@ -11,7 +11,7 @@ import { Sealer } from '../../src/crypto/seal.js';
 import { Authenticator } from '../../src/engine/credentials.js';
 import { KmsError } from '../../src/protocol/errors.js';
 import { AUDIENCE, KmsFixture } from '../support/kms-fixture.js';
-import { Browser } from '../support/browser.js';
+import { FormClient } from '../../src/auth/form-client.js';
 import { openRawChannel } from '../support/raw-channel.js';
 import { loadConfig } from '../../src/config.js';
 import { startKms, tokenAudience } from '../../src/server.js';
@@ -30,7 +30,7 @@ async function deviceToken(idp: RunningIdp, user: string, password = `${user}-pa
     audience: AUDIENCE,
     prompt: (p) => {
       approved = (async () => {
-        const b = new Browser();
+        const b = new FormClient();
         // verification_uri_complete: a page that posts the user code (a browser submits it by script).
         const posted = await b.submit(await b.go(p.verificationUriComplete!));
         expect(posted.html).to.include(p.userCode);
@@ -95,7 +95,7 @@ describe('OpenID Connect: the development identity provider, discovery, and the 
   });
 
   it('a wrong password is refused on the login form', async () => {
-    const b = new Browser();
+    const b = new FormClient();
     const ac = new AbortController();
     let shown!: (v: string) => void;
     const verificationUri = new Promise<string>((r) => {
@@ -218,7 +218,7 @@ describe('OpenID Connect: the development identity provider, discovery, and the 
       code_challenge_method: 'S256',
       state,
     });
-    const b = new Browser();
+    const b = new FormClient();
     const login = await b.go(url.href);
     expect(login.url).to.match(/\/interaction\/[^/]+$/);
     const back = await b.go(login.url, { form: { username: 'carol', password: 'carol-password' }, stopAt: REDIRECT });

@@ -10,7 +10,9 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startIdp, type RunningIdp } from '../../src/auth/idp.js';
 import { Sealer } from '../../src/crypto/seal.js';
-import { Browser } from '../support/browser.js';
+import { approveDevice, FormClient } from '../../src/auth/form-client.js';
+import { discoveredKeys } from '../../src/auth/discovery.js';
+import { jwtVerify } from 'jose';
 import { sharedIdentity } from '../support/kms-fixture.js';
 
 const KMS = join(resolve(fileURLToPath(import.meta.url), '../../..'), 'bin', 'kms.js');
@@ -53,7 +55,7 @@ describe('kms chat --device: sign in with the device authorization grant', funct
       stdout += d.toString();
       const m = /open (\S+) and enter the code (\S+)/.exec(stdout);
       if (m && !approval) {
-        const b = new Browser();
+        const b = new FormClient();
         approval = (async () => {
           const posted = await b.submit(await b.go(m[1]!));
           const login = await b.submit(posted, {}, 'op.deviceConfirmForm');
@@ -66,5 +68,31 @@ describe('kms chat --device: sign in with the device authorization grant', funct
     expect(stdout).to.include(`✓ signed in at ${idp.issuer}`);
     expect(code).to.equal(1);
     expect(stderr).to.match(/could not log in as alice@localhost/);
+  });
+
+  it('kms login: prints where to sign in on stderr and, once approved, the access token for the KMS on stdout', async () => {
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('KMS_')) env[k] = v;
+    Object.assign(env, { KMS_DATA_DIR: join(dir, 'data') });
+    const child = spawn(process.execPath, [KMS, 'login', '--issuer', idp.issuer], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let approval: Promise<void> | undefined;
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+      const m = /Sign in at (\S+) \(code (\S+),/.exec(stderr);
+      if (m && !approval) approval = approveDevice(m[1]!, 'bob', 'bob-password');
+    });
+    const code = await new Promise<number | null>((r) => child.on('close', r));
+    await approval;
+    expect(code, stderr).to.equal(0);
+    const token = stdout.trim();
+    expect(token.split('.'), 'one JWT alone on stdout').to.have.length(3);
+    const { payload } = await jwtVerify(token, discoveredKeys(idp.issuer), { issuer: idp.issuer, audience: 'kms://kms.localhost' });
+    expect(payload.sub).to.equal('bob@localhost');
+    expect(stderr).to.not.include(token);
   });
 });
