@@ -5,7 +5,7 @@
  * has approved (or refused, or the code expired). The access token is the bearer for the KMS.
  */
 import * as oidc from 'openid-client';
-import { plainHttpAllowed } from '../auth/plain-http.js';
+import { plainHttpAllowed } from '../util/plain-http.js';
 
 /** The public client of `kms chat` at the development identity provider (src/auth/idp.ts). */
 const DEFAULT_DEVICE_CLIENT_ID = 'kms-chat';

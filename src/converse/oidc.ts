@@ -9,7 +9,7 @@
  * sessionStorage (this tab only; closing it signs out).
  */
 import * as oauth from 'oauth4webapi';
-import { plainHttpAllowed } from '../auth/plain-http.js';
+import { plainHttpAllowed } from '../util/plain-http.js';
 
 export interface OidcSignInOptions {
   /** The identity provider's issuer URL (discovery: <issuer>/.well-known/openid-configuration). */

@@ -1,5 +1,5 @@
 import { expect } from 'chai';
-import { plainHttpAllowed } from '../../src/auth/plain-http.js';
+import { plainHttpAllowed } from '../../src/util/plain-http.js';
 
 describe('plain HTTP to an identity provider: loopback only', () => {
   it('allows http on 127.0.0.0/8, localhost and [::1]', () => {
