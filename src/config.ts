@@ -66,7 +66,9 @@ export const configSchema = z
         keepaliveSec: z.number().int().min(0).default(60).describe('seconds between whitespace keepalives on the component stream; 0 turns them off'),
         reconnectInitialMs: positiveInt
           .default(500)
-          .describe('first delay before connecting again after a failed or lost connection; it doubles at each attempt'),
+          .describe(
+            'first delay before connecting again after a failed or lost connection; it doubles at each attempt, except in the first 30 s after losing a link that was up for 5 s or more (a server restart), when attempts stay at most 1 s apart',
+          ),
         reconnectMaxMs: positiveInt.default(30_000).describe('longest delay between connection attempts'),
         drainMs: positiveInt.default(5_000).describe('at SIGTERM/SIGINT, how long the requests in flight may take to be answered before the stream closes'),
         maxMessagesPerIq: positiveInt.max(256).default(16).describe('most KMS messages in one request IQ (disco max-messages)'),
@@ -99,11 +101,13 @@ export const configSchema = z
         }
       })
       .prefault({}),
-    dataDir: path.default('./data').describe("folder of the LevelDB store, the sealed development identity, the local issuer's key and the trust anchor"),
+    dataDir: path
+      .default('./data')
+      .describe("folder of the LevelDB store, the sealed development identity, the local issuer's key and the trust anchor (made private, 0700)"),
     masterKeyFile: path
       .optional()
       .describe(
-        'file holding the master key (base64url of 32 bytes; made on first start when missing); <dataDir>/master.key when unset; KMS_MASTER_KEY gives the key itself instead',
+        'file holding the master key (base64url of 32 bytes; made on first start, in a new data folder only: with data sealed by a key, a missing or different key stops the start); <dataDir>/master.key when unset; KMS_MASTER_KEY gives the key itself instead',
       ),
     identity: z
       .object({
@@ -325,7 +329,7 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
 export function showConfig(config: KmsConfig, env: NodeJS.ProcessEnv = process.env): string {
   const masterKey = env.KMS_MASTER_KEY
     ? 'from KMS_MASTER_KEY (hidden)'
-    : `in ${config.masterKeyFile ?? `${config.dataDir}/master.key`} (made on first start when missing)`;
+    : `in ${config.masterKeyFile ?? `${config.dataDir}/master.key`} (made on first start in a new data folder)`;
   return JSON.stringify({ ...config, xmpp: { ...config.xmpp, secret: '[hidden]' }, masterKey }, null, 2);
 }
 

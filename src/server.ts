@@ -7,7 +7,7 @@
  */
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { createLocalJWKSet, createRemoteJWKSet, type JWTVerifyGetKey } from 'jose';
 import type { KmsConfig } from './config.js';
@@ -20,7 +20,8 @@ import { EngineDeps } from './engine/context.js';
 import { engineConfig } from './engine/config.js';
 import { KmsEngine } from './engine/engine.js';
 import { KmsState } from './store/kms-state.js';
-import { openLevelStore } from './store/kv.js';
+import { openLevelStore, type KvStore } from './store/kv.js';
+import { KEY_CHECK_FILE, keyCheckOpens, privateDir, sealedDataIn, sealedFilesOpen, recordKeyCheck } from './store/data-dir.js';
 import { LocalIssuer } from './auth/local-issuer.js';
 import { discoveredKeys } from './auth/discovery.js';
 import { startIdp, type RunningIdp } from './auth/idp.js';
@@ -38,24 +39,97 @@ export interface RunningKms {
   stop(): Promise<void>;
 }
 
-/** Reads the master key from KMS_MASTER_KEY or its file, making the file on first start. */
-export async function masterKey(config: KmsConfig, env: NodeJS.ProcessEnv = process.env): Promise<Buffer> {
+/** The master key, and whether the data folder is known to be sealed under it. */
+interface OpenedMasterKey {
+  key: Buffer;
+  /** False for a data folder made before the key check value, with only the store to check the key against (startKms does, once the store is open). */
+  checked: boolean;
+  dataDir: string;
+  /** Where the key came from, for messages (never the key). */
+  source: string;
+}
+
+/** Refusal to start on a master key that does not belong to the data folder (what to do included). */
+function wrongKey(source: string, dataDir: string, what: string): ConfigError {
+  return new ConfigError(
+    `the master key from ${source} is not the key that sealed the data in ${dataDir} (${what} does not open under it): ` +
+      'give the key this data was sealed with (the right masterKeyFile or KMS_MASTER_KEY, e.g. from your backup). Refusing to start; nothing was changed.',
+  );
+}
+
+async function openMasterKey(config: KmsConfig, env: NodeJS.ProcessEnv): Promise<OpenedMasterKey> {
+  const dataDir = resolve(config.dataDir);
+  const sealed = await sealedDataIn(dataDir);
   const fromEnv = env.KMS_MASTER_KEY;
+  const file = resolve(config.masterKeyFile ?? join(dataDir, 'master.key'));
+  let key: Buffer;
+  let source: string;
   if (fromEnv) {
-    const key = Buffer.from(fromEnv.trim(), 'base64url');
+    key = Buffer.from(fromEnv.trim(), 'base64url');
     if (key.length !== 32) throw new ConfigError('KMS_MASTER_KEY: must be 32 bytes, base64url-encoded');
-    return key;
-  }
-  const file = resolve(config.masterKeyFile ?? join(config.dataDir, 'master.key'));
-  if (existsSync(file)) {
-    const key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64url');
+    source = 'KMS_MASTER_KEY';
+  } else if (existsSync(file)) {
+    key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64url');
     if (key.length !== 32) throw new ConfigError(`masterKeyFile ${file}: must hold 32 bytes, base64url-encoded`);
-    return key;
+    source = `the file ${file}`;
+  } else {
+    // Only a new data folder gets a new key: a new key over sealed data would open none of it.
+    if (sealed.length > 0) {
+      throw new ConfigError(
+        `the master key file ${file} is missing, but the data folder ${dataDir} holds data sealed under a master key (${sealed.join(', ')}): ` +
+          'restore that key file from your backup (or give the key in KMS_MASTER_KEY); a new key could not open this data. ' +
+          'To start over with a new key instead, move the data folder away. Refusing to start; nothing was changed.',
+      );
+    }
+    await privateDir(dataDir);
+    key = randomBytes(32);
+    await writeFile(file, `${key.toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
+    source = `the file ${file}`;
   }
-  await mkdir(resolve(config.dataDir), { recursive: true });
-  const key = randomBytes(32);
-  await writeFile(file, `${key.toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
-  return key;
+  const sealer = new Sealer(key);
+  if (sealed.includes(KEY_CHECK_FILE)) {
+    if (!(await keyCheckOpens(dataDir, sealer))) throw wrongKey(source, dataDir, KEY_CHECK_FILE);
+    return { key, checked: true, dataDir, source };
+  }
+  if (sealed.length > 0) {
+    // A data folder from before the key check value: check the key against a sealed file, then record it.
+    const tried = await sealedFilesOpen(dataDir, sealer);
+    if (tried && !tried.opens) throw wrongKey(source, dataDir, tried.file);
+    if (!tried) return { key, checked: false, dataDir, source };
+  }
+  await privateDir(dataDir);
+  if (!(await recordKeyCheck(dataDir, sealer))) throw wrongKey(source, dataDir, KEY_CHECK_FILE);
+  return { key, checked: true, dataDir, source };
+}
+
+/**
+ * Reads the master key from KMS_MASTER_KEY or its file, making the file on the first start in a
+ * new data folder. Refuses (ConfigError, nothing changed) a key file that is missing while the
+ * data folder holds sealed data, and a key that is not the one the data folder was sealed with.
+ */
+export async function masterKey(config: KmsConfig, env: NodeJS.ProcessEnv = process.env): Promise<Buffer> {
+  return (await openMasterKey(config, env)).key;
+}
+
+/**
+ * For a data folder from before the key check value, whose only sealed data is in the store: checks
+ * the key against a stored group key or channel key, then records the key check value.
+ */
+async function checkKeyAgainstStore(kv: KvStore, opened: OpenedMasterKey, sealer: Sealer): Promise<void> {
+  for (const [prefix, context] of [
+    ['g!', 'gk:'],
+    ['e!', 'ecdhe:'],
+  ] as const) {
+    for await (const [, v] of kv.entries({ gte: prefix, lt: `${prefix}~`, limit: 1 })) {
+      const record = JSON.parse(v) as { id: string; key: string };
+      try {
+        sealer.open(record.key, `${context}${record.id}`).fill(0);
+      } catch {
+        throw wrongKey(opened.source, opened.dataDir, `the stored key ${prefix === 'g!' ? 'GK' : 'channel'} ${record.id}`);
+      }
+    }
+  }
+  if (!(await recordKeyCheck(opened.dataDir, sealer))) throw wrongKey(opened.source, opened.dataDir, KEY_CHECK_FILE);
 }
 
 /** Resolves the identity provider's keys: a JWKS file, a JWKS URL, an OpenID Connect issuer's discovery document, or the local issuer. */
@@ -113,12 +187,13 @@ export interface DevIdpOptions {
  */
 export async function startDevIdp(config: KmsConfig, o: DevIdpOptions): Promise<RunningIdp> {
   const dataDir = resolve(config.dataDir);
-  await mkdir(dataDir, { recursive: true });
+  const sealer = new Sealer(await masterKey(config));
+  await privateDir(dataDir);
   return startIdp({
     userDomain: o.userDomain,
     audience: tokenAudience(config),
     dataDir,
-    sealer: new Sealer(await masterKey(config)),
+    sealer,
     ...(o.host ? { host: o.host } : {}),
     ...(o.port !== undefined ? { port: o.port } : {}),
     ...(o.issuer ? { issuer: o.issuer } : {}),
@@ -161,23 +236,54 @@ export interface StartOptions {
  * online when the promise resolves.
  */
 export async function startKms(config: KmsConfig, logger: Logger, opts: StartOptions = {}): Promise<RunningKms> {
-  const dataDir = resolve(config.dataDir);
-  await mkdir(dataDir, { recursive: true });
-  const sealer = new Sealer(await masterKey(config));
-  const identity = await loadIdentity(
-    {
-      domain: config.domain,
-      keyType: config.identity.keyType,
-      rsaSigAlg: config.identity.rsaSigAlg,
-      dataDir,
-      ...(config.identity.keyFile ? { keyFile: config.identity.keyFile } : {}),
-      ...(config.identity.certFile ? { certFile: config.identity.certFile } : {}),
-      ...(process.env.KMS_IDENTITY_KEY_PASSPHRASE ? { keyPassphrase: process.env.KMS_IDENTITY_KEY_PASSPHRASE } : {}),
-    },
-    sealer,
-  );
-  const { keys, issuer } = await tokenKeys(config, sealer);
-  const kv = await openLevelStore(join(dataDir, 'db'));
+  // The master key first: a data folder it does not belong to is refused before anything is written.
+  const opened = await openMasterKey(config, process.env);
+  const dataDir = opened.dataDir;
+  const looseMode = await privateDir(dataDir);
+  if (looseMode !== undefined) {
+    logger.warn(
+      { event: 'data-dir-permissions', dataDir, mode: looseMode.toString(8) },
+      `the data folder ${dataDir} is readable by other users (mode ${looseMode.toString(8)}): make it private with chmod 700 ${dataDir}`,
+    );
+  }
+  const sealer = new Sealer(opened.key);
+  opened.key.fill(0);
+  const storeDir = join(dataDir, 'db');
+  // A data folder from before the key check value, with sealed data in the store only: the key is
+  // checked against a stored record before anything is written (a development identity, say).
+  let early: KvStore | undefined;
+  if (!opened.checked) {
+    early = await openLevelStore(storeDir);
+    try {
+      await checkKeyAgainstStore(early, opened, sealer);
+    } catch (e) {
+      await early.close();
+      throw e;
+    }
+  }
+  const { identity, keys, issuer } = await (async () => {
+    try {
+      return {
+        identity: await loadIdentity(
+          {
+            domain: config.domain,
+            keyType: config.identity.keyType,
+            rsaSigAlg: config.identity.rsaSigAlg,
+            dataDir,
+            ...(config.identity.keyFile ? { keyFile: config.identity.keyFile } : {}),
+            ...(config.identity.certFile ? { certFile: config.identity.certFile } : {}),
+            ...(process.env.KMS_IDENTITY_KEY_PASSPHRASE ? { keyPassphrase: process.env.KMS_IDENTITY_KEY_PASSPHRASE } : {}),
+          },
+          sealer,
+        ),
+        ...(await tokenKeys(config, sealer)),
+      };
+    } catch (e) {
+      await early?.close();
+      throw e;
+    }
+  })();
+  const kv = early ?? (await openLevelStore(storeDir));
   const state = new KmsState(kv);
   const deps = new EngineDeps({
     config: engineConfig(config.domain, {

@@ -26,9 +26,11 @@ export async function openInspector(config: KmsConfig): Promise<Inspector> {
   try {
     kv = await openLevelStore(dir);
   } catch (e) {
-    const text = `${(e as Error).message} ${String((e as { cause?: Error }).cause?.message ?? '')}`;
-    if (/lock/i.test(text)) throw new InspectError(`the store ${dir} is in use by a running KMS (LevelDB allows one process): stop the component first`);
-    throw new InspectError(`cannot open the store ${dir}: ${(e as Error).message}`);
+    // openLevelStore's error names the folder and LevelDB's cause; a lock held is the usual one here.
+    const level = (e as { cause?: { cause?: { code?: string } } }).cause;
+    if (level?.cause?.code === 'LEVEL_LOCKED')
+      throw new InspectError(`the store ${dir} is in use by a running KMS (LevelDB allows one process): stop the component first`);
+    throw new InspectError((e as Error).message);
   }
   return { kv, state: new KmsState(kv), close: () => kv.close() };
 }

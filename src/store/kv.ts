@@ -6,7 +6,9 @@
  * (test/store/kv.test.ts).
  */
 import type { AbstractLevel } from 'abstract-level';
+import { mkdir } from 'node:fs/promises';
 import { Level } from 'level';
+import { tightenTree } from './data-dir.js';
 
 /** One write in an atomic batch. */
 export type BatchOp = { type: 'put'; key: string; value: string } | { type: 'del'; key: string };
@@ -208,9 +210,39 @@ export class LevelKvStore implements KvStore {
   }
 }
 
-/** Opens (creating if needed) a LevelDB store in `dir`. */
+/**
+ * Opens (creating if needed) a LevelDB store in `dir`, private to this user: the folder 0700 and
+ * its files 0600 (those of an older store tightened too). A store that cannot be opened is
+ * reported with its folder and the cause LevelDB gives (a lock held by another process, a
+ * read-only or unwritable folder, damaged files), never as a bare "Database failed to open".
+ */
 export async function openLevelStore(dir: string, opts?: WriteBehindOptions): Promise<KvStore> {
   const db = new Level<string, string>(dir, { keyEncoding: 'utf8', valueEncoding: 'utf8' });
-  await db.open();
+  try {
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await db.open();
+  } catch (e) {
+    throw new Error(`cannot open the store in ${dir}: ${openFailure(e)}`, { cause: e });
+  }
+  try {
+    // LevelDB makes its files as the umask says (0644 by default); the 0700 folder already keeps
+    // others out of the files it makes later (new tables, logs).
+    await tightenTree(dir);
+  } catch (e) {
+    await db.close();
+    throw new Error(`cannot make the store in ${dir} private: ${(e as Error).message}`, { cause: e });
+  }
   return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, opts);
+}
+
+const UNWRITABLE = /read-only file system|permission denied|operation not permitted|EROFS|EACCES|EPERM/i;
+
+/** Why LevelDB would not open, from its error's cause, with what to do for the usual causes. */
+function openFailure(e: unknown): string {
+  const err = e as Error & { code?: string; cause?: Error & { code?: string } };
+  const inner = err.cause?.message ? err.cause : err;
+  const why = `${inner.message}${inner.code ? ` (${inner.code})` : ''}`;
+  if (UNWRITABLE.test(why)) return `${why}: the KMS must be able to write to its data folder (is it on a read-only file system, or owned by another user?)`;
+  if (inner.code === 'LEVEL_LOCKED') return `${why}: another process (a running KMS?) has it open`;
+  return why;
 }

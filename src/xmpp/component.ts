@@ -5,8 +5,9 @@
  * stanza errors from src/protocol/stanza-errors.ts; KMS-level failures stay KMS responses.
  *
  * The link survives: `start` retries until the server accepts us, a dropped stream is reopened
- * with exponential backoff, a whitespace keepalive keeps idle links open, and `stop` answers the
- * requests in flight before closing.
+ * with exponential backoff (src/xmpp/reconnect-policy.ts: after a link that was healthy, quickly
+ * at first, so that a server restart costs about a second), a whitespace keepalive keeps idle
+ * links open, and `stop` answers the requests in flight before closing.
  */
 // @xmpp/component has no types of its own and no @types package: ours, shipped with the package
 // (its declarations reference them: KmsComponent.xmpp is the xmpp.js component).
@@ -17,6 +18,7 @@ import { NS, NS_STANZAS } from '../protocol/namespace.js';
 import { stanzaError, type StanzaErrorKey } from '../protocol/stanza-errors.js';
 import { RateLimiter } from './rate-limit.js';
 import { coalesceThisTick, type Corkable } from './coalesce.js';
+import { ReconnectPolicy } from './reconnect-policy.js';
 import { MESSAGE_WRAPPING, messageBudget } from './reply-budget.js';
 import type { Logger } from '../util/logger.js';
 
@@ -32,7 +34,7 @@ const COMPACT_JOSE = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*(\.[A-Za-z0
 /** What the component needs of the KMS. */
 export interface KmsBackend {
   /** One response message; `maxResponseBytes` is its share of max-reply-size (see src/xmpp/reply-budget.ts). */
-  handle(message: string, opts?: { maxResponseBytes?: number }): Promise<string>;
+  handle(message: string, opts?: { maxResponseBytes?: number; from?: string }): Promise<string>;
   identity: { kid: string; sigAlg: string; handshakeAlgs: string[]; jwk: Record<string, unknown> & { x5c: string[] } };
 }
 
@@ -79,6 +81,8 @@ export class KmsComponent {
   readonly #s: ComponentSettings;
   readonly #log: Logger;
   readonly #rate: RateLimiter;
+  /** The waits between attempts to reconnect, once online (start() paces the first connection). */
+  readonly #backoff: ReconnectPolicy;
   #inFlight = new Set<Promise<unknown>>();
   #stopping = false;
   #keepalive: NodeJS.Timeout | undefined;
@@ -99,6 +103,7 @@ export class KmsComponent {
     this.#log = logger;
     this.#rate = new RateLimiter(settings.limits.ratePerSec, settings.limits.rateBurst);
     this.xmpp = component({ service: settings.service, domain: settings.domain, password: settings.secret });
+    this.#backoff = new ReconnectPolicy({ initialMs: settings.reconnect.initialMs, maxMs: settings.reconnect.maxMs });
     this.xmpp.reconnect.delay = settings.reconnect.initialMs;
     // start() retries the first connection itself; @xmpp/reconnect takes over once online.
     this.xmpp.reconnect.stop();
@@ -115,7 +120,10 @@ export class KmsComponent {
       const wasOnline = this.#online;
       this.#online = false;
       if (this.#stopping || !this.#started) return;
-      const retryInMs = this.xmpp.reconnect.delay;
+      // Runs before @xmpp/reconnect's own 'disconnect' listener (added by start()), which schedules
+      // the next attempt after reconnect.delay: the wait the policy gives.
+      const retryInMs = this.#backoff.disconnected();
+      this.xmpp.reconnect.delay = retryInMs;
       if (wasOnline) {
         this.#log.warn(
           { event: 'disconnect', service: settings.service, retryInMs },
@@ -128,17 +136,12 @@ export class KmsComponent {
         );
       }
     });
-    // Exponential backoff: each attempt doubles the wait before the next one (the wait just logged
-    // is the one @xmpp/reconnect scheduled); reset once online.
-    this.xmpp.reconnect.on('reconnecting', () => {
-      this.xmpp.reconnect.delay = Math.min(this.xmpp.reconnect.delay * 2, this.#s.reconnect.maxMs);
-      this.#watchAttempt();
-    });
+    this.xmpp.reconnect.on('reconnecting', () => this.#watchAttempt());
     this.xmpp.on('online', () => {
       clearTimeout(this.#attemptTimer);
       this.#online = true;
       this.#lastError = undefined;
-      this.xmpp.reconnect.delay = this.#s.reconnect.initialMs;
+      this.#backoff.online();
       this.#log.info({ event: 'online', domain: settings.domain, service: settings.service }, `component ${settings.domain} online at ${settings.service}`);
     });
     // Each reply is one whole stanza: send it at once. With Nagle's algorithm a reply written
@@ -332,7 +335,7 @@ export class KmsComponent {
     const out: Element[] = [];
     // In order: a batch may hold requests that depend on each other (create then bind).
     for (const [i, m] of messages.entries()) {
-      const response = await this.#kms.handle(m, { maxResponseBytes: messageBudget(limit, used, i, messages.length) });
+      const response = await this.#kms.handle(m, { maxResponseBytes: messageBudget(limit, used, i, messages.length), from: sender });
       used += MESSAGE_WRAPPING + Buffer.byteLength(response);
       out.push(xml('message', {}, response));
     }

@@ -5,7 +5,7 @@
 import { expect } from 'chai';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -170,6 +170,19 @@ describe('kms run while the XMPP server is not there', function () {
     expect(kms.events('signal')[0]).to.include({ signal: 'SIGTERM' });
     expect(kms.events('stopped'), kms.output).to.have.length(1);
     expect(kms.events('online')).to.have.length(0);
+    // What it made is private to its user (issue 14): folders 0700, files 0600, the store's too
+    // (checked before this test opens the store itself, with its own umask).
+    const modes: string[] = [];
+    for (const d of [dataDir, join(dataDir, 'db')]) {
+      modes.push(`${d} ${((await stat(d)).mode & 0o777).toString(8)}`);
+      for (const f of await readdir(d, { withFileTypes: true }))
+        if (f.isFile()) modes.push(`${join(d, f.name)} ${((await stat(join(d, f.name))).mode & 0o777).toString(8)}`);
+    }
+    expect(
+      modes.filter((m) => !/ (700|600)$/.test(m)),
+      modes.join('\n'),
+    ).to.deep.equal([]);
+    expect(modes.some((m) => m.endsWith('/db/CURRENT 600'))).to.equal(true);
     const state = await openStore(dataDir);
     await state.close();
     expect(kms.output).not.to.include('s3cr3t-not-logged');
@@ -387,6 +400,34 @@ for (const kind of serverKinds()) {
         for (const secret of [server.componentSecret, masterKey, token]) expect(kms.output).not.to.include(secret);
       });
     }
+
+    it('after long service, comes back within about a second of the server being back from a restart (issue 14)', async () => {
+      // The default backoff (0.5 s doubling up to 30 s), not the quick one of the other tests.
+      const defaults = join(dir, 'default-reconnect.json');
+      await writeFile(
+        defaults,
+        JSON.stringify({ domain: 'kms.localhost', xmpp: { service: `xmpp://127.0.0.1:${server.componentPort}`, secret: server.componentSecret } }),
+      );
+      const kms = new KmsProcess(['run', '--config', defaults], env);
+      processes.push(kms);
+      await kms.waitFor((r) => r.event === 'online', 20_000, 'the component online');
+      // Healthy: online for more than 5 s. Then the server is down for 8 s: with a backoff that
+      // doubles all along the attempts come at 0.5, 1.5, 3.5, 7.5 and 15.5 s (issue 14: 7.6 s).
+      await new Promise((r) => setTimeout(r, 6_000));
+      await server.stop();
+      await new Promise((r) => setTimeout(r, 8_000));
+      await server.start();
+      const back = Date.now();
+      await kms.waitFor(() => kms.events('online').length >= 2, 20_000, 'the component online again');
+      const ms = Date.now() - back;
+      if (process.env.KMS_TEST_DEBUG) console.error(`[${kind}] online ${ms} ms after the server was back`);
+      expect(ms, 'ms from the server back to the component online').to.be.below(2_000);
+      const waits = kms
+        .events('disconnect')
+        .concat(kms.events('reconnect-failed'))
+        .map((r) => r.retryInMs as number);
+      expect(Math.max(...waits), `waits ${waits.join(', ')}`).to.be.at.most(1_000);
+    });
 
     it('refuses a wrong component secret at once with a clear error (no endless retrying)', async () => {
       const badConfig = join(dir, 'bad-secret.json');
