@@ -130,3 +130,7 @@ Component "upload.localhost" "http_file_share"
 	http_host = "127.0.0.1"
 	http_external_url = "http://127.0.0.1:" .. required_port("PROSODY_TEST_HTTP_PORT") .. "/"
 	http_file_share_size_limit = 16 * 1024 * 1024
+	-- CORS: converse.js uploads (PUT) and the plugin downloads (GET) from a page of another origin
+	-- (kms web's port). mod_http_file_share enables CORS for its PUT and GET itself (Prosody 0.12:
+	-- any origin, Content-Type and Authorization allowed); http_cors_override = { file_share = ... }
+	-- on the VirtualHost would narrow the origins.
