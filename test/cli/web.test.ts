@@ -5,7 +5,11 @@ import { expect } from 'chai';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import type { Server } from 'node:http';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+import { promisify } from 'node:util';
+import { sharedIdentity } from '../support/kms-fixture.js';
 import { startWeb } from '../../src/cli/web.js';
 
 describe('kms web: the converse.js page server', () => {
@@ -60,6 +64,93 @@ describe('kms web: the converse.js page server', () => {
       const res = await fetch(new URL(path, url));
       expect(res.status, path).to.equal(404);
       expect(await res.text(), path).to.not.include('not for the web');
+    }
+  });
+});
+
+describe('kms web: the command', function () {
+  this.timeout(60_000);
+  const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
+  let dir: string;
+  let child: ChildProcess | undefined;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'kms-web-cli-'));
+    await writeFile(join(dir, 'anchor.pem'), (await sharedIdentity('EC')).caCertPem);
+    // The command serves the package's dist/browser: built as `npm run build` would.
+    await promisify(execFile)(process.execPath, [join(ROOT, 'scripts/build-browser.mjs')], { cwd: ROOT });
+  });
+  after(async () => {
+    child?.kill('SIGTERM');
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('serves the page for the WebSocket URL and issuer given, with the plugin, the sign-in bundle and converse.js, until SIGTERM', async () => {
+    const env: NodeJS.ProcessEnv = {};
+    for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('KMS_')) env[k] = v;
+    child = spawn(
+      process.execPath,
+      [
+        join(ROOT, 'bin/kms.js'),
+        'web',
+        '--websocket',
+        'ws://127.0.0.1:5280/xmpp-websocket',
+        '--anchor',
+        join(dir, 'anchor.pem'),
+        '--issuer',
+        'http://127.0.0.1:5580',
+        '--port',
+        '0',
+      ],
+      { env: { ...env, KMS_DATA_DIR: join(dir, 'data') }, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+    });
+    let err = '';
+    child.stderr!.on('data', (d: Buffer) => {
+      err += d.toString();
+    });
+    const started = Date.now();
+    while (!/on (http:\/\/127\.0\.0\.1:\d+\/)/.test(out)) {
+      if (child.exitCode !== null || Date.now() - started > 30_000) throw new Error(`kms web did not start: ${out}${err}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const base = /on (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out)![1]!;
+    expect(out).to.include('(sign-in at http://127.0.0.1:5580)');
+    const page = await (await fetch(base)).text();
+    expect(page).to.include('"websocketUrl":"ws://127.0.0.1:5280/xmpp-websocket"');
+    expect(page).to.include('"oidc":{"issuer":"http://127.0.0.1:5580","audience":"kms://kms.localhost","clientId":"kms-web"}');
+    for (const path of ['xmpp-kms-converse.js', 'xmpp-kms-oidc.js', 'converse/converse.min.js']) {
+      const res = await fetch(new URL(path, base));
+      expect(res.status, path).to.equal(200);
+      expect(res.headers.get('content-type'), path).to.match(/javascript/);
+      await res.arrayBuffer();
+    }
+    const exited = new Promise<number | null>((r) => child!.on('exit', (code) => r(code)));
+    child.kill('SIGTERM');
+    expect(await exited).to.equal(0);
+    child = undefined;
+  });
+
+  it('refuses a bad --issuer or --port with the setting named', async () => {
+    const run = promisify(execFile);
+    for (const [args, reason] of [
+      [['--issuer', 'not a url'], /--issuer: not a URL/],
+      [['--port', '70000'], /--port: a port number/],
+    ] as const) {
+      const r = await run(process.execPath, [
+        join(ROOT, 'bin/kms.js'),
+        'web',
+        '--websocket',
+        'ws://127.0.0.1:1/x',
+        '--anchor',
+        join(dir, 'anchor.pem'),
+        ...args,
+      ]).catch((e: { code: number; stderr: string }) => e);
+      expect((r as { code: number }).code, String(args)).to.not.equal(0);
+      expect((r as { stderr: string }).stderr).to.match(reason);
     }
   });
 });
