@@ -7,10 +7,16 @@
 import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { largestBlockReplyBytes, minReplyBytes, RESERVED_PER_MESSAGE } from './xmpp/reply-budget.js';
+import { parseListen } from './admin/listen.js';
 
 const positiveInt = z.number().int().positive();
 /** A file path: a set but empty path would resolve to the working directory. */
 const path = z.string().min(1, 'must not be empty (leave it out instead)');
+/** A domain name, compared in lower case. */
+const hostname = z
+  .string()
+  .regex(/^(?=.{1,253}$)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$/i, 'must be a domain name, e.g. kms.example.org')
+  .transform((d) => d.toLowerCase());
 
 /** xmpp://host[:port]: XEP-0114 is plain TCP (@xmpp/component has no TLS transport). */
 function checkService(value: string, ctx: z.RefinementCtx): void {
@@ -26,6 +32,12 @@ function checkService(value: string, ctx: z.RefinementCtx): void {
     const port = /^\d{1,5}$/.test(m[3]) ? Number(m[3]) : NaN;
     if (!(port >= 1 && port <= 65535)) ctx.addIssue({ code: 'custom', message: `port must be a number from 1 to 65535, got "${m[3]}"` });
   }
+}
+
+/** The admin listener's address: a port (on loopback), host:port or [IPv6]:port (src/admin/listen.ts). */
+function checkListen(value: string, ctx: z.RefinementCtx): void {
+  const r = parseListen(value);
+  if ('error' in r) ctx.addIssue({ code: 'custom', message: r.error });
 }
 
 /** An http(s) URL, as jose's remote JWKS needs. */
@@ -190,6 +202,57 @@ export const configSchema = z
       .default('ever')
       .describe('who may read a chain: anyone who has ever been a member, or its current members only'),
     ephemeralLifetimeSec: positiveInt.default(3600).describe("lifetime of a client's ephemeral key (secure channel), in seconds"),
+    admin: z
+      .object({
+        listen: z
+          .string()
+          .superRefine(checkListen)
+          .optional()
+          .describe(
+            'address of the admin HTTP listener (GET /metrics in Prometheus text, /healthz, /readyz): a port alone (on 127.0.0.1), host:port or [IPv6]:port; no authentication, so keep it on loopback or a private network; off when unset',
+          ),
+        stallExitSec: z
+          .number()
+          .int()
+          .min(0)
+          .default(10)
+          .describe(
+            'seconds the event loop may stall before `kms run` logs it (fatal, event-loop-stalled) and exits (SIGKILL) for its supervisor to restart it, and before /healthz fails; 0 turns the exit off',
+          ),
+      })
+      .strict()
+      .prefault({}),
+    federation: z
+      .object({
+        peers: z
+          .array(
+            z
+              .object({
+                kms: hostname.describe("the peer KMS's component domain (its identity is kms://<kms>; its certificate must name it)"),
+                domains: z.array(hostname).min(1).describe('the user domains the peer speaks for'),
+                anchorsFile: path.describe("PEM file of the trust anchors the peer's certificate chain must lead to"),
+              })
+              .strict(),
+          )
+          .default([])
+          .describe(
+            'KMSes this one federates with (XEP "Federation"): its users get their group keys and chains through it, and it answers for the users of their domains; JSON in KMS_FEDERATION_PEERS, e.g. [{"kms":"kms.b.example","domains":["b.example"],"anchorsFile":"/etc/kms/b-ca.pem"}]',
+          ),
+      })
+      .strict()
+      .superRefine((f, ctx) => {
+        const seen = new Map<string, string>();
+        for (const [i, p] of f.peers.entries()) {
+          for (const d of p.domains) {
+            const other = seen.get(d);
+            if (other && other !== p.kms)
+              ctx.addIssue({ code: 'custom', path: ['peers', i, 'domains'], message: `${d} is spoken for by ${other} already: one peer per domain` });
+            seen.set(d, p.kms);
+          }
+          if (f.peers.findIndex((q) => q.kms === p.kms) !== i) ctx.addIssue({ code: 'custom', path: ['peers', i, 'kms'], message: `${p.kms} is listed twice` });
+        }
+      })
+      .prefault({}),
     logLevel: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
       .default('info')
@@ -200,7 +263,7 @@ export const configSchema = z
 export type KmsConfig = z.infer<typeof configSchema>;
 
 /** Environment variables and the setting each one sets. */
-export const ENV_SETTINGS: Record<string, { path: string[]; type: 'string' | 'int' | 'list' }> = {
+export const ENV_SETTINGS: Record<string, { path: string[]; type: 'string' | 'int' | 'list' | 'json' }> = {
   KMS_DOMAIN: { path: ['domain'], type: 'string' },
   KMS_XMPP_SERVICE: { path: ['xmpp', 'service'], type: 'string' },
   KMS_XMPP_SECRET: { path: ['xmpp', 'secret'], type: 'string' },
@@ -222,6 +285,9 @@ export const ENV_SETTINGS: Record<string, { path: string[]; type: 'string' | 'in
   KMS_POLICY: { path: ['policy'], type: 'int' },
   KMS_EPHEMERAL_LIFETIME_SEC: { path: ['ephemeralLifetimeSec'], type: 'int' },
   KMS_LOG_LEVEL: { path: ['logLevel'], type: 'string' },
+  KMS_ADMIN_LISTEN: { path: ['admin', 'listen'], type: 'string' },
+  KMS_FEDERATION_PEERS: { path: ['federation', 'peers'], type: 'json' },
+  KMS_STALL_EXIT_SEC: { path: ['admin', 'stallExitSec'], type: 'int' },
 };
 
 /** Other KMS_* variables the KMS reads (not settings of the file). Any other KMS_* name is refused as a likely typo. */
@@ -288,6 +354,13 @@ export function loadConfig(opts: { file?: string; env?: NodeJS.ProcessEnv } = {}
         continue;
       }
       value = Number(v);
+    } else if (s.type === 'json') {
+      try {
+        value = JSON.parse(v);
+      } catch (e) {
+        problems.push(`${name} (setting ${s.path.join('.')}): not JSON (${(e as Error).message})`);
+        continue;
+      }
     } else if (s.type === 'list')
       value = v
         .split(',')

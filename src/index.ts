@@ -11,7 +11,7 @@ export { startKms, masterKey, localTokens, tokenAudience, componentSettings, typ
 export { loadConfig, configSchema, ConfigError, LOCAL_ISSUER, type KmsConfig } from './config.js';
 
 // Compose one: the engine and what it is made of.
-export { KmsEngine, type EngineOptions, type HandleOptions } from './engine/engine.js';
+export { KmsEngine, type EngineOptions, type EngineMetrics, type HandleOptions } from './engine/engine.js';
 export { EngineDeps } from './engine/context.js';
 export { engineConfig, DEFAULT_LIMITS, type EngineConfig, type EngineLimits, type EngineOverrides, type RetrievalPolicy } from './engine/config.js';
 export { Authenticator, type AuthenticatorSettings, type BearerSettings } from './engine/credentials.js';
@@ -25,5 +25,11 @@ export { openLevelStore, LevelKvStore, type KvStore, type BatchOp, type BatchOpt
 
 // Tokens, the XMPP component, logging.
 export { LocalIssuer, type MintOptions } from './auth/local-issuer.js';
-export { KmsComponent, type KmsBackend, type ComponentSettings, type ComponentLimits } from './xmpp/component.js';
+export { KmsComponent, type KmsBackend, type ComponentSettings, type ComponentLimits, type LinkMetrics } from './xmpp/component.js';
 export { createLogger, silentLogger, type Logger } from './util/logger.js';
+
+// For operators: metrics (Prometheus), the admin listener (/metrics, /healthz, /readyz), the event-loop watchdog.
+export { KmsMetrics, MeasuredStore, type MetricSources } from './admin/metrics.js';
+export { startAdminServer, storeProbe, type AdminServer, type AdminOptions, type CheckResult } from './admin/server.js';
+export { startHeartbeat, type Heartbeat, type HeartbeatOptions } from './admin/watchdog.js';
+export { parseListen, type ListenAddress } from './admin/listen.js';

@@ -18,6 +18,7 @@ import { loadIdentity, type StaticIdentity } from './engine/identity.js';
 import { Authenticator } from './engine/credentials.js';
 import { EngineDeps } from './engine/context.js';
 import { engineConfig } from './engine/config.js';
+import { PeerLinks, type FederationPeer } from './federation/peers.js';
 import { KmsEngine } from './engine/engine.js';
 import { KmsState } from './store/kms-state.js';
 import { openLevelStore, type KvStore } from './store/kv.js';
@@ -27,6 +28,10 @@ import { discoveredKeys } from './auth/discovery.js';
 import { startIdp, type RunningIdp } from './auth/idp.js';
 import { KmsComponent, type ComponentSettings } from './xmpp/component.js';
 import type { Logger } from './util/logger.js';
+import { parseListen, type ListenAddress } from './admin/listen.js';
+import { KmsMetrics, MeasuredStore } from './admin/metrics.js';
+import { startAdminServer, storeProbe, type AdminServer } from './admin/server.js';
+import { startHeartbeat } from './admin/watchdog.js';
 
 export interface RunningKms {
   config: KmsConfig;
@@ -35,6 +40,8 @@ export interface RunningKms {
   /** The local token issuer, when the KMS uses it (no outside identity provider configured). */
   issuer?: LocalIssuer;
   component?: KmsComponent;
+  /** The admin HTTP listener (/metrics, /healthz, /readyz), when admin.listen is set. */
+  admin?: AdminServer;
   /** Answers requests in flight, closes the XMPP stream and the store. */
   stop(): Promise<void>;
 }
@@ -142,6 +149,18 @@ async function tokenKeys(config: KmsConfig, sealer: Sealer): Promise<{ keys: JWT
   return { keys: issuer.keys(), issuer };
 }
 
+/** A peer's trust anchors: at least one certificate, else the start stops saying which peer. */
+async function peerAnchors(kms: string, file: string): Promise<X509Certificate[]> {
+  let found: X509Certificate[];
+  try {
+    found = await anchors(file);
+  } catch (e) {
+    throw new ConfigError(`federation.peers (${kms}).anchorsFile: cannot read ${file}: ${(e as Error).message}`);
+  }
+  if (found.length === 0) throw new ConfigError(`federation.peers (${kms}).anchorsFile: ${file} holds no certificate`);
+  return found;
+}
+
 async function anchors(file: string | undefined): Promise<X509Certificate[]> {
   if (!file) return [];
   const pem = await readFile(file, 'utf8');
@@ -228,6 +247,12 @@ export interface StartOptions {
   xmpp?: boolean;
   /** Aborts a start that is still waiting for the XMPP server: the store is closed and the promise rejects. */
   signal?: AbortSignal;
+  /**
+   * Ends the process (SIGKILL, after a fatal log line) when its event loop stalls for
+   * admin.stallExitSec (src/admin/watchdog.ts): for a process that is only the KMS, under a
+   * supervisor (`kms run` sets it). Off by default: a program embedding the KMS decides for itself.
+   */
+  watchdog?: boolean;
 }
 
 /**
@@ -284,7 +309,13 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
     }
   })();
   const kv = early ?? (await openLevelStore(storeDir));
-  const state = new KmsState(kv);
+  // Metrics only with the admin listener: otherwise nothing is measured.
+  const adminAddress = config.admin.listen === undefined ? undefined : (parseListen(config.admin.listen) as ListenAddress);
+  const metrics = adminAddress ? new KmsMetrics() : undefined;
+  const state = new KmsState(metrics ? new MeasuredStore(kv, metrics) : kv);
+  // XEP "Federation": the peers, each with the anchors its certificate must lead to.
+  const peers: FederationPeer[] = [];
+  for (const p of config.federation.peers) peers.push({ kms: p.kms, domains: p.domains, anchors: await peerAnchors(p.kms, p.anchorsFile) });
   const deps = new EngineDeps({
     config: engineConfig(config.domain, {
       policy: config.policy,
@@ -305,9 +336,10 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
       clockToleranceSec: config.auth.clockToleranceSec,
     },
     serviceAnchors: await anchors(config.auth.serviceAnchorsFile),
+    peers,
     ...(config.auth.allowedDomains ? { allowedDomains: config.auth.allowedDomains } : {}),
   });
-  const engine = new KmsEngine({ deps, authenticator, logger });
+  const engine = new KmsEngine({ deps, authenticator, logger, ...(metrics ? { metrics } : {}) });
   const swept = await state.sweepEphemeral(new Date());
   const sweeper = setInterval(() => state.sweepEphemeral(new Date()).catch(() => undefined), 10 * 60_000);
   sweeper.unref();
@@ -317,8 +349,40 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
   );
 
   let component: KmsComponent | undefined;
+  const stallExit = opts.watchdog === true && config.admin.stallExitSec > 0;
+  const heartbeat =
+    adminAddress || stallExit ? startHeartbeat({ stallMs: (config.admin.stallExitSec || 10) * 1000, exitOnStall: stallExit, name: 'kms' }) : undefined;
+  let admin: AdminServer | undefined;
+  if (adminAddress && metrics && heartbeat) {
+    metrics.sources.cacheSizes = () => state.cacheSizes();
+    metrics.sources.inFlight = () => component?.inFlight ?? 0;
+    const offline = { ok: false, reason: `the component is not online at ${config.xmpp.service} (connecting or reconnecting)` };
+    const xmpp = () => (component?.online ? { ok: true } : offline);
+    try {
+      // Before the component connects: /readyz says "not ready" while it does.
+      admin = await startAdminServer({
+        address: adminAddress,
+        metrics,
+        heartbeat,
+        logger,
+        checks: { ...(opts.xmpp !== false ? { xmpp } : {}), store: storeProbe(kv) },
+      });
+    } catch (e) {
+      clearInterval(sweeper);
+      await heartbeat.stop();
+      await state.close();
+      throw e;
+    }
+  }
+  if (peers.length > 0) {
+    deps.federation = new PeerLinks({ peers, self: identity, entity: () => component?.xmpp, logger });
+    logger.info(
+      { event: 'federation', peers: peers.map((p) => p.kms) },
+      `federating with ${peers.map((p) => `${p.kms} (${p.domains.join(', ')})`).join('; ')}`,
+    );
+  }
   if (opts.xmpp !== false) {
-    component = new KmsComponent({ handle: (m, o) => engine.handle(m, o), identity }, componentSettings(config), logger);
+    component = new KmsComponent({ handle: (m, o) => engine.handle(m, o), identity }, componentSettings(config), logger, metrics);
     const c = component;
     const abort = () => void c.stop();
     opts.signal?.addEventListener('abort', abort, { once: true });
@@ -328,6 +392,8 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
     } catch (e) {
       clearInterval(sweeper);
       await component.stop().catch(() => undefined);
+      await admin?.close();
+      await heartbeat?.stop();
       await state.close();
       throw e;
     } finally {
@@ -341,10 +407,13 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
     identity,
     ...(issuer ? { issuer } : {}),
     ...(component ? { component } : {}),
+    ...(admin ? { admin } : {}),
     stop() {
       stopped ??= (async () => {
         clearInterval(sweeper);
         if (component) await component.stop();
+        await admin?.close();
+        await heartbeat?.stop();
         await state.close();
         logger.info({ event: 'stopped' }, 'KMS stopped');
       })();

@@ -78,7 +78,7 @@ program
     process.on('SIGTERM', onSignal);
     process.on('SIGINT', onSignal);
     try {
-      kms = await startKms(config, logger, { signal: abort.signal });
+      kms = await startKms(config, logger, { signal: abort.signal, watchdog: true });
     } catch (e) {
       if (abort.signal.aborted) {
         logger.info({ event: 'stopped' }, 'KMS stopped before it came online');

@@ -15,6 +15,7 @@ import { publicJwk, type JWK } from './webcrypto.js';
 import type { TrustAnchor } from './x509.js';
 import { canonicalEntity } from '../protocol/entity.js';
 import { encodeSegment } from '../protocol/uri.js';
+import { kmsAuthority } from '../protocol/federation.js';
 import { Lru } from '../util/lru.js';
 
 export interface KmsClientOptions extends RetryOptions {
@@ -63,6 +64,8 @@ export class KmsClient {
   readonly #gkInFlight = new Map<string, Promise<GroupKey>>();
   readonly #chains = new Map<string, ChainView>();
   readonly #entityKeys = new Map<string, { kid: string; key: JWK }[]>();
+  /** Peers' static keys by authority, as this client's KMS vouches for them (see #curator). */
+  readonly #peerKeys = new Map<string, Promise<JWK>>();
   readonly #notBoundWaitMs: number;
 
   private constructor(o: KmsClientOptions & { kms: string; entityKey: EntityKey }, identity: KmsIdentityInfo, transport: Transport) {
@@ -144,7 +147,7 @@ export class KmsClient {
       blockPayload: { operations: entities.map((entity) => ({ entity, optype: 'add' })) },
     });
     const genesis = res.block as string;
-    const view = await this.#verify([genesis]);
+    const view = await this.#verify([genesis], this.kmsId);
     this.#chains.set(view.uri, view);
     return view;
   }
@@ -166,7 +169,7 @@ export class KmsClient {
       if (!Array.isArray(fresh) || !fresh.every((b) => typeof b === 'string')) throw new BadResponseError('the get-chain response has no "blocks"');
       if (fresh.length > 0) {
         empty = 0;
-        view = await this.#verify(fresh, view);
+        view = await this.#verify(fresh, uri, view);
         if (view.uri !== uri) throw new BadResponseError(`the KMS returned chain ${view.uri} for ${uri}`);
       }
       // A KMS before paging sends no "more": its one response is the whole chain.
@@ -183,9 +186,29 @@ export class KmsClient {
     return this.#chains.get(uri);
   }
 
-  /** Verifies `fresh`: a whole chain, or, after `known`, only the blocks that follow it (known ones are not checked again). */
-  async #verify(fresh: string[], known?: ChainView): Promise<ChainView> {
-    const opts = { kmsKey: this.kmsKey, kmsId: this.kmsId, keysOf: (e: string) => this.#keysOf(e) };
+  /**
+   * The static key of the KMS that keeps `uri`: this client's, or a peer's as this client's KMS
+   * validated it (get /peers/<kms>, XEP "Federation"), asked once.
+   */
+  async #curator(uri: string): Promise<{ kmsKey: JWK; kmsId: string }> {
+    const authority = kmsAuthority(uri);
+    if (!authority || `kms://${authority}` === this.kmsId) return { kmsKey: this.kmsKey, kmsId: this.kmsId };
+    let key = this.#peerKeys.get(authority);
+    if (!key) {
+      key = this.session.request('get', `/peers/${encodeSegment(authority)}`).then((res) => {
+        if (res.kid !== `kms://${authority}` || !res.jwk || typeof res.jwk !== 'object')
+          throw new BadResponseError(`the KMS answered no key for kms://${authority}`);
+        return publicJwk(res.jwk as JWK);
+      });
+      key.catch(() => this.#peerKeys.delete(authority));
+      this.#peerKeys.set(authority, key);
+    }
+    return { kmsKey: await key, kmsId: `kms://${authority}` };
+  }
+
+  /** Verifies `fresh` of chain `uri`: a whole chain, or, after `known`, only the blocks that follow it (known ones are not checked again). */
+  async #verify(fresh: string[], uri: string, known?: ChainView): Promise<ChainView> {
+    const opts = { ...(await this.#curator(uri)), keysOf: (e: string) => this.#keysOf(e) };
     const blocks = known ? [...known.blocks, ...fresh] : fresh;
     try {
       return { ...(await verifyChain(fresh, opts, known)), blocks };
@@ -256,9 +279,12 @@ export class KmsClient {
 
   // ---- group keys ----
 
-  /** A new group key, bound at once to `block` (a block hash) when given. */
-  async createGk(block?: string): Promise<GroupKey> {
-    const res = await this.session.request('post', this.#abs('/gks'), block ? { block, kid: this.entityKey.kid } : { kid: this.entityKey.kid });
+  /** A new group key, bound at once to `block` (a block hash) when given, made by the KMS that keeps `chain` (default: this client's). */
+  async createGk(block?: string, chain?: string): Promise<GroupKey> {
+    // A key for a chain that a peer KMS keeps is made there, through this client's KMS (XEP "Federation").
+    const authority = chain === undefined ? undefined : kmsAuthority(chain);
+    const where = authority && `kms://${authority}` !== this.kmsId ? `kms://${authority}/gks` : this.#abs('/gks');
+    const res = await this.session.request('post', where, block ? { block, kid: this.entityKey.kid } : { kid: this.entityKey.kid });
     return this.#keep(res.gk as string);
   }
 

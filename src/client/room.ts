@@ -11,6 +11,7 @@ import type { KmsClient, ChainView } from './kms-client.js';
 import { KmsResponseError } from './errors.js';
 import type { GroupKey } from './keys.js';
 import { encryptRoomMessage, openRoomMessage, readEncrypted, UndecryptableError, type EncryptedRef } from './muc.js';
+import { kmsAuthority } from '../protocol/federation.js';
 import { currentMembers } from './chain.js';
 import {
   decryptFile,
@@ -266,7 +267,8 @@ export class EncryptedRoom extends Emitter {
     }
     if (this.#sendKey?.block !== chain.tail) {
       if (this.#sendKey) this.emit('membership', chain);
-      this.#sendKey = await kms.createGk(chain.tail);
+      // Made by the KMS that keeps the chain: this client's, or, through it, a peer (XEP "Federation").
+      this.#sendKey = await kms.createGk(chain.tail, chain.uri);
     }
     return this.#sendKey;
   }
@@ -276,7 +278,7 @@ export class EncryptedRoom extends Emitter {
     const gk = await this.#keyForSending();
     const id = randomUUID();
     await this.#o.xmpp.send(
-      await encryptRoomMessage({ gk, kms: this.#o.kms.kmsJid, chain: this.#requireChain(), from: this.#o.kms.entity, room: this.room, body, id }),
+      await encryptRoomMessage({ gk, kms: servedBy(gk.uri), chain: this.#requireChain(), from: this.#o.kms.entity, room: this.room, body, id }),
     );
     return id;
   }
@@ -299,7 +301,15 @@ export class EncryptedRoom extends Emitter {
     // The upload service sees a random name: the file's own name travels in the room message.
     const slot = await requestSlot(xmpp, service, { filename: `${randomUUID()}.jwe`, size: jwe.length, contentType: FILE_MEDIA_TYPE });
     await putSlot(slot, jwe, FILE_MEDIA_TYPE);
-    const ref: FileRef = { gk: gk.uri, kms: kms.kmsJid, chain, url: slot.get, name: o.name, size: data.length, type: o.type || 'application/octet-stream' };
+    const ref: FileRef = {
+      gk: gk.uri,
+      kms: servedBy(gk.uri),
+      chain,
+      url: slot.get,
+      name: o.name,
+      size: data.length,
+      type: o.type || 'application/octet-stream',
+    };
     await xmpp.send(fileMessage({ room: this.room, ref }));
     if (o.key) {
       // Bound after the message is out: a receiver asking meanwhile hears NOT_BOUND and asks again.
@@ -318,9 +328,6 @@ export class EncryptedRoom extends Emitter {
     const ref = 'file' in f ? f.file : f;
     const sender = 'file' in f ? f.jid : undefined;
     const kms = this.#o.kms;
-    if (ref.kms.toLowerCase() !== kms.kmsJid.toLowerCase()) {
-      throw new UndecryptableError('key-refused', `the file uses another KMS (${ref.kms}); this client trusts ${kms.kmsJid}`);
-    }
     if (this.#chain && ref.chain !== this.#chain) throw new UndecryptableError('key-mismatch', `the file message names another chain (${ref.chain})`);
     const [jwe, gk] = await Promise.all([fetchEncryptedFile(ref), kms.gk(ref.gk)]);
     if (!gk.block) throw new UndecryptableError('key-mismatch', 'the group key is not bound to a block');
@@ -401,9 +408,6 @@ export class EncryptedRoom extends Emitter {
     try {
       ref = readEncrypted(el);
       if (!ref) return undefined;
-      if (ref.kms.toLowerCase() !== this.#o.kms.kmsJid.toLowerCase()) {
-        throw new UndecryptableError('key-refused', `the message uses another KMS (${ref.kms}); this client trusts ${this.#o.kms.kmsJid}`);
-      }
       if (this.#chain && ref.chain !== this.#chain) throw new UndecryptableError('key-mismatch', `the message names another chain (${ref.chain})`);
       const gk = await this.#o.kms.gk(ref.gk);
       if (!gk.block) throw new UndecryptableError('key-mismatch', 'the group key is not bound to a block');
@@ -504,4 +508,14 @@ function field(v: string, value: string): Element {
 /** An occupant's real JID as the entity the chain lists (XEP "Entities and Hashes"). */
 function bare(jid: string): string {
   return canonicalEntity(jid) ?? jid.split('/')[0]!.toLowerCase();
+}
+
+/**
+ * The KMS that serves a group key: its URI's authority. A client asks its own KMS for every key,
+ * whichever KMS serves it; its KMS answers for its peers (XEP "Federation") and refuses the rest.
+ */
+function servedBy(gkUri: string): string {
+  const authority = kmsAuthority(gkUri);
+  if (!authority) throw new Error(`not an absolute group key URI: ${gkUri}`);
+  return authority;
 }

@@ -28,12 +28,20 @@ export type Transport = (messages: string[]) => Promise<string[]>;
 /** A credential of -03 §4.5.1: a bearer token (re-read on every handshake, so it can be refreshed). */
 export type CredentialSource = () => string | Promise<string>;
 
+/**
+ * Any other credential (a federating KMS's "jwk" with its "x5c" chain and proof, XEP "Federation"):
+ * called with the handshake's ephemeral public key on a handshake, without it on the channel.
+ */
+type CredentialMaker = (handshakeJwk?: JWK) => Promise<Record<string, unknown>>;
+
 export interface SessionOptions {
   /** The KMS's static key id, kms://<domain>, and its validated public key (a public JWK). */
   kmsKid: string;
   kmsKey: JWK;
   transport: Transport;
-  bearer: CredentialSource;
+  /** The user's bearer token; or give `credential`. */
+  bearer?: CredentialSource;
+  credential?: CredentialMaker;
   clientId?: string;
   /** Renew the ephemeral key this long before it expires (ms). */
   renewBeforeMs?: number;
@@ -86,7 +94,9 @@ export class KmsSession {
     return this.#o.clock ? this.#o.clock() : Date.now();
   }
 
-  async #credential() {
+  async #credential(handshakeJwk?: JWK) {
+    if (this.#o.credential) return { clientId: this.clientId, credential: await this.#o.credential(handshakeJwk) };
+    if (!this.#o.bearer) throw new TypeError('a KmsSession needs bearer or credential');
     return { clientId: this.clientId, credential: { bearer: await this.#o.bearer() } };
   }
 
@@ -102,7 +112,7 @@ export class KmsSession {
     const ephemeral = await generateEphemeralKeyPair();
     const requestId = randomUUID();
     const payload = {
-      client: await this.#credential(),
+      client: await this.#credential(ephemeral.publicJwk),
       method: 'create',
       uri: '/ecdhe',
       requestId,

@@ -36,6 +36,7 @@ import { EncryptedRoom, type RoomConnection } from '../client/room.js';
 import { randomUUID } from '../client/webcrypto.js';
 import type { TrustAnchor } from '../client/x509.js';
 import { NS } from '../protocol/namespace.js';
+import { kmsAuthority } from '../protocol/federation.js';
 import parseXml from '@xmpp/xml/lib/parse.js';
 
 /** The name the plugin registers under (add it to converse's `whitelisted_plugins`). */
@@ -254,7 +255,8 @@ export function registerKmsPlugin(converse: ConverseGlobal): void {
         showMembers(chat, members);
         let gk = sendKeys.get(room);
         if (gk?.block !== chain.tail) {
-          gk = await k.createGk(chain.tail);
+          // Made by the KMS that keeps the chain: this user's, or a peer through it (XEP "Federation").
+          gk = await k.createGk(chain.tail, chain.uri);
           sendKeys.set(room, gk);
         }
         return { k, room, chain, gk };
@@ -375,7 +377,7 @@ export function registerKmsPlugin(converse: ConverseGlobal): void {
           const upload = new browser.File([await encryptFile(gk, data)], `${randomUUID()}.jwe`, { type: FILE_MEDIA_TYPE });
           encryptedUploads.set(upload, {
             gk: gk.uri,
-            kms: k.kmsJid,
+            kms: kmsAuthority(gk.uri) ?? k.kmsJid,
             chain: chain.uri,
             name: file.name,
             size: data.length,
@@ -435,7 +437,7 @@ export function registerKmsPlugin(converse: ConverseGlobal): void {
             (
               await encryptRoomMessage({
                 gk,
-                kms: k.kmsJid,
+                kms: kmsAuthority(gk.uri) ?? k.kmsJid,
                 chain: chain.uri,
                 from: k.entity,
                 room,
@@ -486,9 +488,7 @@ export function registerKmsPlugin(converse: ConverseGlobal): void {
           const ref = readEncrypted(parseXml(Strophe.serialize(encrypted.parentElement)));
           if (!ref) return attrs;
           const k = await kms();
-          if (ref.kms.toLowerCase() !== k.kmsJid.toLowerCase()) {
-            throw new UndecryptableError('key-refused', `the message uses another KMS (${ref.kms}); this client trusts ${k.kmsJid}`);
-          }
+          // Every key is asked of this user's KMS, whichever KMS serves it: its own, or a peer's through it (XEP "Federation").
           const known = chat?.get('kms_chain') as string | undefined;
           if (known && ref.chain !== known) throw new UndecryptableError('key-mismatch', `the message names another chain (${ref.chain})`);
           const gk = await k.gk(ref.gk);

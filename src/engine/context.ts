@@ -8,6 +8,7 @@ import type { KmsRequest } from '../protocol/messages.js';
 import type { Principal } from './principal.js';
 import type { ResponseSizer } from './response-size.js';
 import type { JwsAlg } from '../crypto/jws.js';
+import type { PeerLinks } from '../federation/peers.js';
 import { compactSigner } from '../crypto/jws.js';
 import { importPublicJwk } from '../crypto/keys.js';
 import { Lru } from '../util/lru.js';
@@ -19,6 +20,8 @@ export class EngineDeps {
   readonly sealer: Sealer;
   readonly identity: StaticIdentity;
   readonly clock: () => Date;
+  /** This KMS's links to the KMSes it federates with (XEP "Federation"); none when it does not. */
+  federation: PeerLinks | undefined;
   /** Imported public keys by RFC 7638 thumbprint: importing costs more than using. */
   readonly #keyObjects = new Lru<string, KeyObject>(50_000);
   /** Unsealed keys by the cached record that holds them sealed (see unsealedKey). */
@@ -26,12 +29,13 @@ export class EngineDeps {
   /** The static key's signer, header encoded once. */
   #sign: ((payload: string) => string) | undefined;
 
-  constructor(d: { config: EngineConfig; state: KmsState; sealer: Sealer; identity: StaticIdentity; clock?: () => Date }) {
+  constructor(d: { config: EngineConfig; state: KmsState; sealer: Sealer; identity: StaticIdentity; clock?: () => Date; federation?: PeerLinks }) {
     this.config = d.config;
     this.state = d.state;
     this.sealer = d.sealer;
     this.identity = d.identity;
     this.clock = d.clock ?? (() => new Date());
+    this.federation = d.federation;
   }
 
   /** The KeyObject of a registered entity key (cached by its thumbprint). */

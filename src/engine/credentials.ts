@@ -8,7 +8,7 @@ import { errors as joseErrors, type JWTVerifyGetKey } from 'jose';
 import { unauthenticated, forbidden, type KmsError } from '../protocol/errors.js';
 import { canonicalEntity } from '../protocol/entity.js';
 import type { KmsRequest } from '../protocol/messages.js';
-import { importPublicJwk } from '../crypto/keys.js';
+import { importPublicJwk, thumbprint } from '../crypto/keys.js';
 import { decodeCompactJws, verifyDecoded, type JwsAlg } from '../crypto/jws.js';
 import { checkClaims, ClaimError } from './jwt-claims.js';
 import { validateChain } from '../crypto/x509.js';
@@ -28,10 +28,22 @@ export interface BearerSettings {
   clockToleranceSec: number;
 }
 
+/** A KMS this one federates with (xep/kms.xml "Federation"). */
+export interface PeerSettings {
+  /** Its component domain: its identity is kms://<kms>, its certificate names <kms>. */
+  kms: string;
+  /** The user domains it speaks for. */
+  domains: string[];
+  /** The anchors its certificate chain must lead to. */
+  anchors: X509Certificate[];
+}
+
 export interface AuthenticatorSettings {
   bearer: BearerSettings;
   /** Trust anchors for `jwk` credentials (services); empty disables them. */
   serviceAnchors: X509Certificate[];
+  /** Federating KMSes; a jwk credential whose certificate names one of them, under its anchors, is that peer. */
+  peers?: PeerSettings[];
   /** When set, only users of these domains may use the KMS (-03 §4.6.1 "authorized user"). */
   allowedDomains?: string[];
 }
@@ -103,13 +115,35 @@ export class Authenticator {
   }
 
   #service(jwk: Record<string, unknown> & { x5c: string[] }, now: Date): Principal {
-    if (this.#s.serviceAnchors.length === 0) throw unauthenticated('jwk credentials are not accepted by this KMS');
-    let chain: ReturnType<typeof validateChain>;
-    try {
-      chain = validateChain(jwk.x5c, this.#s.serviceAnchors, { now });
-    } catch (e) {
-      throw unauthenticated(`jwk credential rejected: ${(e as Error).message}`, e);
+    const peers = this.#s.peers ?? [];
+    if (this.#s.serviceAnchors.length === 0 && peers.length === 0) throw unauthenticated('jwk credentials are not accepted by this KMS');
+    // A federation peer is the one whose anchors the chain leads to and whose name the certificate
+    // carries; a chain that leads to a peer's anchors but names another KMS is no peer (403 below).
+    let chain: ReturnType<typeof validateChain> | undefined;
+    let failure: unknown;
+    let peer: PeerSettings | undefined;
+    for (const p of peers) {
+      try {
+        chain = validateChain(jwk.x5c, p.anchors, { now });
+      } catch (e) {
+        failure ??= e;
+        continue;
+      }
+      const host = (chain.dnsNames[0] ?? chain.commonName ?? '').toLowerCase();
+      if (host === p.kms) {
+        peer = p;
+        break;
+      }
     }
+    if (!peer && this.#s.serviceAnchors.length > 0) {
+      try {
+        chain = validateChain(jwk.x5c, this.#s.serviceAnchors, { now });
+      } catch (e) {
+        failure ??= e;
+        chain = undefined;
+      }
+    }
+    if (!chain) throw unauthenticated(`jwk credential rejected: ${(failure as Error | undefined)?.message ?? 'no trust anchor'}`, failure);
     let presented: KeyObject;
     try {
       presented = importPublicJwk(jwk);
@@ -119,7 +153,16 @@ export class Authenticator {
     if (!presented.equals(chain.publicKey)) throw unauthenticated("jwk credential rejected: the key is not the certificate's key");
     const host = chain.dnsNames[0] ?? chain.commonName;
     if (!host) throw unauthenticated('jwk credential rejected: the certificate names no host');
-    return { id: `kms://${host.toLowerCase()}`, kind: 'service', expiresAt: Date.parse(chain.leaf.validTo) };
+    const id = `kms://${host.toLowerCase()}`;
+    if (!peer && this.#s.serviceAnchors.length === 0) throw forbidden(`${id} is not a KMS this KMS federates with`) as KmsError;
+    const { x5c: _chain, ...publicMembers } = jwk;
+    return {
+      id,
+      kind: 'service',
+      expiresAt: Date.parse(chain.leaf.validTo),
+      key: { jwk: publicMembers, thumbprint: thumbprint(presented) },
+      ...(peer ? { peer: { kms: peer.kms, domains: peer.domains } } : {}),
+    };
   }
 
   #checkDomain(p: Principal): void {

@@ -9,8 +9,25 @@
  *   - a failure without a usable ephemeral key is a JWS by the static key; any other failure an
  *     encrypted response with status and reason.
  */
-import { createECDH, randomUUID, type KeyObject } from 'node:crypto';
-import { KmsError, badRequest, errorResponse, methodNotAllowed, notFound, tooLarge, unauthenticated, unsupported } from '../protocol/errors.js';
+import { createECDH, randomUUID, type JsonWebKey, type KeyObject } from 'node:crypto';
+import {
+  KmsError,
+  badRequest,
+  conflict,
+  errorResponse,
+  forbidden,
+  methodNotAllowed,
+  notFound,
+  tooLarge,
+  unauthenticated,
+  unsupported,
+} from '../protocol/errors.js';
+import { checkPeerProofClaims } from '../protocol/federation.js';
+import { decodeCompactJws, verifyDecoded } from '../crypto/jws.js';
+import { thumbprint } from '../crypto/keys.js';
+import type { Principal } from './principal.js';
+import { forwardEntityKeys, forwardToPeer, peerKey } from '../federation/forward.js';
+import { requireCanonicalEntity } from '../protocol/entity.js';
 import { parseRequestValue, peekRequestId, type KmsRequest, type Method } from '../protocol/messages.js';
 import { parseKmsUri } from '../protocol/uri.js';
 import { refusePrivateMembers } from '../protocol/jwk.js';
@@ -19,7 +36,7 @@ import { deriveChannelKey } from '../crypto/channel.js';
 import { decode as b64uDecode, encode as b64u } from '../crypto/base64url.js';
 import type { EphemeralRecord } from '../store/kms-state.js';
 import type { Authenticator } from './credentials.js';
-import type { EngineDeps, HandlerResult, RequestContext } from './context.js';
+import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
 import { appendBlocks, getChain, postGenesis } from './gmbc.js';
 import { bindGk, createGk, getGk } from './gk.js';
 import { deleteEntityKey, listEntityKeys, registerEntityKey } from './entity-keys.js';
@@ -78,12 +95,34 @@ export interface HandleOptions {
    * failures without a channel) are small and not held to it.
    */
   maxResponseBytes?: number;
+  /**
+   * The bare JID the request came from, as the XMPP server reported it. Never evidence of a user's
+   * identity; for a federating KMS, whose server-to-server link the servers authenticated, it must
+   * be the peer's own domain (XEP "Federation"), so that one peer cannot replay another's requests.
+   */
+  from?: string;
+}
+
+/**
+ * What the engine reports of each request for an operator's metrics (src/admin/metrics.ts), when
+ * given one: bounded labels only, never a URI's id, a user, a token or key material.
+ */
+export interface EngineMetrics {
+  /** One request answered: `operation` is "handshake", "<method> <resource kind>" (e.g. "get gks") or "unknown"; `status` the response's. */
+  request(operation: string, status: number, seconds: number): void;
+}
+
+/** What a request was, for EngineMetrics: filled in as the engine learns it. */
+interface Observed {
+  operation: string;
+  status: number;
 }
 
 export interface EngineOptions {
   deps: EngineDeps;
   authenticator: Authenticator;
   logger?: Logger;
+  metrics?: EngineMetrics;
 }
 
 /** One channel-less failure: answered as a JWS by the static key. */
@@ -97,6 +136,8 @@ class ChannelError extends Error {
 }
 
 const EPHEMERAL_PREFIX = '/ecdhe/';
+/** RequestIds remembered per service channel: a peer's requests in an hour are far fewer. */
+const MAX_TRACKED_REQUEST_IDS = 100_000;
 /** The AAD that binds a sealed channel key to its ephemeral record. */
 const sealContext = (id: string) => `ecdhe:${id}`;
 
@@ -113,22 +154,31 @@ export class KmsEngine {
   readonly deps: EngineDeps;
   readonly #auth: Authenticator;
   readonly #log: Logger | undefined;
+  readonly #metrics: EngineMetrics | undefined;
   /** Channels by the ephemeral record KmsState caches, their keys from EngineDeps.unsealedKey: unsealed once, not on every request. */
   readonly #channels = new WeakMap<EphemeralRecord, Channel>();
+  /** RequestIds seen on services' channels, by their ephemeral record (see #seenRequestIds). */
+  readonly #requestIds = new WeakMap<EphemeralRecord, Set<string>>();
 
   constructor(opts: EngineOptions) {
     this.deps = opts.deps;
     this.#auth = opts.authenticator;
     this.#log = opts.logger;
+    this.#metrics = opts.metrics;
   }
 
   /** Handles one request message and returns its response message. Never throws. */
   async handle(message: string, opts?: HandleOptions): Promise<string> {
+    const observed: Observed = { operation: 'unknown', status: 500 };
+    const started = this.#metrics ? performance.now() : 0;
     try {
-      return await this.#handle(message, this.#budget(opts));
+      return await this.#handle(message, this.#budget(opts), opts?.from, observed);
     } catch (e) {
       const ce = e instanceof ChannelError ? e : new ChannelError(this.#internal(e));
+      observed.status = ce.error.status ?? 500;
       return this.#signedError(ce.error, ce.requestId);
+    } finally {
+      this.#metrics?.request(observed.operation, observed.status, (performance.now() - started) / 1000);
     }
   }
 
@@ -139,7 +189,7 @@ export class KmsEngine {
     return defaultResponseBudget(this.deps.config.limits);
   }
 
-  async #handle(message: string, budget: number): Promise<string> {
+  async #handle(message: string, budget: number, from: string | undefined, observed: Observed): Promise<string> {
     if (typeof message !== 'string') throw new ChannelError(badRequest('the message must be a string'));
     const max = this.deps.config.limits.maxMessageBytes;
     // UTF-8 takes at most 3 bytes per UTF-16 code unit: short messages need no byte count.
@@ -153,13 +203,14 @@ export class KmsEngine {
     } catch (e) {
       throw new ChannelError(badRequest('the message is not a compact JWE', e));
     }
-    if (parsed.header.alg === 'dir') return this.#onChannel(parsed, budget);
-    return this.#handshake(parsed);
+    if (parsed.header.alg === 'dir') return this.#onChannel(parsed, budget, from, observed);
+    return this.#handshake(parsed, from, observed);
   }
 
   // ---- the handshake (-03 §4.6.1) ----
 
-  async #handshake(parsed: ParsedJwe): Promise<string> {
+  async #handshake(parsed: ParsedJwe, from: string | undefined, observed: Observed): Promise<string> {
+    observed.operation = 'handshake';
     const { deps } = this;
     const header = parsed.header;
     const id = deps.identity;
@@ -191,6 +242,10 @@ export class KmsEngine {
       const now = deps.clock();
       const principal = await this.#auth.authenticate(req.credential, now);
       const clientKey = this.#clientEcdhKey(req.body.jwk);
+      if (principal.kind === 'service') {
+        this.#checkPeerOrigin(principal, from);
+        this.#checkServiceProof(req, principal, now);
+      }
       // -03 §4.6.1: a fresh KMS key on the client's curve. createECDH, not generateKeyPairSync+JWK export (a Node 20 hang).
       const ecdh = createECDH('prime256v1');
       const point = ecdh.generateKeys();
@@ -228,10 +283,54 @@ export class KmsEngine {
       // Written behind (KmsState.putEphemeral): readable at once, on disk within milliseconds.
       await deps.state.putEphemeral(record);
       this.#log?.info({ event: 'handshake', user: principal.id, ephemeralKey: record.uri }, 'ephemeral key created');
+      observed.status = 201;
       return response;
     } catch (e) {
       throw new ChannelError(this.#asKmsError(e), requestId);
     }
+  }
+
+  /** A peer's requests come from its own component: another sender is replaying them (XEP "Federation"). */
+  #checkPeerOrigin(principal: Principal, from: string | undefined): void {
+    if (!principal.peer || from === undefined) return;
+    if (from.toLowerCase() !== principal.peer.kms) throw forbidden(`a request of ${principal.id} came from ${from.slice(0, 100)}`);
+  }
+
+  /** The requestIds seen under a service's ephemeral key (kept while the key is cached; bounded). */
+  #seenRequestIds(eph: EphemeralRecord): Set<string> {
+    let seen = this.#requestIds.get(eph);
+    if (!seen) {
+      seen = new Set();
+      this.#requestIds.set(eph, seen);
+    }
+    if (seen.size >= MAX_TRACKED_REQUEST_IDS) seen.delete(seen.values().next().value!);
+    return seen;
+  }
+
+  /**
+   * XEP "Federation": a jwk credential is a certificate anyone may have seen; its "proof" shows the
+   * sender holds the key, for this KMS and this handshake's ephemeral key (src/protocol/federation.ts).
+   */
+  #checkServiceProof(req: KmsRequest, principal: Principal, now: Date): void {
+    const proof = 'proof' in req.credential ? req.credential.proof : undefined;
+    if (proof === undefined) throw unauthenticated('a jwk credential needs a proof of possession (credential.proof) on the handshake');
+    let decoded: ReturnType<typeof decodeCompactJws>;
+    try {
+      decoded = decodeCompactJws(proof);
+    } catch (e) {
+      throw badRequest(`credential.proof: not a compact JWS (${(e as Error).message})`, e);
+    }
+    const key = principal.key!;
+    try {
+      verifyDecoded(decoded, this.deps.keyObject(key.thumbprint, key.jwk as JsonWebKey), EngineDeps.entityAlgs(key.jwk as JsonWebKey));
+    } catch (e) {
+      throw forbidden(`credential.proof: not a valid signature by the credential's key (${(e as Error).message})`);
+    }
+    checkPeerProofClaims(safeJson(decoded.payload), {
+      receiver: this.deps.identity.kid,
+      ecdhe: thumbprint(req.body.jwk as JsonWebKey),
+      now,
+    });
   }
 
   #clientEcdhKey(jwk: unknown) {
@@ -255,7 +354,7 @@ export class KmsEngine {
 
   // ---- the channel ----
 
-  async #onChannel(parsed: ParsedJwe, budget: number): Promise<string> {
+  async #onChannel(parsed: ParsedJwe, budget: number, from: string | undefined, observed: Observed): Promise<string> {
     const { deps } = this;
     const header = parsed.header;
     const now = deps.clock();
@@ -284,11 +383,21 @@ export class KmsEngine {
       const payload = safeJson(plaintext);
       requestId = peekRequestId(payload);
       const req = parseJsonRequest(payload);
+      if (this.#metrics) observed.operation = operationOf(req, deps.config.domain);
       const principal = await this.#auth.authenticate(req.credential, now);
       // XEP "Failure Responses": the credential is checked on every request, and the channel
       // belongs to the identity (and client) that made it.
       if (principal.id !== eph.userId || req.clientId !== eph.clientId) {
         throw unauthenticated('the credential is not the one this ephemeral key was made for');
+      }
+      if (principal.kind === 'service') {
+        this.#checkPeerOrigin(principal, from);
+        // XEP "Federation": a KMS that serves peers remembers the requestIds under each of their
+        // ephemeral keys and refuses a repeated one without executing it.
+        const seen = this.#seenRequestIds(eph);
+        const key = `${typeof req.requestId}:${req.requestId}`;
+        if (seen.has(key)) throw conflict(`requestId ${String(req.requestId).slice(0, 64)} was already used under ${eph.uri}`);
+        seen.add(key);
       }
       const response: ResponseSizer = {
         budget,
@@ -303,9 +412,11 @@ export class KmsEngine {
         throw tooLarge(`the response (${size} bytes) exceeds the ${budget} bytes left for it in this reply: send this request in an IQ of its own`);
       const encrypted = channel.encrypt(json);
       if (result.after) await result.after();
+      observed.status = result.status;
       return encrypted;
     } catch (e) {
       const err = this.#fitting(this.#asKmsError(e), requestId, channel, budget);
+      observed.status = err.status ?? 500;
       return channel.encrypt(JSON.stringify(withRequestId(errorResponse(err), requestId)));
     }
   }
@@ -349,8 +460,27 @@ export class KmsEngine {
 
   async #route(ctx: RequestContext): Promise<HandlerResult> {
     const req: KmsRequest = ctx.req;
-    const { segments } = parseKmsUri(req.uri, this.deps.config.domain);
+    const links = this.deps.federation;
+    const { segments, foreign } = parseKmsUri(req.uri, this.deps.config.domain, links !== undefined);
+    if (foreign !== undefined) {
+      // XEP "Federation": an object of another KMS, asked of that KMS on the user's behalf when it is a peer.
+      const peer = links!.byAuthority(foreign);
+      if (!peer) throw notFound(`${req.uri.slice(0, 200)} belongs to kms://${foreign}, a KMS this one does not federate with`);
+      return forwardToPeer({ ...ctx, segments }, links!, peer, verbOf(req.method, segments.length > 1));
+    }
     const [collection, ...rest] = segments;
+    if (links && rest.length === 1 && verbOf(req.method, true) === 'read') {
+      if (collection === 'peers') {
+        const peer = links.byAuthority(rest[0]!);
+        if (!peer) throw notFound(`${rest[0]!.slice(0, 100)} is not a KMS this one federates with`);
+        return peerKey(links, peer);
+      }
+      if (collection === 'entity-keys') {
+        const entity = requireCanonicalEntity(rest[0], 'uri entity');
+        const peer = links.byEntity(entity);
+        if (peer) return forwardEntityKeys(ctx, links, peer, entity);
+      }
+    }
     // Own properties only: '/constructor' or '/__proto__' must be a 404, not Object's members.
     const route = collection === undefined || !Object.hasOwn(ROUTES, collection) ? undefined : ROUTES[collection];
     if (!route || rest.length > 1) throw notFound(`no such resource ${req.uri}`);
@@ -394,6 +524,18 @@ export class KmsEngine {
 
 function withRequestId<T extends Record<string, unknown>>(payload: T, requestId: string | number | undefined): T {
   return requestId === undefined ? payload : { ...payload, requestId };
+}
+
+/** A request's operation for EngineMetrics: its method and resource kind (a route's name, else "unknown"), never an id. */
+function operationOf(req: KmsRequest, domain: string): string {
+  let kind = 'unknown';
+  try {
+    const first = parseKmsUri(req.uri, domain).segments[0];
+    if (first !== undefined && Object.hasOwn(ROUTES, first)) kind = first;
+  } catch {
+    // a URI that is not the KMS's: unknown
+  }
+  return `${req.method} ${kind}`;
 }
 
 /** A header value quoted in a reason: at most 100 characters, so that a hostile header cannot make a reply large. */

@@ -3,7 +3,7 @@
  * rest and only ever leaves the KMS wrapped to an entity's registered public key, inside a GK
  * signed by the KMS.
  */
-import { randomBytes, randomUUID } from 'node:crypto';
+import { randomBytes, randomUUID, type KeyObject } from 'node:crypto';
 import { z } from 'zod';
 import { badRequest, conflict, forbidden, notBound, notFound } from '../protocol/errors.js';
 import { parseBody, sha256Hex } from '../protocol/messages.js';
@@ -11,12 +11,17 @@ import { MAX_ENTITY_LENGTH, kmsIdentity, requireCanonicalEntity } from '../proto
 import { absoluteUri } from '../protocol/uri.js';
 import { encryptJwe } from '../crypto/jwe.js';
 import { encode as b64u } from '../crypto/base64url.js';
-import { isMemberAt, type GkRecord } from '../store/kms-state.js';
+import { isMemberAt, type EntityKeyRecord, type GkRecord } from '../store/kms-state.js';
 import type { EngineDeps, HandlerResult, RequestContext } from './context.js';
 import { KeyedMutex } from '../util/mutex.js';
 import { resolveEntityKey } from './entity-keys.js';
+import { onBehalfOf, type Principal } from './principal.js';
 
-const createBody = z.looseObject({ block: sha256Hex.optional(), kid: z.string().max(128).optional() });
+const createBody = z.looseObject({
+  block: sha256Hex.optional(),
+  kid: z.string().max(128).optional(),
+  entity: z.string().min(1).max(MAX_ENTITY_LENGTH).optional(),
+});
 const bindBody = z.looseObject({ block: sha256Hex, kid: z.string().max(128).optional() });
 const getBody = z.looseObject({ entity: z.string().min(1).max(MAX_ENTITY_LENGTH), kid: z.string().max(128).optional() });
 
@@ -30,50 +35,72 @@ async function requireMemberAtBlock(deps: EngineDeps, hash: string, entity: stri
   return hash;
 }
 
-/** Builds the signed GK with its key wrapped for one entity key. */
+/** The fields of a GK besides its key (-03 §4.6.6). */
+export interface GkFields {
+  uri: string;
+  creator: string;
+  created: string;
+  block?: string;
+}
+
+/**
+ * Signs a GK with its key material wrapped for one recipient key: a single-recipient compact JWE
+ * (PCG-01 MTI and XEP "Entity Keys"). Also used for a peer's GK re-wrapped for a user of this
+ * KMS (XEP "Federation"): the fields are the peer's, the signature this KMS's.
+ */
+export function signGk(deps: EngineDeps, fields: GkFields, gkKey: KeyObject, recipient: { kid: string; jwk: EntityKeyRecord['jwk'] }): string {
+  const raw = gkKey.export();
+  const jwk = JSON.stringify({ kty: 'oct', k: b64u(raw), alg: 'A256GCM', kid: fields.uri });
+  raw.fill(0);
+  const wrapped = encryptJwe(deps.keyObject(recipient.kid, recipient.jwk), jwk, {
+    alg: recipient.jwk.kty === 'EC' ? 'ECDH-ES+A256KW' : 'RSA-OAEP',
+    enc: 'A256GCM',
+    kid: recipient.kid,
+  });
+  const payload: Record<string, unknown> = { uri: fields.uri, creator: fields.creator, created: fields.created };
+  if (fields.block) payload.block = fields.block;
+  payload.key = wrapped;
+  return deps.signAsKms(payload);
+}
+
+/**
+ * Builds the signed GK with its key wrapped for one entity key, or, for a federating KMS
+ * (XEP "Federation"), for the key its credential presented: that KMS re-wraps it for its user.
+ */
 async function issue(
   deps: EngineDeps,
   gk: GkRecord,
   entity: string,
   kid: string | undefined,
   gkKey = deps.unsealedKey(gk, sealContext(gk.id)),
+  peer?: Principal,
 ): Promise<string> {
-  const key = await resolveEntityKey(deps, entity, kid);
-  const raw = gkKey.export();
-  const jwk = JSON.stringify({ kty: 'oct', k: b64u(raw), alg: 'A256GCM', kid: gk.uri });
-  raw.fill(0);
-  // PCG-01 MTI and XEP "Entity Keys": a single-recipient compact JWE to the entity's key.
-  const wrapped = encryptJwe(deps.keyObject(key.kid, key.jwk), jwk, {
-    alg: key.jwk.kty === 'EC' ? 'ECDH-ES+A256KW' : 'RSA-OAEP',
-    enc: 'A256GCM',
-    kid: key.kid,
-  });
-  const payload: Record<string, unknown> = { uri: gk.uri, creator: kmsIdentity(deps.config.domain), created: gk.created };
-  if (gk.block) payload.block = gk.block;
-  payload.key = wrapped;
-  return deps.signAsKms(payload);
+  const key = peer?.key ? { kid: peer.key.thumbprint, jwk: peer.key.jwk as EntityKeyRecord['jwk'] } : await resolveEntityKey(deps, entity, kid);
+  return signGk(deps, { uri: gk.uri, creator: kmsIdentity(deps.config.domain), created: gk.created, ...(gk.block ? { block: gk.block } : {}) }, gkKey, key);
 }
 
 /** post /gks: a new GK, unbound or bound at once to a block; wrapped for the requester. */
 export async function createGk(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
-  if (principal.kind !== 'user') throw forbidden('only users create group keys');
+  if (principal.kind !== 'user' && !principal.peer) throw forbidden('only users, and federating KMSes for their users, create group keys');
   const body = parseBody(createBody, ctx.req.body);
+  // XEP "Federation": a peer creates for the user it names, who owns the key.
+  const owner = onBehalfOf(principal, body.entity)!;
   const id = randomUUID();
   const gk: GkRecord = {
     id,
     uri: absoluteUri(deps.config.domain, 'gks', id),
     created: ctx.now.toISOString(),
-    owner: principal.id,
+    owner,
     clientId: ctx.req.clientId,
     key: '',
   };
-  if (body.block !== undefined) gk.block = await requireMemberAtBlock(deps, body.block, principal.id);
+  if (body.block !== undefined) gk.block = await requireMemberAtBlock(deps, body.block, owner);
   const raw = randomBytes(32);
   deps.sealKey(gk, raw, sealContext(id));
   raw.fill(0);
   // Wrap before storing: a requester without an entity key gets a 4xx and nothing is kept.
-  const signed = await issue(deps, gk, principal.id, body.kid);
+  const signed = await issue(deps, gk, owner, body.kid, undefined, principal.peer ? principal : undefined);
   await deps.state.putGk(gk);
   return { status: 201, body: { gk: signed } };
 }
@@ -94,6 +121,7 @@ export async function bindGk(ctx: RequestContext): Promise<HandlerResult> {
   const found = await requireGk(deps, ctx.segments);
   return bindLocks.run(found.id, async () => {
     const gk = (await deps.state.gk(found.id))!;
+    if (principal.kind !== 'user') throw forbidden('group keys are bound by their owners themselves, not through federation');
     if (gk.owner !== principal.id) throw forbidden(`only the owner may bind ${gk.uri}`);
     const block = await requireMemberAtBlock(deps, body.block, principal.id);
     if (gk.block !== undefined && gk.block !== block) throw conflict(`${gk.uri} is already bound to another block`);
@@ -110,8 +138,10 @@ export async function getGk(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
   const body = parseBody(getBody, ctx.req.body);
   const entity = requireCanonicalEntity(body.entity, 'entity');
-  // XEP "Group Key Retrieval Policy": users fetch for themselves; only trusted services act for others.
+  // XEP "Group Key Retrieval Policy": users fetch for themselves; only trusted services act for
+  // others, and a federating KMS only for users of the domains it speaks for (XEP "Federation").
   if (principal.kind === 'user' && entity !== principal.id) throw forbidden(`${principal.id} may not fetch keys for ${entity}`);
+  onBehalfOf(principal, entity);
   const gk = await requireGk(deps, ctx.segments);
   if (gk.block === undefined) {
     // An unbound GK is its owner's alone until it is bound (-02's unbound keys; XEP "Group Key
@@ -122,7 +152,7 @@ export async function getGk(ctx: RequestContext): Promise<HandlerResult> {
     throw forbidden(`${entity} may not have ${gk.uri} under retrieval policy ${deps.config.policy}`);
   }
   if (body.kid !== undefined && body.kid.length === 0) throw badRequest('kid must not be empty');
-  return { status: 200, body: { gk: await issue(deps, gk, entity, body.kid) } };
+  return { status: 200, body: { gk: await issue(deps, gk, entity, body.kid, undefined, principal.peer ? principal : undefined) } };
 }
 
 /** -03 §4.6.8 policies: 1 member at the bound block; 2 member at the tail; 3 both. */

@@ -15,6 +15,7 @@ import { decodeCompactJws, verifyDecoded, type DecodedJws } from '../crypto/jws.
 import { isMemberAt, type ChainRecord, type Interval, type KmsState } from '../store/kms-state.js';
 import { EngineDeps, type HandlerResult, type RequestContext } from './context.js';
 import { KeyedMutex } from '../util/mutex.js';
+import { onBehalfOf } from './principal.js';
 
 // XEP "Failure Responses": the genesis request's creator and created are ignored (the KMS is the
 // genesis block's creator), but must be strings when present.
@@ -27,7 +28,7 @@ const genesisBody = z.looseObject({
 });
 
 const appendBody = z.looseObject({ blocks: z.array(z.string().min(1)).min(1) });
-const getBody = z.looseObject({ antecedent: z.string().max(128).optional() });
+const getBody = z.looseObject({ antecedent: z.string().max(128).optional(), entity: z.string().min(1).max(MAX_ENTITY_LENGTH).optional() });
 
 /**
  * Membership of one chain with not-yet-committed changes on top: what an append checks its blocks
@@ -194,9 +195,11 @@ export async function getChain(ctx: RequestContext): Promise<HandlerResult> {
   const { deps, principal } = ctx;
   const body = parseBody(getBody, ctx.req.body);
   const chain = await requireChain(deps, ctx.segments);
-  const intervals = principal.kind === 'user' ? await deps.state.intervals(chain.id, principal.id) : [];
+  // XEP "Federation": a peer reads on behalf of one of its users ("entity"), under that user's rights.
+  const reader = onBehalfOf(principal, body.entity);
+  const intervals = reader ? await deps.state.intervals(chain.id, reader) : [];
   const allowed = deps.config.chainReadPolicy === 'ever' ? intervals.length > 0 : isMemberAt(intervals, chain.length - 1);
-  if (!allowed) throw forbidden(`${principal.id} may not read ${chain.uri}`);
+  if (!allowed) throw forbidden(`${reader ?? principal.id} may not read ${chain.uri}`);
   let from = 0;
   const a = body.antecedent;
   if (a !== undefined) {

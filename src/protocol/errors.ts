@@ -29,6 +29,11 @@ export const KMS_ERRORS = {
   },
   TOO_LARGE: { status: 413, summary: 'The message or one of its fields exceeds a configured limit.' },
   INTERNAL: { status: 500, summary: 'An unexpected failure inside the KMS; nothing was changed.' },
+  PEER_FAILED: {
+    status: 502,
+    summary:
+      'A request forwarded to a peer KMS (federation) got no valid answer: the peer did not answer, its static key did not validate, or its answer did not verify.',
+  },
 } as const satisfies Record<string, { status: number; summary: string }>;
 
 /** The failures a client detects itself. They never travel in a response and have no status. */
@@ -124,6 +129,7 @@ export const methodNotAllowed = (reason: string) => new KmsError('METHOD_NOT_ALL
 export const conflict = (reason: string) => new KmsError('CONFLICT', reason);
 export const notBound = (reason: string) => new KmsError('NOT_BOUND', reason);
 export const tooLarge = (reason: string) => new KmsError('TOO_LARGE', reason);
+export const peerFailed = (reason: string, cause?: unknown) => new KmsError('PEER_FAILED', reason, { cause });
 
 /** The members of an error response (XEP "KMS Error Codes"): status, code and reason. */
 export type ErrorResponseBody = { status: number; code: KmsServerCode; reason: string };

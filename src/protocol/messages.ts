@@ -16,6 +16,8 @@ const credentialSchema = z.union([
   z
     .object({
       jwk: z.looseObject({ kty: z.string(), x5c: z.array(z.string().min(1).max(16384)).min(1).max(5) }),
+      // XEP "Federation": the proof of possession of the jwk's key, required on the handshake.
+      proof: z.string().min(1).max(8192).optional(),
       userId: z.string().optional(),
     })
     .strict(),
@@ -38,7 +40,7 @@ const requestSchema = z.looseObject({
 /** A parsed KMS request. Body fields stay in `body` for the operation to validate. */
 export interface KmsRequest {
   clientId: string;
-  credential: { bearer: string } | { jwk: Record<string, unknown> & { x5c: string[] } };
+  credential: { bearer: string } | { jwk: Record<string, unknown> & { x5c: string[] }; proof?: string };
   method: Method;
   uri: string;
   requestId: string | number;

@@ -9,6 +9,8 @@ import { badRequest, notFound } from './errors.js';
 export interface ParsedUri {
   /** e.g. ['blocks', '7f35c3eb-…'] */
   segments: string[];
+  /** The authority of an absolute URI of another KMS (only with `foreign` allowed). */
+  foreign?: string;
 }
 
 /** A path segment: long enough for any entity percent-encoded (3 characters per UTF-8 octet). */
@@ -16,17 +18,23 @@ const SEGMENT = new RegExp(`^[A-Za-z0-9._~%@+-]{1,${3 * MAX_ENTITY_OCTETS}}$`);
 /** The longest request URI: an absolute URI with an entity segment at its end. */
 export const MAX_URI_LENGTH = 3 * MAX_ENTITY_OCTETS + 2048;
 
-/** Parses `uri` and checks that it is addressed to `domain`. */
-export function parseKmsUri(uri: string, domain: string): ParsedUri {
+/**
+ * Parses `uri` and checks that it is addressed to `domain`; with `foreign`, an absolute URI of
+ * another KMS is parsed too and its authority returned (XEP "Federation": it may be a peer's).
+ */
+export function parseKmsUri(uri: string, domain: string, foreign = false): ParsedUri {
   if (uri.length > MAX_URI_LENGTH) throw badRequest('uri is too long');
   let path: string;
+  let other: string | undefined;
   if (uri.startsWith('kms://')) {
     const rest = uri.slice('kms://'.length);
     const slash = rest.indexOf('/');
     const authority = (slash < 0 ? rest : rest.slice(0, slash)).toLowerCase();
     if (authority !== domain) {
-      // -03 §3.3 federation: a foreign authority would be forwarded to its KMS. Not enabled.
-      throw notFound(`${uri} belongs to another KMS (kms://${authority}) and federation is not enabled`);
+      // -03 §3.3 federation: a foreign authority is forwarded to its KMS when it is a peer.
+      if (!foreign) throw notFound(`${uri} belongs to another KMS (kms://${authority}) and federation is not enabled`);
+      if (!/^[a-z0-9.-]{1,253}$/.test(authority)) throw badRequest('uri has an invalid authority');
+      other = authority;
     }
     path = slash < 0 ? '/' : rest.slice(slash);
   } else if (uri.startsWith('/')) {
@@ -41,7 +49,7 @@ export function parseKmsUri(uri: string, domain: string): ParsedUri {
     if (!SEGMENT.test(s)) throw badRequest('uri has an invalid path segment');
   }
   try {
-    return { segments: segments.map((s) => decodeURIComponent(s)) };
+    return { segments: segments.map((s) => decodeURIComponent(s)), ...(other ? { foreign: other } : {}) };
   } catch {
     throw badRequest('uri has an invalid percent-encoding');
   }

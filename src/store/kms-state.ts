@@ -260,6 +260,18 @@ export class KmsState {
     return ops.length;
   }
 
+  /** Entries in each read cache, by name (for metrics: counting them costs nothing). */
+  cacheSizes(): Record<string, number> {
+    return {
+      chains: this.#chains.size,
+      hashes: this.#hashes.size,
+      members: this.#members.size,
+      gks: this.#gks.size,
+      entityKeys: this.#entityKeys.size,
+      ephemeral: this.#ephemeral.size,
+    };
+  }
+
   /** Writes every deferred record (ephemeral keys) to the store. */
   async flush(): Promise<void> {
     await this.kv.flush();

@@ -27,6 +27,11 @@ export class Lru<K, V> {
     this.#map.delete(key);
   }
 
+  /** Entries held now. */
+  get size(): number {
+    return this.#map.size;
+  }
+
   values(): IterableIterator<V> {
     return this.#map.values();
   }

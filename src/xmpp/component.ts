@@ -62,6 +62,14 @@ export interface ComponentSettings {
   drainMs: number;
 }
 
+/** What the component reports of its link for an operator's metrics (src/admin/metrics.ts), when given one. */
+export interface LinkMetrics {
+  /** The stream went online (true) or was lost (false). */
+  linkUp(up: boolean): void;
+  /** The stream came back online after the link was lost. */
+  reconnected(): void;
+}
+
 /** An IQ payload outside our namespace. */
 class ForeignPayload extends Error {}
 
@@ -80,6 +88,7 @@ export class KmsComponent {
   readonly #kms: KmsBackend;
   readonly #s: ComponentSettings;
   readonly #log: Logger;
+  readonly #metrics: LinkMetrics | undefined;
   readonly #rate: RateLimiter;
   /** The waits between attempts to reconnect, once online (start() paces the first connection). */
   readonly #backoff: ReconnectPolicy;
@@ -97,10 +106,11 @@ export class KmsComponent {
   #stopRequested!: () => void;
   readonly #stopSignal = new Promise<void>((r) => (this.#stopRequested = r));
 
-  constructor(kms: KmsBackend, settings: ComponentSettings, logger: Logger) {
+  constructor(kms: KmsBackend, settings: ComponentSettings, logger: Logger, metrics?: LinkMetrics) {
     this.#kms = kms;
     this.#s = settings;
     this.#log = logger;
+    this.#metrics = metrics;
     this.#rate = new RateLimiter(settings.limits.ratePerSec, settings.limits.rateBurst);
     this.xmpp = component({ service: settings.service, domain: settings.domain, password: settings.secret });
     this.#backoff = new ReconnectPolicy({ initialMs: settings.reconnect.initialMs, maxMs: settings.reconnect.maxMs });
@@ -119,6 +129,7 @@ export class KmsComponent {
       clearTimeout(this.#attemptTimer);
       const wasOnline = this.#online;
       this.#online = false;
+      if (wasOnline) this.#metrics?.linkUp(false);
       if (this.#stopping || !this.#started) return;
       // Runs before @xmpp/reconnect's own 'disconnect' listener (added by start()), which schedules
       // the next attempt after reconnect.delay: the wait the policy gives.
@@ -140,6 +151,9 @@ export class KmsComponent {
     this.xmpp.on('online', () => {
       clearTimeout(this.#attemptTimer);
       this.#online = true;
+      // start() sets #started once the first connection is online: any later 'online' is a reconnection.
+      if (this.#started) this.#metrics?.reconnected();
+      this.#metrics?.linkUp(true);
       this.#lastError = undefined;
       this.#backoff.online();
       this.#log.info({ event: 'online', domain: settings.domain, service: settings.service }, `component ${settings.domain} online at ${settings.service}`);
@@ -260,6 +274,11 @@ export class KmsComponent {
   /** The stream's TCP socket (an xmpp.js internal: the one place this component reaches for it). */
   get #socket(): StreamSocket | undefined {
     return (this.xmpp as unknown as { socket?: StreamSocket }).socket;
+  }
+
+  /** Whether the stream to the XMPP server is online now. */
+  get online(): boolean {
+    return this.#online;
   }
 
   /** Requests being handled right now. */

@@ -195,6 +195,26 @@ describe('configuration', function () {
       expect(c.auth.issuer).to.equal('https://login.example.org/realms/chat');
     });
 
+    it('takes federation peers as JSON in KMS_FEDERATION_PEERS, names in lower case, and refuses bad JSON and a domain two peers claim', () => {
+      const peers = [{ kms: 'KMS.B.example', domains: ['B.example'], anchorsFile: '/etc/kms/b.pem' }];
+      const c = loadConfig({ env: { KMS_FEDERATION_PEERS: JSON.stringify(peers) } });
+      expect(c.federation.peers).to.deep.equal([{ kms: 'kms.b.example', domains: ['b.example'], anchorsFile: '/etc/kms/b.pem' }]);
+      expect(loadConfig({ env: {} }).federation.peers).to.deep.equal([]);
+      expect(() => loadConfig({ env: { KMS_FEDERATION_PEERS: '[{kms:' } })).to.throw(
+        ConfigError,
+        /KMS_FEDERATION_PEERS \(setting federation\.peers\): not JSON/,
+      );
+      const twice = [...peers, { kms: 'kms.c.example', domains: ['b.example'], anchorsFile: '/etc/kms/c.pem' }];
+      expect(() => loadConfig({ env: { KMS_FEDERATION_PEERS: JSON.stringify(twice) } })).to.throw(
+        ConfigError,
+        /b\.example is spoken for by kms\.b\.example already/,
+      );
+      expect(() => loadConfig({ env: { KMS_FEDERATION_PEERS: JSON.stringify([{ kms: 'not a host', domains: ['b.example'], anchorsFile: 'x' }]) } })).to.throw(
+        ConfigError,
+        /federation\.peers\.0\.kms/,
+      );
+    });
+
     it('runs on the embedded defaults with no file and no variables', () => {
       const c = loadConfig({ env: {} });
       expect(c.domain).to.equal('kms.localhost');

@@ -13,6 +13,7 @@ import { signatureAlgsFor, verifyCompact } from '../../src/crypto/jws.js';
 import { encode as b64u } from '../../src/crypto/base64url.js';
 import { blockHash } from '../support/node-client.js';
 import { KMS_ERRORS, type KmsServerCode } from '../../src/protocol/errors.js';
+import { PeerLinks } from '../../src/federation/peers.js';
 
 describe('engine: every error response carries a code from the registry', function () {
   let kms: KmsFixture;
@@ -82,6 +83,15 @@ describe('engine: every error response carries a code from the registry', functi
     };
     expect(codeOf(await handle(ch.seal('update', '/ping')))).to.equal('INTERNAL');
     state.ephemeral = ephemeral;
+
+    // ---- PEER_FAILED: a group key of a peer KMS that cannot be reached (no XMPP connection) ----
+    kms.deps.federation = new PeerLinks({
+      peers: [{ kms: 'kms.peer.example', domains: ['peer.example'], anchors: [] }],
+      self: kms.identity,
+      entity: () => undefined,
+    });
+    expect(await onChannel('get', `kms://kms.peer.example/gks/${randomUUID()}`, { entity: 'alice@example.com' })).to.equal('PEER_FAILED');
+    kms.deps.federation = undefined;
 
     expect([...seen].sort()).to.deep.equal(Object.keys(KMS_ERRORS).sort());
   });
