@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the system packages the end-to-end tests and the XMPP benchmark need on Debian 12
-# (Prosody, ejabberd, tmux; Chromium for the browser test, test/browser, driven by playwright-core
+# (Prosody, ejabberd, tmux, openssl for the federation test CA; Chromium for the browser test, test/browser, driven by playwright-core
 # through its executablePath: no browser is downloaded), and makes sure the system-wide Prosody/ejabberd services that
 # Debian would start on install are stopped and disabled: the tests run their own private instances
 # on free loopback ports, and a system instance would only hold the default ports and an epmd daemon.
@@ -9,7 +9,7 @@
 #   sudo scripts/install-system-deps.sh
 set -euo pipefail
 
-PACKAGES=(prosody lua-unbound ejabberd tmux chromium)
+PACKAGES=(prosody lua-unbound ejabberd tmux chromium openssl)
 SERVICES=(prosody ejabberd)
 
 log() { printf '[install-system-deps] %s\n' "$*"; }
