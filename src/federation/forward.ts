@@ -33,6 +33,8 @@ async function ask(links: PeerLinks, peer: FederationPeer, method: string, uri: 
   try {
     return await links.request(peer, method, uri, body);
   } catch (e) {
+    // A 401 is the peer refusing this KMS's own credential: the user's request is not at fault (XEP "Federation").
+    if (e instanceof KmsResponseError && e.status === 401) throw peerFailed(`${peer.kms} refused this KMS's credential: ${e.message}`, e);
     if (e instanceof KmsResponseError) {
       const code = e.code as KmsServerCode;
       throw new KmsError(code === 'PEER_FAILED' ? 'PEER_FAILED' : code, `${peer.kms}: ${e.message}`, { status: e.status });
