@@ -183,6 +183,21 @@ for (const pair of federationPairs()) {
       expect([...view.members[view.members.length - 1]!].sort()).to.deep.equal(['alice@a.test', 'bob@b.test']);
     });
 
+    it('KMS B asking KMS A for a user of a third domain (carol@c.test, whom B has no business speaking for): 403 from A, through B', async () => {
+      // B's own issuer vouches for carol@c.test (a misconfigured or hostile KMS B); A decides by the domains it configured for B.
+      const token = await b.kms.issuer!.mint({ subject: 'carol@c.test', audience: 'kms://kms.b.test' });
+      const carol = await KmsClient.connect({ xmpp: bob.xmpp, kms: 'kms.b.test', anchors: [b.caPem], bearer: () => token });
+      kmsClients.push(carol);
+      let err: { status?: number; message: string } | undefined;
+      try {
+        await carol.chain(alice.room.chainUri!);
+      } catch (e) {
+        err = e as typeof err;
+      }
+      expect(err?.status).to.equal(403);
+      expect(err?.message).to.match(/kms\.a\.test: kms\.b\.test does not speak for carol@c\.test/);
+    });
+
     it('after Alice removes Bob on KMS A, her next message is refused to him through KMS B at once (403, naming kms.a.test)', async () => {
       await alice.room.remove(['bob@b.test']);
       await alice.room.send('Only for a.test now');
