@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Installs the system packages the end-to-end tests and the XMPP benchmark need on Debian 12
 # (Prosody, ejabberd, tmux, openssl for the federation test CA; Chromium for the browser test, test/browser, driven by playwright-core
-# through its executablePath: no browser is downloaded), and makes sure the system-wide Prosody/ejabberd services that
+# through its executablePath: no browser is downloaded; etcd-server and etcd-client (etcdctl) for the etcd store's tests, which
+# start their own 3-node cluster), and makes sure the system-wide Prosody/ejabberd/etcd services that
 # Debian would start on install are stopped and disabled: the tests run their own private instances
-# on free loopback ports, and a system instance would only hold the default ports and an epmd daemon.
+# on free loopback ports, and a system instance would only hold the default ports (2379/2380 for etcd) and an epmd daemon.
 #
 # Idempotent: a fast no-op when everything is present. Run as root:
 #   sudo scripts/install-system-deps.sh
 set -euo pipefail
 
-PACKAGES=(prosody lua-unbound ejabberd tmux chromium openssl)
-SERVICES=(prosody ejabberd)
+PACKAGES=(prosody lua-unbound ejabberd tmux chromium openssl etcd-server etcd-client)
+SERVICES=(prosody ejabberd etcd)
 
 log() { printf '[install-system-deps] %s\n' "$*"; }
 
@@ -60,8 +61,8 @@ for svc in "${SERVICES[@]}"; do
     fi
   elif [[ -x /etc/init.d/$svc ]]; then
     # Not "/etc/init.d/ejabberd status": that boots an Erlang VM, which itself starts a global epmd.
-    # The system services run as their own user (prosody, ejabberd); private test instances run as root.
-    if pgrep -u "$svc" >/dev/null 2>&1; then
+    # The system services run as their own user (prosody, ejabberd, etcd); private test instances run as root.
+    if id -u "$svc" >/dev/null 2>&1 && pgrep -u "$svc" >/dev/null 2>&1; then
       /etc/init.d/"$svc" stop >/dev/null 2>&1 || true
       log "stopped $svc (init.d)"
     fi
@@ -84,4 +85,5 @@ fi
 log "prosody:  $(dpkg-query -W -f='${Version}' prosody 2>/dev/null || echo absent)"
 log "ejabberd: $(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo absent)"
 log "chromium: $(dpkg-query -W -f='${Version}' chromium 2>/dev/null || echo absent)"
+log "etcd:     $(dpkg-query -W -f='${Version}' etcd-server 2>/dev/null || echo absent)"
 log "done"

@@ -8,6 +8,7 @@
 import type { AbstractLevel } from 'abstract-level';
 import { mkdir } from 'node:fs/promises';
 import { Level } from 'level';
+import { assertConditions, type Condition, type ConditionalOptions, conditionsHold, WriteGate } from './conditional.js';
 import { tightenTree } from './data-dir.js';
 
 /** One write in an atomic batch. */
@@ -42,6 +43,12 @@ export interface KvStore {
   /** Applies every op or none. See BatchOptions for `durable` and `deferred`. */
   batch(ops: BatchOp[], options?: BatchOptions): Promise<void>;
   entries(range: RangeOptions): AsyncIterable<[string, string]>;
+  /**
+   * Optional (src/store/conditional.ts): applies every op if every condition holds (each key has
+   * the value given, or is absent for `equals: undefined`), and nothing otherwise; true if applied.
+   * Atomic with respect to every other batch on the store, from any writer it serves.
+   */
+  batchIf?(conditions: Condition[], ops: BatchOp[], options?: ConditionalOptions): Promise<boolean>;
   /** Writes every deferred batch queued so far; rejects if that write fails. */
   flush(): Promise<void>;
   /** Flushes, then closes. */
@@ -93,6 +100,8 @@ export class LevelKvStore implements KvStore {
   #timer: NodeJS.Timeout | undefined;
   /** The last failure of a background flush (reported by the next flush() or close()). */
   #error: unknown;
+  /** Keeps plain batches from landing between a conditional batch's check and its write. */
+  readonly #gate = new WriteGate();
 
   constructor(db: AbstractLevel<string | Buffer | Uint8Array, string, string>, opts: WriteBehindOptions = {}) {
     this.#db = db;
@@ -120,20 +129,13 @@ export class LevelKvStore implements KvStore {
 
   async batch(ops: BatchOp[], options: BatchOptions = {}): Promise<void> {
     if (ops.length === 0) return;
-    // Keys and values are strings: abstract-level would coerce a number or object key ('[object Object]') and write it.
-    for (const op of ops) {
-      if (
-        op === null ||
-        typeof op !== 'object' ||
-        (op.type !== 'put' && op.type !== 'del') ||
-        typeof op.key !== 'string' ||
-        (op.type === 'put' && typeof op.value !== 'string')
-      ) {
-        throw new TypeError('batch: keys and values must be strings');
-      }
-    }
+    assertOps(ops);
+    if (options.deferred && options.durable) throw new TypeError('batch: a deferred batch cannot be durable');
+    return this.#gate.shared(() => this.#batch(ops, options));
+  }
+
+  async #batch(ops: BatchOp[], options: BatchOptions): Promise<void> {
     if (options.deferred) {
-      if (options.durable) throw new TypeError('batch: a deferred batch cannot be durable');
       for (const op of ops) {
         this.#queued.push(op);
         this.#overlay.set(op.key, op);
@@ -146,6 +148,23 @@ export class LevelKvStore implements KvStore {
     if (this.#overlay.size > 0 && ops.some((op) => this.#overlay.has(op.key))) await this.#startFlush();
     // classic-level honours `sync`; memory-level ignores it.
     await this.#db.batch(ops, { sync: options.durable === true } as object);
+  }
+
+  /** See KvStore.batchIf: server-side on a database that has it (etcd), else check then write under the gate. */
+  async batchIf(conditions: Condition[], ops: BatchOp[], options: ConditionalOptions = {}): Promise<boolean> {
+    assertConditions(conditions);
+    assertOps(ops);
+    const db = this.#db as { batchIf?: (conditions: Condition[], ops: BatchOp[]) => Promise<boolean> };
+    if (db.batchIf !== undefined) {
+      // Deferred ops on these keys land first, so that the server compares and writes over them.
+      if (this.#overlay.size > 0 && [...conditions, ...ops].some((x) => this.#overlay.has(x.key))) await this.#startFlush();
+      return db.batchIf(conditions, ops);
+    }
+    return this.#gate.exclusive(async () => {
+      if (!conditionsHold(conditions, await this.getMany(conditions.map((c) => c.key)))) return false;
+      if (ops.length > 0) await this.#batch(ops, { durable: options.durable === true });
+      return true;
+    });
   }
 
   async *entries(range: RangeOptions): AsyncIterable<[string, string]> {
@@ -233,6 +252,21 @@ export async function openLevelStore(dir: string, opts?: WriteBehindOptions): Pr
     throw new Error(`cannot make the store in ${dir} private: ${(e as Error).message}`, { cause: e });
   }
   return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, opts);
+}
+
+/** Keys and values are strings: abstract-level would coerce a number or object key ('[object Object]') and write it. */
+function assertOps(ops: BatchOp[]): void {
+  for (const op of ops) {
+    if (
+      op === null ||
+      typeof op !== 'object' ||
+      (op.type !== 'put' && op.type !== 'del') ||
+      typeof op.key !== 'string' ||
+      (op.type === 'put' && typeof op.value !== 'string')
+    ) {
+      throw new TypeError('batch: keys and values must be strings');
+    }
+  }
 }
 
 const UNWRITABLE = /read-only file system|permission denied|operation not permitted|EROFS|EACCES|EPERM/i;

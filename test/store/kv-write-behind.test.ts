@@ -2,6 +2,7 @@
  * The KvStore's write-behind (`deferred` batches): what readers see at once, when the records
  * reach the database, that a later batch on the same key wins on disk, that close flushes, and
  * that a failed background write loses the deferred records (as a crash would) and is reported.
+ * On etcd too (a real 3-node cluster), read behind the store's back through a second store.
  */
 import { expect } from 'chai';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -9,7 +10,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AbstractLevel } from 'abstract-level';
 import { MemoryLevel } from 'memory-level';
+import { openEtcdStore } from '../../src/store/etcd.js';
 import { LevelKvStore, openLevelStore, type KvStore, type WriteBehindOptions } from '../../src/store/kv.js';
+import { EtcdCluster } from './harness/etcd-cluster.js';
 
 type Db = AbstractLevel<string | Buffer | Uint8Array, string, string>;
 
@@ -157,5 +160,49 @@ describe('store: write-behind (deferred batches)', function () {
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  });
+});
+
+describe('store: write-behind on etcd (3 nodes)', function () {
+  this.timeout(60_000);
+  let cluster: EtcdCluster;
+  const open = (opts?: WriteBehindOptions) => openEtcdStore({ endpoints: cluster.endpoints, prefix: 'wb/', ...(opts ? { writeBehind: opts } : {}) });
+  before(async () => {
+    cluster = await EtcdCluster.start(3);
+  });
+  after(() => cluster.stop());
+
+  it('shows a deferred batch at once, writes it to etcd on flush, within flushMs, and before a later batch on its key', async () => {
+    const kv = open({ flushMs: 60_000 });
+    const behind = open();
+    await kv.batch([{ type: 'put', key: 'durable', value: 'd' }], { durable: true });
+    await kv.batch(
+      [
+        { type: 'put', key: 'e!1', value: 'one' },
+        { type: 'del', key: 'durable' },
+      ],
+      { deferred: true },
+    );
+    expect(await kv.getMany(['e!1', 'durable'])).to.deep.equal(['one', undefined]);
+    expect(await behind.getMany(['e!1', 'durable'])).to.deep.equal([undefined, 'd']);
+    await kv.flush();
+    expect(await behind.getMany(['e!1', 'durable'])).to.deep.equal(['one', undefined]);
+    // A later durable delete lands after the deferred put.
+    await kv.batch([{ type: 'put', key: 'e!2', value: 'two' }], { deferred: true });
+    await kv.batch([{ type: 'del', key: 'e!2' }], { durable: true });
+    await kv.flush();
+    expect(await behind.get('e!2')).to.equal(undefined);
+    // Within flushMs by itself.
+    const quick = open({ flushMs: 30 });
+    await quick.batch([{ type: 'put', key: 'e!3', value: 'three' }], { deferred: true });
+    const deadline = Date.now() + 5_000;
+    while ((await behind.get('e!3')) === undefined && Date.now() < deadline) await sleep(10);
+    expect(await behind.get('e!3')).to.equal('three');
+    // Close flushes; many deferred batches coalesce into transactions etcd accepts.
+    const many = open({ flushMs: 60_000 });
+    for (let i = 0; i < 300; i++) await many.batch([{ type: 'put', key: `m!${String(i).padStart(3, '0')}`, value: String(i) }], { deferred: true });
+    await many.close();
+    expect(await all(behind, { gte: 'm!', lt: 'm!~' })).to.have.length(300);
+    for (const s of [kv, behind, quick]) await s.close();
   });
 });
