@@ -2,7 +2,7 @@
 # Installs the system packages the end-to-end tests and the XMPP benchmark need on Debian 12
 # (Prosody, ejabberd, tmux, openssl for the federation test CA; Chromium for the browser test, test/browser, driven by playwright-core
 # through its executablePath: no browser is downloaded; etcd-server and etcd-client (etcdctl) for the etcd store's tests, which
-# start their own 3-node cluster), and makes sure the system-wide Prosody/ejabberd/etcd services that
+# start their own 3-node cluster; softhsm2, a software PKCS#11 token, for the master key wrapped by an HSM key, test/crypto/pkcs11.test.ts), and makes sure the system-wide Prosody/ejabberd/etcd services that
 # Debian would start on install are stopped and disabled: the tests run their own private instances
 # on free loopback ports, and a system instance would only hold the default ports (2379/2380 for etcd) and an epmd daemon.
 #
@@ -10,7 +10,7 @@
 #   sudo scripts/install-system-deps.sh
 set -euo pipefail
 
-PACKAGES=(prosody lua-unbound ejabberd tmux chromium openssl etcd-server etcd-client)
+PACKAGES=(prosody lua-unbound ejabberd tmux chromium openssl etcd-server etcd-client softhsm2)
 SERVICES=(prosody ejabberd etcd)
 
 log() { printf '[install-system-deps] %s\n' "$*"; }

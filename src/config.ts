@@ -8,6 +8,8 @@ import { readFileSync } from 'node:fs';
 import { z } from 'zod';
 import { largestBlockReplyBytes, minReplyBytes, RESERVED_PER_MESSAGE } from './xmpp/reply-budget.js';
 import { parseListen } from './admin/listen.js';
+import { PKCS11_ENV } from './crypto/pkcs11.js';
+import { parseStoreUrl } from './store/store-url.js';
 
 const positiveInt = z.number().int().positive();
 /** A file path: a set but empty path would resolve to the working directory. */
@@ -32,6 +34,12 @@ function checkService(value: string, ctx: z.RefinementCtx): void {
     const port = /^\d{1,5}$/.test(m[3]) ? Number(m[3]) : NaN;
     if (!(port >= 1 && port <= 65535)) ctx.addIssue({ code: 'custom', message: `port must be a number from 1 to 65535, got "${m[3]}"` });
   }
+}
+
+/** etcd://host[:port],host[:port],...: the etcd cluster's client endpoints (src/store/store-url.ts). */
+function checkStoreUrl(value: string, ctx: z.RefinementCtx): void {
+  const r = parseStoreUrl(value, false);
+  if ('error' in r) ctx.addIssue({ code: 'custom', message: r.error });
 }
 
 /** The admin listener's address: a port (on loopback), host:port or [IPv6]:port (src/admin/listen.ts). */
@@ -82,6 +90,12 @@ export const configSchema = z
             'first delay before connecting again after a failed or lost connection; it doubles at each attempt, except in the first 30 s after losing a link that was up for 5 s or more (a server restart), when attempts stay at most 1 s apart',
           ),
         reconnectMaxMs: positiveInt.default(30_000).describe('longest delay between connection attempts'),
+        standby: z
+          .boolean()
+          .default(false)
+          .describe(
+            'several instances of one domain on a server that takes one connection per component name (Prosody): when the name is taken (conflict), keep trying (at most reconnectMaxMs apart) and take over when the active instance drops, instead of stopping; needs store.url (a shared store)',
+          ),
         drainMs: positiveInt.default(5_000).describe('at SIGTERM/SIGINT, how long the requests in flight may take to be answered before the stream closes'),
         maxMessagesPerIq: positiveInt.max(256).default(16).describe('most KMS messages in one request IQ (disco max-messages)'),
         maxMessageBytes: positiveInt.default(64 * 1024).describe('largest KMS message in a request, in bytes (disco max-message-size)'),
@@ -116,6 +130,50 @@ export const configSchema = z
     dataDir: path
       .default('./data')
       .describe("folder of the LevelDB store, the sealed development identity, the local issuer's key and the trust anchor (made private, 0700)"),
+    store: z
+      .object({
+        url: z
+          .string()
+          .superRefine(checkStoreUrl)
+          .optional()
+          .describe(
+            "the shared store of several KMS instances serving one domain: etcd://host1:port,host2:port,... (the etcd cluster's client endpoints, port 2379 when left out; https with store.tls.caFile); the keys live under kms/<domain>/. LevelDB in <dataDir>/db when unset",
+          ),
+        tls: z
+          .object({
+            caFile: path.optional().describe("PEM file of the CA that signed the etcd members' certificates: the store is reached over TLS when set"),
+            certFile: path.optional().describe("PEM file of this KMS's client certificate, when etcd asks for one (with keyFile)"),
+            keyFile: path.optional().describe('PEM file of the private key of store.tls.certFile'),
+          })
+          .strict()
+          .superRefine((t, ctx) => {
+            if ((t.certFile === undefined) !== (t.keyFile === undefined))
+              ctx.addIssue({
+                code: 'custom',
+                path: [t.certFile === undefined ? 'certFile' : 'keyFile'],
+                message: 'give store.tls.certFile and store.tls.keyFile together',
+              });
+            if (t.certFile !== undefined && t.caFile === undefined)
+              ctx.addIssue({ code: 'custom', path: ['caFile'], message: 'missing: a client certificate needs store.tls.caFile' });
+          })
+          .prefault({}),
+        username: z.string().min(1).optional().describe("etcd's user authentication: the user (with store.password)"),
+        password: z.string().min(1).optional().describe('the password of store.username; better given in KMS_STORE_PASSWORD than in the file'),
+        timeoutMs: positiveInt.default(5_000).describe('deadline of each request to the store (ms)'),
+      })
+      .strict()
+      .superRefine((s, ctx) => {
+        if ((s.username === undefined) !== (s.password === undefined))
+          ctx.addIssue({
+            code: 'custom',
+            path: [s.username === undefined ? 'username' : 'password'],
+            message: 'give store.username and store.password together',
+          });
+        const etcdOnly = s.username !== undefined || s.tls.caFile !== undefined;
+        if (etcdOnly && s.url === undefined)
+          ctx.addIssue({ code: 'custom', path: ['url'], message: 'missing: the etcd options (tls, username) need store.url' });
+      })
+      .prefault({}),
     masterKeyFile: path
       .optional()
       .describe(
@@ -253,6 +311,25 @@ export const configSchema = z
         }
       })
       .prefault({}),
+    audit: z
+      .object({
+        enabled: z
+          .boolean()
+          .default(true)
+          .describe(
+            'keep the audit log: every key release, refusal, chain and entity-key change and channel, hash-chained, in JSON lines; a key is released only once its record is on disk (README "Audit log")',
+          ),
+        dir: path.optional().describe('folder of the audit log (audit.jsonl; made 0700, the file 0600); <dataDir>/audit when unset'),
+        checkpointEvery: positiveInt.default(1000).describe('records between two checkpoints signed with the static key (also written at stop)'),
+        checkpointSec: z
+          .number()
+          .int()
+          .min(0)
+          .default(300)
+          .describe('at most this many seconds between a record and the next signed checkpoint; 0: by count and at stop only'),
+      })
+      .strict()
+      .prefault({}),
     logLevel: z
       .enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'])
       .default('info')
@@ -268,10 +345,17 @@ export const ENV_SETTINGS: Record<string, { path: string[]; type: 'string' | 'in
   KMS_XMPP_SERVICE: { path: ['xmpp', 'service'], type: 'string' },
   KMS_XMPP_SECRET: { path: ['xmpp', 'secret'], type: 'string' },
   KMS_KEEPALIVE_SEC: { path: ['xmpp', 'keepaliveSec'], type: 'int' },
+  KMS_XMPP_STANDBY: { path: ['xmpp', 'standby'], type: 'json' },
   KMS_RATE_PER_SEC: { path: ['xmpp', 'ratePerSec'], type: 'int' },
   KMS_MAX_REPLY_BYTES: { path: ['xmpp', 'maxReplyBytes'], type: 'int' },
   KMS_DATA_DIR: { path: ['dataDir'], type: 'string' },
   KMS_MASTER_KEY_FILE: { path: ['masterKeyFile'], type: 'string' },
+  KMS_STORE: { path: ['store', 'url'], type: 'string' },
+  KMS_STORE_TLS_CA_FILE: { path: ['store', 'tls', 'caFile'], type: 'string' },
+  KMS_STORE_TLS_CERT_FILE: { path: ['store', 'tls', 'certFile'], type: 'string' },
+  KMS_STORE_TLS_KEY_FILE: { path: ['store', 'tls', 'keyFile'], type: 'string' },
+  KMS_STORE_USERNAME: { path: ['store', 'username'], type: 'string' },
+  KMS_STORE_PASSWORD: { path: ['store', 'password'], type: 'string' },
   KMS_IDENTITY_KEY_TYPE: { path: ['identity', 'keyType'], type: 'string' },
   KMS_IDENTITY_KEY_FILE: { path: ['identity', 'keyFile'], type: 'string' },
   KMS_IDENTITY_CERT_FILE: { path: ['identity', 'certFile'], type: 'string' },
@@ -288,6 +372,10 @@ export const ENV_SETTINGS: Record<string, { path: string[]; type: 'string' | 'in
   KMS_ADMIN_LISTEN: { path: ['admin', 'listen'], type: 'string' },
   KMS_FEDERATION_PEERS: { path: ['federation', 'peers'], type: 'json' },
   KMS_STALL_EXIT_SEC: { path: ['admin', 'stallExitSec'], type: 'int' },
+  KMS_AUDIT_ENABLED: { path: ['audit', 'enabled'], type: 'json' },
+  KMS_AUDIT_DIR: { path: ['audit', 'dir'], type: 'string' },
+  KMS_AUDIT_CHECKPOINT_EVERY: { path: ['audit', 'checkpointEvery'], type: 'int' },
+  KMS_AUDIT_CHECKPOINT_SEC: { path: ['audit', 'checkpointSec'], type: 'int' },
 };
 
 /** Other KMS_* variables the KMS reads (not settings of the file). Any other KMS_* name is refused as a likely typo. */
@@ -295,6 +383,8 @@ export const OTHER_ENV_VARS: Record<string, string> = {
   KMS_CONFIG: 'the config file',
   KMS_MASTER_KEY: 'the master key itself (base64url, 32 bytes)',
   KMS_IDENTITY_KEY_PASSPHRASE: 'passphrase of an encrypted identity.keyFile',
+  // A master key file wrapped by an HSM key (src/crypto/pkcs11.ts).
+  ...PKCS11_ENV,
 };
 /** Prefixes of KMS_* variables that belong to other tools (the test harness, `kms chat`), not to the component. */
 const FOREIGN_ENV_PREFIXES = ['KMS_TEST_', 'KMS_CHAT_'];
@@ -403,7 +493,8 @@ export function showConfig(config: KmsConfig, env: NodeJS.ProcessEnv = process.e
   const masterKey = env.KMS_MASTER_KEY
     ? 'from KMS_MASTER_KEY (hidden)'
     : `in ${config.masterKeyFile ?? `${config.dataDir}/master.key`} (made on first start in a new data folder)`;
-  return JSON.stringify({ ...config, xmpp: { ...config.xmpp, secret: '[hidden]' }, masterKey }, null, 2);
+  const store = config.store.password === undefined ? config.store : { ...config.store, password: '[hidden]' };
+  return JSON.stringify({ ...config, xmpp: { ...config.xmpp, secret: '[hidden]' }, store, masterKey }, null, 2);
 }
 
 /** One setting of the configuration file, as `kms run --help` shows it. */

@@ -21,8 +21,13 @@ import { engineConfig } from './engine/config.js';
 import { PeerLinks, type FederationPeer } from './federation/peers.js';
 import { KmsEngine } from './engine/engine.js';
 import { KmsState } from './store/kms-state.js';
-import { openLevelStore, type KvStore } from './store/kv.js';
-import { KEY_CHECK_FILE, keyCheckOpens, privateDir, sealedDataIn, sealedFilesOpen, recordKeyCheck } from './store/data-dir.js';
+import type { KvStore } from './store/kv.js';
+import { openConfiguredStore, type OpenedStore } from './store/open.js';
+import { KEY_CHECK_FILE, keyCheckKeyId, keyCheckOpens, privateDir, sealedDataIn, sealedFilesOpen, recordKeyCheck } from './store/data-dir.js';
+import { isWrapped, pkcs11Settings, unwrapMasterKey, wrapMasterKey } from './crypto/pkcs11.js';
+import { olderKeysDir, readOlderKeys, rekeyProgress, RekeyRunner } from './store/rekey.js';
+import { operatorRoutes } from './admin/operator.js';
+import { warnDevDefaults } from './admin/dev-defaults.js';
 import { LocalIssuer } from './auth/local-issuer.js';
 import { discoveredKeys } from './auth/discovery.js';
 import { startIdp, type RunningIdp } from './auth/idp.js';
@@ -32,6 +37,8 @@ import { parseListen, type ListenAddress } from './admin/listen.js';
 import { KmsMetrics, MeasuredStore } from './admin/metrics.js';
 import { startAdminServer, storeProbe, type AdminServer } from './admin/server.js';
 import { startHeartbeat } from './admin/watchdog.js';
+import { AuditLog } from './audit/log.js';
+import { thumbprint } from './crypto/keys.js';
 
 export interface RunningKms {
   config: KmsConfig;
@@ -42,13 +49,21 @@ export interface RunningKms {
   component?: KmsComponent;
   /** The admin HTTP listener (/metrics, /healthz, /readyz), when admin.listen is set. */
   admin?: AdminServer;
+  /** The audit log, when audit.enabled (README "Audit log"). */
+  audit?: AuditLog;
   /** Answers requests in flight, closes the XMPP stream and the store. */
   stop(): Promise<void>;
 }
 
 /** The master key, and whether the data folder is known to be sealed under it. */
 interface OpenedMasterKey {
+  /** The current key (it seals). */
   key: Buffer;
+  /** Older keys of the ring, from `<masterKeyFile>.d/` (during a rotation, src/store/rekey.ts). */
+  older: Buffer[];
+  /** The key file (and `<keyFile>.d/` the older keys' folder); not read when the key comes from KMS_MASTER_KEY. */
+  keyFile: string;
+  keyFromEnv: boolean;
   /** False for a data folder made before the key check value, with only the store to check the key against (startKms does, once the store is open). */
   checked: boolean;
   dataDir: string;
@@ -57,11 +72,21 @@ interface OpenedMasterKey {
 }
 
 /** Refusal to start on a master key that does not belong to the data folder (what to do included). */
-function wrongKey(source: string, dataDir: string, what: string): ConfigError {
+function wrongKey(source: string, dataDir: string, what: string, ids?: { sealedBy: string; given: string[] }): ConfigError {
+  const named = ids ? `it was sealed under master key ${ids.sealedBy}, the key(s) given are ${ids.given.join(', ')} (key ids, not keys); ` : '';
   return new ConfigError(
-    `the master key from ${source} is not the key that sealed the data in ${dataDir} (${what} does not open under it): ` +
+    `the master key from ${source} is not the key that sealed the data in ${dataDir} (${what} does not open under it): ${named}` +
       'give the key this data was sealed with (the right masterKeyFile or KMS_MASTER_KEY, e.g. from your backup). Refusing to start; nothing was changed.',
   );
+}
+
+/** An HSM operation, its failure as a ConfigError (the message names the setting). */
+async function hsm<T>(fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (e) {
+    throw new ConfigError(`master key through PKCS#11: ${(e as Error).message}`);
+  }
 }
 
 async function openMasterKey(config: KmsConfig, env: NodeJS.ProcessEnv): Promise<OpenedMasterKey> {
@@ -76,9 +101,16 @@ async function openMasterKey(config: KmsConfig, env: NodeJS.ProcessEnv): Promise
     if (key.length !== 32) throw new ConfigError('KMS_MASTER_KEY: must be 32 bytes, base64url-encoded');
     source = 'KMS_MASTER_KEY';
   } else if (existsSync(file)) {
-    key = Buffer.from((await readFile(file, 'utf8')).trim(), 'base64url');
-    if (key.length !== 32) throw new ConfigError(`masterKeyFile ${file}: must hold 32 bytes, base64url-encoded`);
-    source = `the file ${file}`;
+    const content = await readFile(file, 'utf8');
+    if (isWrapped(content)) {
+      // Wrapped by an HSM key (src/crypto/pkcs11.ts): the HSM unwraps it.
+      key = await hsm(() => unwrapMasterKey(content, pkcs11Settings(env), file));
+      source = `the file ${file} (unwrapped by the HSM key "${env.KMS_PKCS11_KEY_LABEL}")`;
+    } else {
+      key = Buffer.from(content.trim(), 'base64url');
+      if (key.length !== 32) throw new ConfigError(`masterKeyFile ${file}: must hold 32 bytes, base64url-encoded`);
+      source = `the file ${file}`;
+    }
   } else {
     // Only a new data folder gets a new key: a new key over sealed data would open none of it.
     if (sealed.length > 0) {
@@ -90,23 +122,43 @@ async function openMasterKey(config: KmsConfig, env: NodeJS.ProcessEnv): Promise
     }
     await privateDir(dataDir);
     key = randomBytes(32);
-    await writeFile(file, `${key.toString('base64url')}\n`, { mode: 0o600, flag: 'wx' });
-    source = `the file ${file}`;
+    const settings = await hsm(async () => pkcs11Settings(env));
+    // With an HSM configured, the new key is written wrapped by its key.
+    const content = settings ? await hsm(() => wrapMasterKey(key, settings)) : key.toString('base64url');
+    await writeFile(file, `${content}\n`, { mode: 0o600, flag: 'wx' });
+    source = `the file ${file}${settings ? ` (wrapped by the HSM key "${settings.keyLabel}")` : ''}`;
   }
-  const sealer = new Sealer(key);
+  let older: Buffer[];
+  try {
+    older = (await readOlderKeys(file)).map((o) => o.key);
+  } catch (e) {
+    throw new ConfigError(`older master keys in ${olderKeysDir(file)}: ${(e as Error).message}`);
+  }
+  if (older.length > 0) source += ` and the older key(s) in ${olderKeysDir(file)}`;
+  const found = { key, older, keyFile: file, keyFromEnv: Boolean(fromEnv), dataDir, source };
+  const sealer = new Sealer([key, ...older]);
   if (sealed.includes(KEY_CHECK_FILE)) {
-    if (!(await keyCheckOpens(dataDir, sealer))) throw wrongKey(source, dataDir, KEY_CHECK_FILE);
-    return { key, checked: true, dataDir, source };
+    if (!(await keyCheckOpens(dataDir, sealer)))
+      throw wrongKey(source, dataDir, KEY_CHECK_FILE, { sealedBy: await keyCheckKeyId(dataDir), given: sealer.keyIds() });
+    return { ...found, checked: true };
   }
   if (sealed.length > 0) {
     // A data folder from before the key check value: check the key against a sealed file, then record it.
     const tried = await sealedFilesOpen(dataDir, sealer);
     if (tried && !tried.opens) throw wrongKey(source, dataDir, tried.file);
-    if (!tried) return { key, checked: false, dataDir, source };
+    if (!tried) return { ...found, checked: false };
   }
   await privateDir(dataDir);
   if (!(await recordKeyCheck(dataDir, sealer))) throw wrongKey(source, dataDir, KEY_CHECK_FILE);
-  return { key, checked: true, dataDir, source };
+  return { ...found, checked: true };
+}
+
+/** The keyring (the current master key and any older ones) as a Sealer; see masterKey. */
+async function masterSealer(config: KmsConfig, env: NodeJS.ProcessEnv = process.env): Promise<Sealer> {
+  const opened = await openMasterKey(config, env);
+  const sealer = new Sealer([opened.key, ...opened.older]);
+  for (const k of [opened.key, ...opened.older]) k.fill(0);
+  return sealer;
 }
 
 /**
@@ -182,7 +234,7 @@ export async function localTokens(config: KmsConfig, o: { mustExist?: boolean } 
     throw new ConfigError('this KMS trusts an outside identity provider; get tokens from it');
   const dir = resolve(config.dataDir);
   if (o.mustExist && !existsSync(join(dir, 'issuer.json'))) throw new ConfigError(`no local token issuer in ${dir}: start the KMS first`);
-  const issuer = await LocalIssuer.open(dir, config.auth.issuer, new Sealer(await masterKey(config)));
+  const issuer = await LocalIssuer.open(dir, config.auth.issuer, await masterSealer(config));
   const audience = tokenAudience(config);
   return (subject, ttlSec = 3600) => issuer.mint({ subject, audience, ttlSec });
 }
@@ -206,7 +258,7 @@ export interface DevIdpOptions {
  */
 export async function startDevIdp(config: KmsConfig, o: DevIdpOptions): Promise<RunningIdp> {
   const dataDir = resolve(config.dataDir);
-  const sealer = new Sealer(await masterKey(config));
+  const sealer = await masterSealer(config);
   await privateDir(dataDir);
   return startIdp({
     userDomain: o.userDomain,
@@ -230,6 +282,7 @@ export function componentSettings(config: KmsConfig): ComponentSettings {
     keepaliveSec: x.keepaliveSec,
     reconnect: { initialMs: x.reconnectInitialMs, maxMs: x.reconnectMaxMs },
     drainMs: x.drainMs,
+    standby: x.standby,
     limits: {
       maxMessagesPerIq: x.maxMessagesPerIq,
       maxMessageBytes: x.maxMessageBytes,
@@ -271,18 +324,18 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
       `the data folder ${dataDir} is readable by other users (mode ${looseMode.toString(8)}): make it private with chmod 700 ${dataDir}`,
     );
   }
-  const sealer = new Sealer(opened.key);
-  opened.key.fill(0);
-  const storeDir = join(dataDir, 'db');
+  const sealer = new Sealer([opened.key, ...opened.older]);
+  for (const k of [opened.key, ...opened.older]) k.fill(0);
   // A data folder from before the key check value, with sealed data in the store only: the key is
   // checked against a stored record before anything is written (a development identity, say).
-  let early: KvStore | undefined;
+  // LevelDB in <dataDir>/db, or the etcd cluster of store.url (several instances; src/store/open.ts).
+  let early: OpenedStore | undefined;
   if (!opened.checked) {
-    early = await openLevelStore(storeDir);
+    early = await openConfiguredStore(config, dataDir);
     try {
-      await checkKeyAgainstStore(early, opened, sealer);
+      await checkKeyAgainstStore(early.kv, opened, sealer);
     } catch (e) {
-      await early.close();
+      await early.kv.close();
       throw e;
     }
   }
@@ -304,15 +357,16 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
         ...(await tokenKeys(config, sealer)),
       };
     } catch (e) {
-      await early?.close();
+      await early?.kv.close();
       throw e;
     }
   })();
-  const kv = early ?? (await openLevelStore(storeDir));
+  const store = early ?? (await openConfiguredStore(config, dataDir));
+  const kv = store.kv;
   // Metrics only with the admin listener: otherwise nothing is measured.
   const adminAddress = config.admin.listen === undefined ? undefined : (parseListen(config.admin.listen) as ListenAddress);
   const metrics = adminAddress ? new KmsMetrics() : undefined;
-  const state = new KmsState(metrics ? new MeasuredStore(kv, metrics) : kv);
+  const state = new KmsState(metrics ? new MeasuredStore(kv, metrics) : kv, { shared: store.shared });
   // XEP "Federation": the peers, each with the anchors its certificate must lead to.
   const peers: FederationPeer[] = [];
   for (const p of config.federation.peers) peers.push({ kms: p.kms, domains: p.domains, anchors: await peerAnchors(p.kms, p.anchorsFile) });
@@ -339,14 +393,44 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
     peers,
     ...(config.auth.allowedDomains ? { allowedDomains: config.auth.allowedDomains } : {}),
   });
-  const engine = new KmsEngine({ deps, authenticator, logger, ...(metrics ? { metrics } : {}) });
+  let audit: AuditLog | undefined;
+  if (config.audit.enabled) {
+    const dir = resolve(config.audit.dir ?? join(dataDir, 'audit'));
+    try {
+      audit = await AuditLog.open({
+        dir,
+        actor: identity.kid,
+        kid: thumbprint(identity.publicKey),
+        sign: (payload) => deps.signAsKms(payload),
+        checkpointEvery: config.audit.checkpointEvery,
+        checkpointSec: config.audit.checkpointSec,
+        logger,
+      });
+    } catch (e) {
+      await state.close();
+      throw new Error(`audit log in ${dir}: ${(e as Error).message}`);
+    }
+  }
+  const engine = new KmsEngine({ deps, authenticator, logger, ...(metrics ? { metrics } : {}), ...(audit ? { audit } : {}) });
   const swept = await state.sweepEphemeral(new Date());
   const sweeper = setInterval(() => state.sweepEphemeral(new Date()).catch(() => undefined), 10 * 60_000);
   sweeper.unref();
   logger.info(
-    { event: 'engine-ready', domain: config.domain, kid: identity.kid, keyType: identity.keyType, policy: config.policy, dataDir, sweptEphemeralKeys: swept },
+    {
+      event: 'engine-ready',
+      domain: config.domain,
+      kid: identity.kid,
+      keyType: identity.keyType,
+      policy: config.policy,
+      dataDir,
+      store: store.where,
+      sweptEphemeralKeys: swept,
+    },
     'KMS engine ready',
   );
+  warnDevDefaults(config, logger);
+  // Master key rotation (src/store/rekey.ts): started below when the ring holds an older key, and by POST /rekey.
+  const rekey = new RekeyRunner({ state, sealer, dataDir, logger, keyFile: opened.keyFile, keyFromEnv: opened.keyFromEnv });
 
   let component: KmsComponent | undefined;
   const stallExit = opts.watchdog === true && config.admin.stallExitSec > 0;
@@ -366,10 +450,12 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
         heartbeat,
         logger,
         checks: { ...(opts.xmpp !== false ? { xmpp } : {}), store: storeProbe(kv) },
+        routes: operatorRoutes({ rekey, kv, dataDir }),
       });
     } catch (e) {
       clearInterval(sweeper);
       await heartbeat.stop();
+      await audit?.close().catch(() => undefined);
       await state.close();
       throw e;
     }
@@ -394,12 +480,16 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
       await component.stop().catch(() => undefined);
       await admin?.close();
       await heartbeat?.stop();
+      await audit?.close().catch(() => undefined);
       await state.close();
       throw e;
     } finally {
       opts.signal?.removeEventListener('abort', abort);
     }
   }
+  // A rotation left unfinished (a stop, a crash) resumes in the background.
+  const progress = await rekeyProgress(kv);
+  if (sealer.keyIds().length > 1 || (progress !== undefined && progress.finished === undefined)) rekey.start();
   let stopped: Promise<void> | undefined;
   return {
     config,
@@ -408,12 +498,16 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
     ...(issuer ? { issuer } : {}),
     ...(component ? { component } : {}),
     ...(admin ? { admin } : {}),
+    ...(audit ? { audit } : {}),
     stop() {
       stopped ??= (async () => {
         clearInterval(sweeper);
         if (component) await component.stop();
         await admin?.close();
         await heartbeat?.stop();
+        await rekey.stop();
+        // The last checkpoint, once no request is in flight.
+        await audit?.close().catch((e: Error) => logger.error({ event: 'audit-failed', reason: e.message }, 'the final audit checkpoint could not be written'));
         await state.close();
         logger.info({ event: 'stopped' }, 'KMS stopped');
       })();

@@ -123,9 +123,26 @@ export class MeasuredStore implements KvStore {
   readonly #inner: KvStore;
   readonly #metrics: KmsMetrics;
 
+  /** Present when the inner store has it (a conditional batch, timed as a durable write). */
+  readonly batchIf?: NonNullable<KvStore['batchIf']>;
+
   constructor(inner: KvStore, metrics: KmsMetrics) {
     this.#inner = inner;
     this.#metrics = metrics;
+    const batchIf = inner.batchIf?.bind(inner);
+    if (batchIf !== undefined) {
+      this.batchIf = async (conditions, ops, options) => {
+        const started = performance.now();
+        try {
+          const applied = await batchIf(conditions, ops, options);
+          this.#metrics.storeWrite('durable', (performance.now() - started) / 1000, true);
+          return applied;
+        } catch (e) {
+          this.#metrics.storeWrite('durable', 0, false);
+          throw e;
+        }
+      };
+    }
   }
 
   get(key: string): Promise<string | undefined> {

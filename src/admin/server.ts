@@ -4,6 +4,8 @@
  *   GET /healthz  200 while the event loop turns (the heartbeat of src/admin/watchdog.ts), else 503
  *   GET /readyz   200 when the XMPP link is up and the store takes a write, else 503; the JSON body
  *                 says which check failed
+ * and the operator's routes of `routes` (POST /rekey, GET /rekey, GET /backup, GET /inspect: the
+ * `kms` command's way into a running KMS), answered to loopback clients only.
  * Plain HTTP with no authentication: keep it on loopback or a private network.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -28,7 +30,14 @@ export interface AdminOptions {
   /** The checks of /readyz, by name (e.g. xmpp, store); all must pass. */
   checks: Record<string, () => CheckResult | Promise<CheckResult>>;
   logger: Logger;
+  /** More routes by `METHOD /path` (e.g. `POST /rekey`), answered to loopback clients only (403 to others). */
+  routes?: Record<string, AdminRoute>;
 }
+
+/** An operator's route: writes the whole response. */
+export type AdminRoute = (req: IncomingMessage, res: ServerResponse) => Promise<void>;
+
+const LOOPBACK = /^(127\.|::1$|::ffff:127\.)/;
 
 /** The running listener. */
 export interface AdminServer {
@@ -87,12 +96,18 @@ function send(res: ServerResponse, status: number, type: string, body: string): 
   res.end(res.req.method === 'HEAD' ? undefined : body);
 }
 
-const json = (res: ServerResponse, status: number, body: unknown) => send(res, status, 'application/json; charset=utf-8', `${JSON.stringify(body)}\n`);
+/** Sends `body` as JSON. */
+export const json = (res: ServerResponse, status: number, body: unknown) => send(res, status, 'application/json; charset=utf-8', `${JSON.stringify(body)}\n`);
 
 /** Starts the listener; rejects, naming the address, when it cannot listen. */
 export async function startAdminServer(o: AdminOptions): Promise<AdminServer> {
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     const path = (req.url ?? '/').split('?')[0];
+    const route = o.routes?.[`${req.method} ${path}`];
+    if (route) {
+      if (!LOOPBACK.test(req.socket.remoteAddress ?? '')) return json(res, 403, { error: `${path} answers loopback clients only` });
+      return route(req, res);
+    }
     if (req.method !== 'GET' && req.method !== 'HEAD') {
       res.setHeader('allow', 'GET, HEAD');
       return json(res, 405, { error: 'method not allowed' });

@@ -3,8 +3,11 @@
  * and group keys with their owner and binding. Key material is never read, unsealed or printed:
  * the sealed fields are dropped before anything is shown.
  */
-import { join, resolve } from 'node:path';
-import { openLevelStore, type KvStore } from '../store/kv.js';
+import { readFile } from 'node:fs/promises';
+import { resolve } from 'node:path';
+import type { KvStore } from '../store/kv.js';
+import { parseBackup, snapshotStore } from '../store/backup.js';
+import { askRunningKms, openStoppedStore } from './operator.js';
 import { KmsState, type ChainRecord, type GkRecord } from '../store/kms-state.js';
 import type { KmsConfig } from '../config.js';
 import { blockHash } from '../protocol/block-hash.js';
@@ -19,19 +22,34 @@ export interface Inspector {
   close(): Promise<void>;
 }
 
-/** Opens the component's store. LevelDB allows one process at a time: a running KMS holds the lock. */
-export async function openInspector(config: KmsConfig): Promise<Inspector> {
-  const dir = join(resolve(config.dataDir), 'db');
-  let kv: KvStore;
+/**
+ * Opens the component's store read-only: a stopped KMS's store directly; a running KMS's (LevelDB
+ * allows one process) as a snapshot from its admin listener (GET /backup); or a backup file.
+ * Never makes a store where there is none.
+ */
+export async function openInspector(config: KmsConfig, o: { backup?: string } = {}): Promise<Inspector> {
+  if (o.backup) return snapshotInspector(parseBackup(await readFile(resolve(o.backup), 'utf8'), resolve(o.backup)).entries);
+  let store: KvStore | 'running';
   try {
-    kv = await openLevelStore(dir);
+    store = await openStoppedStore(config);
   } catch (e) {
-    // openLevelStore's error names the folder and LevelDB's cause; a lock held is the usual one here.
-    const level = (e as { cause?: { cause?: { code?: string } } }).cause;
-    if (level?.cause?.code === 'LEVEL_LOCKED')
-      throw new InspectError(`the store ${dir} is in use by a running KMS (LevelDB allows one process): stop the component first`);
     throw new InspectError((e as Error).message);
   }
+  if (store === 'running') {
+    const text = await askRunningKms(config, 'GET', '/backup', 'kms inspect').then(
+      (r) => r.text(),
+      (e: unknown) => {
+        throw new InspectError((e as Error).message);
+      },
+    );
+    return snapshotInspector(parseBackup(text, 'the snapshot from the running KMS').entries);
+  }
+  const kv = store;
+  return { kv, state: new KmsState(kv), close: () => kv.close() };
+}
+
+function snapshotInspector(entries: [string, string][]): Inspector {
+  const kv = snapshotStore(entries);
   return { kv, state: new KmsState(kv), close: () => kv.close() };
 }
 

@@ -32,11 +32,16 @@ program
   .option('-c, --config <file>', 'JSON configuration file (or KMS_CONFIG); KMS_* environment variables override it')
   .option('--check-config', 'validate the configuration, print it (secrets hidden) and exit')
   .option(
+    '--store <url>',
+    'the store several instances share: etcd://host1:2379,host2:2379,... (as KMS_STORE, which it overrides); LevelDB in the data folder when unset',
+  )
+  .option(
     '--idp [port]',
     'also run the development OpenID Connect provider (as `kms idp` does, users of localhost) on 127.0.0.1:<port> (default 5580) and trust its tokens',
   )
   .addHelpText('after', () => settingsHelp())
-  .action(async (opts: { config?: string; checkConfig?: boolean; idp?: boolean | string }) => {
+  .action(async (opts: { config?: string; checkConfig?: boolean; idp?: boolean | string; store?: string }) => {
+    if (opts.store !== undefined) process.env.KMS_STORE = opts.store;
     if (opts.checkConfig) return checkConfig(opts);
     // Everything the KMS writes is private to its user, the files LevelDB makes later (tables,
     // logs) included: 0600 files, 0700 folders.
@@ -170,13 +175,16 @@ program
 
 const inspect = program
   .command('inspect')
-  .description("an operator's read-only view of the store: chains, blocks, members and group keys (never key material); run it while the component is stopped");
+  .description(
+    "an operator's read-only view of the store: chains, blocks, members and group keys (never key material); " +
+      "of a stopped KMS's store, of a running KMS's through its admin listener (a snapshot), or of a backup (--backup); never makes a store",
+  );
 const inspectAction =
   <A extends unknown[]>(fn: (i: Inspector, ...args: A) => Promise<unknown>, show: (v: never) => string) =>
   // commander calls an action with (...arguments, options, command).
   async (...args: unknown[]) => {
-    const opts = args[args.length - 2] as { config?: string; json?: boolean };
-    const i = await openInspector(configFrom(opts));
+    const opts = args[args.length - 2] as { config?: string; json?: boolean; backup?: string };
+    const i = await openInspector(configFrom(opts), opts.backup ? { backup: opts.backup } : {});
     try {
       const v = await fn(i, ...(args.slice(0, -2) as A));
       console.log(opts.json ? JSON.stringify(v, null, 2) : show(v as never));
@@ -195,6 +203,7 @@ for (const [name, args, description, fn, show] of [
     .description(description)
     .option('-c, --config <file>', "JSON configuration file (the component's)")
     .option('--json', 'print JSON instead of text')
+    .option('--backup <file>', 'inspect a backup written by kms backup instead of the store')
     .action(inspectAction(fn as (i: Inspector, ...a: string[]) => Promise<unknown>, show as (v: never) => string));
 }
 
@@ -230,6 +239,10 @@ program
 program.addCommand((await import('./chat.js')).chatCommand());
 // `kms web`: a converse.js page with the KMS plugin (src/cli/web.ts, src/converse/plugin.ts).
 program.addCommand((await import('./web.js')).webCommand());
+// `kms rekey`, `kms backup`, `kms restore` (src/cli/operator.ts).
+for (const c of (await import('./operator.js')).operatorCommands()) program.addCommand(c);
+// `kms audit`: verify, tail and search the audit log (src/cli/audit.ts).
+program.addCommand((await import('./audit.js')).auditCommand());
 
 program.addHelpText(
   'after',

@@ -42,6 +42,7 @@ import { bindGk, createGk, getGk } from './gk.js';
 import { deleteEntityKey, listEntityKeys, registerEntityKey } from './entity-keys.js';
 import { b64uLength, defaultResponseBudget, type ResponseSizer } from './response-size.js';
 import type { Logger } from '../util/logger.js';
+import type { AuditEntry, AuditSink } from '../audit/log.js';
 
 type Verb = 'create' | 'read' | 'update' | 'delete';
 
@@ -123,6 +124,12 @@ export interface EngineOptions {
   authenticator: Authenticator;
   logger?: Logger;
   metrics?: EngineMetrics;
+  /**
+   * The audit log (src/audit/log.ts): key releases, refusals, chain and entity-key changes and
+   * channels are recorded, and a response that releases or changes something waits until its record is
+   * durable; when it cannot be written, the request is answered 500 instead (fail closed).
+   */
+  audit?: AuditSink;
 }
 
 /** One channel-less failure: answered as a JWS by the static key. */
@@ -155,6 +162,7 @@ export class KmsEngine {
   readonly #auth: Authenticator;
   readonly #log: Logger | undefined;
   readonly #metrics: EngineMetrics | undefined;
+  readonly #audit: AuditSink | undefined;
   /** Channels by the ephemeral record KmsState caches, their keys from EngineDeps.unsealedKey: unsealed once, not on every request. */
   readonly #channels = new WeakMap<EphemeralRecord, Channel>();
   /** RequestIds seen on services' channels, by their ephemeral record (see #seenRequestIds). */
@@ -165,6 +173,7 @@ export class KmsEngine {
     this.#auth = opts.authenticator;
     this.#log = opts.logger;
     this.#metrics = opts.metrics;
+    this.#audit = opts.audit;
   }
 
   /** Handles one request message and returns its response message. Never throws. */
@@ -234,13 +243,17 @@ export class KmsEngine {
     }
     const payload = safeJson(plaintext);
     const requestId = peekRequestId(payload);
+    let actor: string | undefined;
+    let op = 'create';
     try {
       const req = parseJsonRequest(payload);
+      op = req.method;
       const { segments } = parseKmsUri(req.uri, deps.config.domain);
       if (segments.length !== 1 || segments[0] !== 'ecdhe') throw badRequest('a message to the static key must create an ephemeral key (uri /ecdhe)');
       if (req.method !== 'create' && req.method !== 'post') throw methodNotAllowed(`/ecdhe accepts create, not ${req.method}`);
       const now = deps.clock();
       const principal = await this.#auth.authenticate(req.credential, now);
+      actor = principal.id;
       const clientKey = this.#clientEcdhKey(req.body.jwk);
       if (principal.kind === 'service') {
         this.#checkPeerOrigin(principal, from);
@@ -280,13 +293,25 @@ export class KmsEngine {
       // XEP "Choices Made Where the Draft Is Open": `key` (the -03 content rule) and the -03 example's `ephemeral-key`.
       // Signed before the key is stored, so that a failure here stores nothing.
       const response = deps.signAsKms(withRequestId({ status: 201, key: keyObject, 'ephemeral-key': keyObject }, requestId));
+      // Recorded before the key is stored: a channel the audit log does not know is never made.
+      await this.#mustRecord({
+        event: 'channel.create',
+        actor: principal.id,
+        op: req.method,
+        object: record.uri,
+        decision: 'allow',
+        status: 201,
+        ...(requestId !== undefined ? { requestId: boundedId(requestId) } : {}),
+      });
       // Written behind (KmsState.putEphemeral): readable at once, on disk within milliseconds.
       await deps.state.putEphemeral(record);
       this.#log?.info({ event: 'handshake', user: principal.id, ephemeralKey: record.uri }, 'ephemeral key created');
       observed.status = 201;
       return response;
     } catch (e) {
-      throw new ChannelError(this.#asKmsError(e), requestId);
+      const err = this.#asKmsError(e);
+      if (!(e instanceof AuditFailed)) await this.#recordDenial({ event: 'channel.create', op, ...(actor ? { actor } : {}) }, err, requestId);
+      throw new ChannelError(err, requestId);
     }
   }
 
@@ -372,6 +397,7 @@ export class KmsEngine {
       throw new ChannelError(unauthenticated(`ephemeral key ${eph.uri} expired`), requestId);
     }
     let requestId: string | number | undefined;
+    let audited: Pick<AuditEntry, 'event' | 'op' | 'actor' | 'onBehalfOf' | 'object' | 'channel'> | undefined;
     try {
       if (header.enc !== 'A256GCM') throw unsupported(`a message under an ephemeral key uses enc A256GCM, not ${quoted(header.enc)}`);
       let plaintext: Buffer;
@@ -384,7 +410,13 @@ export class KmsEngine {
       requestId = peekRequestId(payload);
       const req = parseJsonRequest(payload);
       if (this.#metrics) observed.operation = operationOf(req, deps.config.domain);
+      if (this.#audit) audited = this.#auditSubject(req, eph);
       const principal = await this.#auth.authenticate(req.credential, now);
+      if (audited) {
+        audited.actor = principal.id;
+        const entity = (req.body as { entity?: unknown } | undefined)?.entity;
+        if (principal.kind === 'service' && typeof entity === 'string') audited.onBehalfOf = entity.slice(0, 300);
+      }
       // XEP "Failure Responses": the credential is checked on every request, and the channel
       // belongs to the identity (and client) that made it.
       if (principal.id !== eph.userId || req.clientId !== eph.clientId) {
@@ -410,12 +442,15 @@ export class KmsEngine {
       const size = channel.overhead + b64uLength(Buffer.byteLength(json));
       if (size > budget)
         throw tooLarge(`the response (${size} bytes) exceeds the ${budget} bytes left for it in this reply: send this request in an IQ of its own`);
+      // XEP "Security Considerations": a key is released, a change acknowledged, only once its audit record is durable.
+      if (audited && !UNAUDITED_READS.has(audited.event)) await this.#mustRecord(allowed(audited, result, req.requestId));
       const encrypted = channel.encrypt(json);
       if (result.after) await result.after();
       observed.status = result.status;
       return encrypted;
     } catch (e) {
       const err = this.#fitting(this.#asKmsError(e), requestId, channel, budget);
+      if (audited && !(e instanceof AuditFailed)) await this.#recordDenial(audited, err, requestId);
       observed.status = err.status ?? 500;
       return channel.encrypt(JSON.stringify(withRequestId(errorResponse(err), requestId)));
     }
@@ -493,6 +528,53 @@ export class KmsEngine {
     return handler({ ...ctx, segments: rest });
   }
 
+  // ---- the audit log ----
+
+  /** What a request is about, for its audit record: known before it is authenticated or routed. */
+  #auditSubject(req: KmsRequest, eph: EphemeralRecord): Pick<AuditEntry, 'event' | 'op' | 'object' | 'channel'> {
+    const domain = this.deps.config.domain;
+    let event = 'unknown';
+    let object = req.uri.slice(0, 300);
+    try {
+      const { segments, foreign } = parseKmsUri(req.uri, domain, this.deps.federation !== undefined);
+      const [collection, ...rest] = segments;
+      event = auditEvent(collection, verbOf(req.method, rest.length > 0));
+      if (foreign === undefined && object.startsWith('/')) object = `kms://${domain}${object}`;
+    } catch {
+      // a URI of no KMS: recorded as it came, under "unknown"
+    }
+    return { event, op: req.method, object, channel: eph.uri };
+  }
+
+  /** Writes a record the response depends on; AuditFailed (answered 500, nothing released) when it cannot be written. */
+  async #mustRecord(entry: AuditEntry): Promise<void> {
+    if (!this.#audit) return;
+    try {
+      await this.#audit.record(entry);
+    } catch (e) {
+      this.#log?.error({ event: 'audit-failed', auditEvent: entry.event, reason: (e as Error).message }, 'an audit record could not be written');
+      throw new AuditFailed();
+    }
+  }
+
+  /** Records a refusal; a refusal is answered even when its record cannot be written (it releases nothing). */
+  async #recordDenial(subject: Omit<AuditEntry, 'decision' | 'status'>, err: KmsError, requestId: string | number | undefined): Promise<void> {
+    if (!this.#audit) return;
+    const entry: AuditEntry = {
+      ...subject,
+      decision: 'deny',
+      status: err.status ?? 500,
+      code: err.code,
+      reason: err.message.slice(0, 500),
+      ...(requestId !== undefined ? { requestId: boundedId(requestId) } : {}),
+    };
+    try {
+      await this.#audit.record(entry);
+    } catch (e) {
+      this.#log?.error({ event: 'audit-failed', auditEvent: entry.event, reason: (e as Error).message }, 'an audit record could not be written');
+    }
+  }
+
   // ---- errors ----
 
   /** The error itself, or 413 when its encrypted response would exceed the budget (a reason that quotes a long request field). */
@@ -504,6 +586,7 @@ export class KmsEngine {
   }
 
   #asKmsError(e: unknown): KmsError {
+    if (e instanceof AuditFailed) return new KmsError('INTERNAL', 'the audit record could not be written; nothing was released');
     return e instanceof KmsError ? e : this.#internal(e);
   }
 
@@ -520,6 +603,65 @@ export class KmsEngine {
       return this.deps.signAsKms({ status: 500, code: 'INTERNAL', reason: 'internal error' });
     }
   }
+}
+
+/** A record the response depends on could not be written (see KmsEngine.#mustRecord). */
+class AuditFailed extends Error {}
+
+/** Successful requests that change and release nothing: not recorded (their refusals are). */
+const UNAUDITED_READS = new Set(['ping', 'chain.read', 'entity-key.list', 'peer.key']);
+
+/** The audit event of a request: what it does to which kind of object. */
+function auditEvent(collection: string | undefined, verb: Verb): string {
+  switch (collection) {
+    case 'gks':
+      return { create: 'gk.create', update: 'gk.bind', read: 'gk.get', delete: 'gk.delete' }[verb];
+    case 'blocks':
+      return { create: 'chain.create', update: 'chain.append', read: 'chain.read', delete: 'chain.delete' }[verb];
+    case 'entity-keys':
+      return { create: 'entity-key.register', update: 'entity-key.update', read: 'entity-key.list', delete: 'entity-key.delete' }[verb];
+    case 'ecdhe':
+      return 'channel.delete';
+    case 'ping':
+      return 'ping';
+    case 'peers':
+      return 'peer.key';
+    default:
+      return 'unknown';
+  }
+}
+
+/** A requestId as recorded: a string is cut to 128 characters. */
+function boundedId(id: string | number): string | number {
+  return typeof id === 'string' ? id.slice(0, 128) : id;
+}
+
+/** The fields of a signed GK or genesis block the audit log keeps (its URI and block), never its key. */
+function signedFields(jws: unknown): { uri?: string; block?: string } {
+  if (typeof jws !== 'string') return {};
+  try {
+    const p = JSON.parse(Buffer.from(jws.split('.')[1] ?? '', 'base64url').toString('utf8')) as { uri?: unknown; block?: unknown };
+    return { ...(typeof p.uri === 'string' ? { uri: p.uri } : {}), ...(typeof p.block === 'string' ? { block: p.block } : {}) };
+  } catch {
+    return {};
+  }
+}
+
+/** The audit record of a request that succeeded. */
+function allowed(subject: Omit<AuditEntry, 'decision' | 'status'>, result: HandlerResult, requestId: string | number | undefined): AuditEntry {
+  const entry: AuditEntry = { ...subject, decision: 'allow', status: result.status };
+  const body = result.body ?? {};
+  if (subject.event.startsWith('gk.') || subject.event === 'chain.create') {
+    const f = signedFields(subject.event === 'chain.create' ? body.block : body.gk);
+    if (f.uri) entry.object = f.uri;
+    if (f.block) entry.block = f.block;
+  } else if (subject.event === 'entity-key.register' || subject.event === 'entity-key.delete') {
+    const kid = subject.event === 'entity-key.register' ? (body.entityKey as { kid?: unknown } | undefined)?.kid : subject.object?.split('/').pop();
+    if (subject.actor) entry.object = subject.actor;
+    if (typeof kid === 'string') entry.kid = kid.slice(0, 128);
+  }
+  if (requestId !== undefined) entry.requestId = boundedId(requestId);
+  return entry;
 }
 
 function withRequestId<T extends Record<string, unknown>>(payload: T, requestId: string | number | undefined): T {

@@ -128,7 +128,8 @@ export async function bindGk(ctx: RequestContext): Promise<HandlerResult> {
     const next: GkRecord = { ...gk, block };
     // The key is the one already unsealed for `gk` (`next` is a new record object, unknown to that cache).
     const signed = await issue(deps, next, principal.id, body.kid, deps.unsealedKey(gk, sealContext(gk.id)));
-    if (gk.block === undefined) await deps.state.putGk(next);
+    // Conditional on the GK being still unbound (several instances on one store): one bind wins.
+    if (gk.block === undefined && (await deps.state.bindGk(gk.id, block))?.block !== block) throw conflict(`${gk.uri} is already bound to another block`);
     return { status: 200, body: { gk: signed } };
   });
 }

@@ -125,7 +125,7 @@ export async function postGenesis(ctx: RequestContext): Promise<HandlerResult> {
   }
   const hash = blockHash(jws);
   const chain: ChainRecord = { id, uri: payload.uri, created: payload.created, length: 1, tail: hash };
-  await deps.state.commitBlocks({ chain, blocks: [{ seq: 0, jws, hash }], members: m.staged });
+  if (!(await deps.state.commitBlocks({ chain, blocks: [{ seq: 0, jws, hash }], members: m.staged }))) throw conflict('this genesis block is already stored');
   return { status: 201, body: { block: jws } };
 }
 
@@ -174,7 +174,11 @@ export async function appendBlocks(ctx: RequestContext): Promise<HandlerResult> 
       expected = hash;
     }
     const next: ChainRecord = { ...chain, length: chain.length + written.length, tail: expected };
-    await deps.state.commitBlocks({ chain: next, blocks: written, members: m.staged });
+    // Several instances on one store (src/store/kms-state.ts): the write is conditional on the tail
+    // checked above; another instance's append that landed meanwhile makes this one a 409, as here.
+    if (!(await deps.state.commitBlocks({ chain: next, blocks: written, members: m.staged }))) {
+      throw conflict(`blocks[0]: antecedent is not the hash of the chain's last block (the chain moved on while this append was checked)`);
+    }
     return { status: 200 };
   });
 }

@@ -8,7 +8,7 @@
  */
 import { readdir, readFile, stat, chmod, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { Sealer } from '../crypto/seal.js';
+import { sealedBy, type Sealer } from '../crypto/seal.js';
 
 /** The key check value's file in the data folder. */
 export const KEY_CHECK_FILE = 'master-key-check.json';
@@ -54,8 +54,14 @@ export async function tightenTree(dir: string): Promise<void> {
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     if (!entry.isFile()) continue;
     const file = join(dir, entry.name);
-    const mode = (await stat(file)).mode & 0o777;
-    if (mode & 0o077) await chmod(file, mode & 0o700);
+    try {
+      const mode = (await stat(file)).mode & 0o777;
+      if (mode & 0o077) await chmod(file, mode & 0o700);
+    } catch (e) {
+      // Called on an open store: LevelDB's compaction after a crash recovery may delete a table
+      // between readdir and stat. A file that is gone needs no tightening.
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
   }
 }
 
@@ -87,6 +93,16 @@ export async function keyCheckOpens(dir: string, sealer: Sealer): Promise<boolea
     return sealer.open(stored.check, CHECK_CONTEXT).toString('utf8') === CHECK_PLAINTEXT;
   } catch {
     return false;
+  }
+}
+
+/** The id of the master key that sealed the key check value in `dir` ('legacy' before key versions; '?' when unreadable). */
+export async function keyCheckKeyId(dir: string): Promise<string> {
+  try {
+    const stored = JSON.parse(await readFile(join(dir, KEY_CHECK_FILE), 'utf8')) as { check?: unknown };
+    return typeof stored.check === 'string' ? sealedBy(stored.check) : '?';
+  } catch {
+    return '?';
   }
 }
 

@@ -6,7 +6,7 @@
  * (test/store/kv.test.ts).
  */
 import type { AbstractLevel } from 'abstract-level';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, statfs } from 'node:fs/promises';
 import { Level } from 'level';
 import { assertConditions, type Condition, type ConditionalOptions, conditionsHold, WriteGate } from './conditional.js';
 import { tightenTree } from './data-dir.js';
@@ -64,6 +64,8 @@ export interface WriteBehindOptions {
 }
 
 const DEFAULT_FLUSH_MS = 20;
+/** Free bytes a disk must have before a store that failed a write is opened again (a new log and manifest). */
+const MIN_FREE_TO_REOPEN = 1024 * 1024;
 const DEFAULT_MAX_QUEUED = 256;
 
 /** Characters where UTF-16 order (JS `<`) and UTF-8 byte order (LevelDB's) can disagree. */
@@ -102,9 +104,20 @@ export class LevelKvStore implements KvStore {
   #error: unknown;
   /** Keeps plain batches from landing between a conditional batch's check and its write. */
   readonly #gate = new WriteGate();
+  /**
+   * A write failed with an I/O error (a full disk, EIO): LevelDB keeps writing to the log file
+   * that failed, and what it then acknowledges is dropped at the next open. The database is closed
+   * and opened again (a new log) before the next write (see #heal).
+   */
+  #broken = false;
+  #healing: Promise<void> | undefined;
 
-  constructor(db: AbstractLevel<string | Buffer | Uint8Array, string, string>, opts: WriteBehindOptions = {}) {
+  /** The database's folder, when it has one (a free-space check before reopening). */
+  readonly #dir: string | undefined;
+
+  constructor(db: AbstractLevel<string | Buffer | Uint8Array, string, string>, opts: WriteBehindOptions & { dir?: string } = {}) {
     this.#db = db;
+    this.#dir = opts.dir;
     this.#flushMs = opts.flushMs ?? DEFAULT_FLUSH_MS;
     this.#maxQueued = opts.maxQueued ?? DEFAULT_MAX_QUEUED;
   }
@@ -131,7 +144,40 @@ export class LevelKvStore implements KvStore {
     if (ops.length === 0) return;
     assertOps(ops);
     if (options.deferred && options.durable) throw new TypeError('batch: a deferred batch cannot be durable');
+    await this.#heal();
     return this.#gate.shared(() => this.#batch(ops, options));
+  }
+
+  /** Reopens the database after an I/O error, with no write in flight (outside the gate: never from inside a batch). */
+  async #heal(): Promise<void> {
+    if (!this.#broken) return;
+    this.#healing ??= this.#gate
+      .exclusive(async () => {
+        if (!this.#broken) return;
+        // Opening writes a new log: on a disk still full it would fail and leave no database for
+        // reads either. So the store stays open for reads, and writes are refused, until there is room.
+        if (this.#dir !== undefined) {
+          const fs = await statfs(this.#dir).catch(() => undefined);
+          const free = fs ? fs.bavail * fs.bsize : Number.POSITIVE_INFINITY;
+          if (free < MIN_FREE_TO_REOPEN) {
+            throw new Error(`the store's disk is full (${free} bytes free under ${this.#dir}): writes are refused until space is freed`);
+          }
+        }
+        if (this.#writing) await this.#writing;
+        await this.#db.close();
+        await this.#db.open();
+        this.#broken = false;
+      })
+      .finally(() => {
+        this.#healing = undefined;
+      });
+    await this.#healing;
+  }
+
+  /** Notes an I/O error of a write (see #broken). */
+  #failed(e: unknown): void {
+    const code = (e as { code?: unknown; cause?: { code?: unknown } }).code;
+    if (code === 'LEVEL_IO_ERROR' || /IO error/i.test(String((e as Error).message))) this.#broken = true;
   }
 
   async #batch(ops: BatchOp[], options: BatchOptions): Promise<void> {
@@ -147,13 +193,19 @@ export class LevelKvStore implements KvStore {
     // A deferred op on one of these keys lands first, so that this batch wins (e.g. a delete).
     if (this.#overlay.size > 0 && ops.some((op) => this.#overlay.has(op.key))) await this.#startFlush();
     // classic-level honours `sync`; memory-level ignores it.
-    await this.#db.batch(ops, { sync: options.durable === true } as object);
+    try {
+      await this.#db.batch(ops, { sync: options.durable === true } as object);
+    } catch (e) {
+      this.#failed(e);
+      throw e;
+    }
   }
 
   /** See KvStore.batchIf: server-side on a database that has it (etcd), else check then write under the gate. */
   async batchIf(conditions: Condition[], ops: BatchOp[], options: ConditionalOptions = {}): Promise<boolean> {
     assertConditions(conditions);
     assertOps(ops);
+    await this.#heal();
     const db = this.#db as { batchIf?: (conditions: Condition[], ops: BatchOp[]) => Promise<boolean> };
     if (db.batchIf !== undefined) {
       // Deferred ops on these keys land first, so that the server compares and writes over them.
@@ -201,6 +253,7 @@ export class LevelKvStore implements KvStore {
       } catch (e) {
         // Lost, as in a crash: the records vanish from reads too. Reported by flush()/close().
         this.#error = e;
+        this.#failed(e);
       }
       for (const op of ops) if (this.#overlay.get(op.key) === op) this.#overlay.delete(op.key);
     })();
@@ -251,7 +304,7 @@ export async function openLevelStore(dir: string, opts?: WriteBehindOptions): Pr
     await db.close();
     throw new Error(`cannot make the store in ${dir} private: ${(e as Error).message}`, { cause: e });
   }
-  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, opts);
+  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, { ...opts, dir });
 }
 
 /** Keys and values are strings: abstract-level would coerce a number or object key ('[object Object]') and write it. */

@@ -60,6 +60,12 @@ export interface ComponentSettings {
   reconnect: { initialMs: number; maxMs: number };
   /** How long `stop` waits for requests in flight. */
   drainMs: number;
+  /**
+   * A standby instance (a server that takes one connection per component name, as Prosody): a
+   * name already taken (conflict) is retried with backoff, so that this instance takes over when
+   * the active one drops, instead of stopping the start.
+   */
+  standby?: boolean;
 }
 
 /** What the component reports of its link for an operator's metrics (src/admin/metrics.ts), when given one. */
@@ -196,15 +202,22 @@ export class KmsComponent {
         const err = e as Error & { condition?: string };
         if (this.#stopping) throw new Error('stopped before the component came online');
         // A refused secret or a name already taken will not fix itself: fail loudly.
-        if (err.condition === 'not-authorized' || err.condition === 'conflict' || err.condition === 'host-unknown') {
+        const standing = err.condition === 'conflict' && this.#s.standby === true;
+        if (!standing && (err.condition === 'not-authorized' || err.condition === 'conflict' || err.condition === 'host-unknown')) {
           await this.xmpp.stop().catch(() => undefined);
           throw new Error(`the server refused the component ${this.#s.domain}: ${err.condition} (check the component name and secret)`);
         }
         const reason = err.condition ?? err.message;
-        this.#log.warn(
-          { event: 'connect-failed', service, attempt, reason, retryInMs: delay },
-          `cannot reach the XMPP server at ${service} (${reason}); retrying in ${delay} ms`,
-        );
+        if (standing) {
+          // The active instance holds the name: wait for it to go, trying again at most reconnectMaxMs apart.
+          if (attempt === 1)
+            this.#log.info({ event: 'standby', service, domain: this.#s.domain }, `${this.#s.domain} is served by another instance: standing by`);
+        } else {
+          this.#log.warn(
+            { event: 'connect-failed', service, attempt, reason, retryInMs: delay },
+            `cannot reach the XMPP server at ${service} (${reason}); retrying in ${delay} ms`,
+          );
+        }
         // A failed attempt leaves the connection half-open ("connecting", "opening"): close it so
         // that the next start() begins from "offline".
         await this.xmpp.stop().catch(() => undefined);

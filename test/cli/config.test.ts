@@ -317,7 +317,7 @@ describe('configuration', function () {
       for (const s of settings) {
         const entry = new RegExp(`^  ${escapeRe(s.path)}  (\\S.*), (default \\S.*|unset by default)(, env KMS_\\w+)?\\n      (.+)$`, 'm').exec(help);
         expect(entry, `${s.path} in kms run --help`).to.not.equal(null);
-        expect(entry![1], `${s.path}'s type`).to.match(/^(string|integer|list of|\w+ \|)/);
+        expect(entry![1], `${s.path}'s type`).to.match(/^(string|integer|boolean|list of|\w+ \|)/);
         expect(entry![4], `${s.path}'s description`).to.equal(s.description);
       }
       expect(help).not.to.include('(no description)');

@@ -22,6 +22,7 @@ import { LocalIssuer } from '../../src/auth/local-issuer.js';
 import { KmsSession, type KmsResponse } from '../../src/client/session.js';
 import { generateEntityKey, jwkOf, registrationProof, signBlock, type EntityKey } from './node-client.js';
 import type { Operation } from '../../src/protocol/blocks.js';
+import type { AuditSink } from '../../src/audit/log.js';
 
 export const DOMAIN = 'kms.example.com';
 export const AUDIENCE = 'kms://kms.example.com';
@@ -42,13 +43,15 @@ export function sharedIdentity(keyType: IdentityKeyType) {
 export interface FixtureOptions {
   keyType?: IdentityKeyType;
   config?: EngineOverrides;
-  /** 'memory' (default), 'disk' (a fresh temp dir), or a directory to (re)open. */
-  storage?: 'memory' | 'disk' | { dir: string };
+  /** 'memory' (default), 'disk' (a fresh temp dir), a directory to (re)open, or a store given (`shared`: several instances on it, e.g. etcd). */
+  storage?: 'memory' | 'disk' | { dir: string } | { kv: KvStore; shared?: boolean };
   masterKey?: Buffer;
   issuer?: LocalIssuer;
   /** The authenticator's token source, instead of the fixture's local issuer (e.g. an OpenID Connect issuer's discovered keys). */
   bearer?: { keys: JWTVerifyGetKey; issuer: string };
   clock?: () => Date;
+  /** The engine's audit log (src/audit/log.ts); none by default. */
+  audit?: AuditSink;
 }
 
 export class KmsFixture {
@@ -69,13 +72,15 @@ export class KmsFixture {
     let dir: string | undefined;
     let kv: KvStore;
     if (o.storage === 'disk') dir = await mkdtemp(join(tmpdir(), 'kms-test-'));
-    else if (o.storage && typeof o.storage === 'object') dir = o.storage.dir;
-    if (dir) kv = await openLevelStore(join(dir, 'db'));
+    else if (o.storage && typeof o.storage === 'object' && 'dir' in o.storage) dir = o.storage.dir;
+    const given = o.storage && typeof o.storage === 'object' && 'kv' in o.storage ? o.storage : undefined;
+    if (given) kv = given.kv;
+    else if (dir) kv = await openLevelStore(join(dir, 'db'));
     else kv = await openMemoryStore();
     const issuer = o.issuer ?? (await LocalIssuer.ephemeral(ISSUER));
     const deps = new EngineDeps({
       config: engineConfig(DOMAIN, o.config ?? {}),
-      state: new KmsState(kv),
+      state: new KmsState(kv, { shared: given?.shared === true }),
       sealer: new Sealer(masterKey),
       identity,
       ...(o.clock ? { clock: o.clock } : {}),
@@ -91,7 +96,7 @@ export class KmsFixture {
       },
       serviceAnchors: [],
     });
-    return new KmsFixture(new KmsEngine({ deps, authenticator }), deps, identity, issuer, kv, masterKey, dir);
+    return new KmsFixture(new KmsEngine({ deps, authenticator, ...(o.audit ? { audit: o.audit } : {}) }), deps, identity, issuer, kv, masterKey, dir);
   }
 
   /** The transport: the engine in process. */
