@@ -25,6 +25,9 @@ interface Link {
   session: KmsSession;
 }
 
+/** How long a peer's validated static key is trusted before it is fetched and validated again (a renewed or revoked certificate). */
+const LINK_MAX_AGE_MS = 3_600_000;
+
 /** How long to wait for a peer's answer (s2s may have to connect first). */
 const PEER_TIMEOUT_MS = 20_000;
 
@@ -35,6 +38,8 @@ export class PeerLinks {
   readonly #entity: () => XmppEntity | undefined;
   readonly #log: Logger | undefined;
   readonly #links = new Map<string, Promise<Link>>();
+  /** When each link was made: it is made again after LINK_MAX_AGE_MS. */
+  readonly #made = new Map<string, number>();
 
   constructor(o: { peers: FederationPeer[]; self: StaticIdentity; entity: () => XmppEntity | undefined; logger?: Logger }) {
     this.#peers = o.peers;
@@ -60,11 +65,14 @@ export class PeerLinks {
 
   /** One request to the peer; a refusal (status >= 400) is thrown as the client library's KmsResponseError. */
   async request(peer: FederationPeer, method: string, uri: string, body?: Record<string, unknown>): Promise<KmsResponse> {
-    const link = await this.#link(peer);
+    const pending = this.#link(peer);
+    const link = await pending;
     try {
       return await link.session.request(method, uri, body);
     } catch (e) {
       const status = (e as { status?: number }).status;
+      // No answer or an answer that does not verify (a peer whose key changed): validate its key again next time.
+      if (!status && this.#links.get(peer.kms) === pending) this.#links.delete(peer.kms);
       // The peer and the operation, never the user or the key.
       this.#log?.warn(
         { event: status ? 'peer-refused' : 'peer-failed', peer: peer.kms, method, resource: uri.split('/')[3] ?? uri.split('/')[1], status },
@@ -76,7 +84,9 @@ export class PeerLinks {
 
   #link(peer: FederationPeer): Promise<Link> {
     let link = this.#links.get(peer.kms);
+    if (link && this.#made.get(peer.kms)! + LINK_MAX_AGE_MS < Date.now()) link = undefined;
     if (!link) {
+      this.#made.set(peer.kms, Date.now());
       link = this.#connect(peer);
       // A failed link is made again at the next request (the peer or the s2s link may come back).
       link.catch((e: unknown) => {

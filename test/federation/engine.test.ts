@@ -280,6 +280,26 @@ describe('federation: KMS B asks KMS A for its user (engines in process)', funct
     }
   });
 
+  it("validates a peer's static key again when its answers stop verifying (a new key): one 502, then the new key", async () => {
+    const a2 = await node('kms.a.test');
+    const bb = await node('kms.b.test');
+    let target = a;
+    bb.deps.federation = new PeerLinks({
+      peers: [{ ...peer(a, ['a.test']), anchors: [new X509Certificate(a.caCertPem), new X509Certificate(a2.caCertPem)] }],
+      self: bb.identity,
+      entity: () => link(target, 'kms.b.test'),
+    });
+    arm(a2, [peer(bb, ['b.test'])]);
+    const bobOfBb = await user(bb, 'bob@b.test');
+    const keyOf = async () => (await bobOfBb.session.request('get', '/peers/kms.a.test')).jwk as Record<string, unknown>;
+    expect((await keyOf()).x).to.equal(a.identity.jwk.x);
+    // A's key is replaced (a new certificate): what B sends is sealed to the old key, and what comes back does not verify with it.
+    target = a2;
+    const err = await refusal(bobOfBb.gk(gkUri));
+    expect(err.status).to.equal(502);
+    expect((await keyOf()).x, 'the new key, validated against the anchors').to.equal(a2.identity.jwk.x);
+  });
+
   describe('refusals at KMS A, with its store unchanged', () => {
     let before: string;
     beforeEach(async () => {
