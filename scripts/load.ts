@@ -3,11 +3,11 @@
 // data folder; `clients` users, each on its own XMPP connection, each sending `requests` KMS
 // requests one after another, a mix of: GK get of a shared key (30 %), GK creation bound to a
 // shared chain (20 %), chain get (24 %), ping (24 %), an append to the client's own chain (2 %).
-// Counts replies lost (no answer), duplicated (an IQ id answered twice) and mismatched (an answer
+// Counts replies lost (no answer), duplicated (an IQ id answered twice) and misrouted (an answer
 // to an id the client never sent); the KMS's RSS (/proc/<pid>/status VmRSS) before, at peak, and at
 // the end of each round and after its settle period (`rounds` rounds of the same load: a leak grows
 // from round to round, a heap V8 keeps for reuse does not); p50/p99 latency and throughput. Exits 1 when a reply was lost, duplicated
-// or mismatched, or a request failed.
+// or misrouted, or a request failed.
 import { X509Certificate } from 'node:crypto';
 import { readdirSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -15,8 +15,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { Client } from '@xmpp/client';
-import type { Element } from '@xmpp/xml';
 import { connectClient, disconnect } from '../test/e2e/harness/clients.js';
+import { IqLedger } from '../test/e2e/harness/iq-ledger.js';
 import { kmsRunSetup } from '../test/e2e/harness/kms-process.js';
 import { freePorts } from '../test/e2e/harness/net.js';
 import { startServer } from '../test/e2e/harness/servers.js';
@@ -44,33 +44,6 @@ const SETTLE_MS = Number(args['settle-ms']);
 const TIMEOUT_MS = Number(args['timeout-ms']);
 for (const [name, v] of Object.entries({ CLIENTS, REQUESTS, ROUNDS, SETTLE_MS, TIMEOUT_MS }))
   if (!Number.isInteger(v) || v < 1) throw new RangeError(`${name.toLowerCase()}: a positive whole number`);
-
-/** IQs one connection sends to the KMS and the replies it gets, by id. */
-class IqLedger {
-  readonly sent = new Set<string>();
-  readonly replies = new Map<string, number>();
-  mismatched = 0;
-
-  constructor(xmpp: Client) {
-    xmpp.on('send', (el: Element) => {
-      if (el.name === 'iq' && el.attrs.to === KMS && (el.attrs.type === 'get' || el.attrs.type === 'set')) this.sent.add(el.attrs.id as string);
-    });
-    xmpp.on('stanza', (el: Element) => {
-      if (el.name !== 'iq' || el.attrs.from !== KMS || (el.attrs.type !== 'result' && el.attrs.type !== 'error')) return;
-      const id = el.attrs.id as string;
-      if (!this.sent.has(id)) this.mismatched++;
-      this.replies.set(id, (this.replies.get(id) ?? 0) + 1);
-    });
-  }
-
-  get lost(): number {
-    return [...this.sent].filter((id) => !this.replies.has(id)).length;
-  }
-
-  get duplicated(): number {
-    return [...this.replies.values()].filter((n) => n > 1).length;
-  }
-}
 
 async function mapLimit<T, R>(items: T[], limit: number, f: (x: T, i: number) => Promise<R>): Promise<R[]> {
   const out: R[] = new Array(items.length);
@@ -127,7 +100,7 @@ async function main(): Promise<number> {
     const clients = await mapLimit(users, 8, async (u) => {
       const xmpp = await connectClient(server, u);
       xmpps.push(xmpp);
-      const ledger = new IqLedger(xmpp);
+      const ledger = new IqLedger(xmpp, KMS);
       const client = await KmsClient.connect({
         xmpp,
         kms: KMS,
@@ -209,7 +182,7 @@ async function main(): Promise<number> {
     const sent = clients.reduce((s, c) => s + c.ledger.sent.size, 0) - sentBefore;
     const lost = clients.reduce((s, c) => s + c.ledger.lost, 0);
     const duplicated = clients.reduce((s, c) => s + c.ledger.duplicated, 0);
-    const mismatched = clients.reduce((s, c) => s + c.ledger.mismatched, 0);
+    const misrouted = clients.reduce((s, c) => s + c.ledger.misrouted, 0);
 
     // Last: the live heap after a full GC (a heap snapshot makes the RSS jump, so no RSS is read after it).
     const live = await collected();
@@ -224,7 +197,7 @@ async function main(): Promise<number> {
       ['IQs sent to the KMS', String(sent)],
       ['replies lost', String(lost)],
       ['replies duplicated', String(duplicated)],
-      ['replies mismatched', String(mismatched)],
+      ['replies misrouted', String(misrouted)],
       ['failures by kind', failures.size === 0 ? 'none' : JSON.stringify(Object.fromEntries(failures))],
       ['wall time', `${seconds.toFixed(1)} s (setup ${setupSeconds.toFixed(1)} s)`],
       ['throughput', `${(total / seconds).toFixed(0)} req/s`],
@@ -245,7 +218,7 @@ async function main(): Promise<number> {
     const width = Math.max(...rows.map(([k]) => k.length));
     console.log(`\nKMS load through Prosody (kms run, pid ${kms.child.pid})`);
     for (const [k, v] of rows) console.log(`${k.padEnd(width)}  ${v}`);
-    return lost + duplicated + mismatched + failed === 0 ? 0 : 1;
+    return lost + duplicated + misrouted + failed === 0 ? 0 : 1;
   } finally {
     for (const x of xmpps) await disconnect(x);
     await kms.stop();

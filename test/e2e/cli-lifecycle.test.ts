@@ -3,16 +3,16 @@
 // XMPP server is up it keeps retrying with clear log lines and connects once the server is there;
 // SIGTERM and SIGINT with requests in flight answer them, close the LevelDB store and exit 0.
 import { expect } from 'chai';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { randomBytes, X509Certificate } from 'node:crypto';
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { AbstractLevel } from 'abstract-level';
 import type { Client } from '@xmpp/client';
 import { Level } from 'level';
 import { connectClient, disconnect } from './harness/clients.js';
+import { cleanEnv, KMS_BIN, KmsProcess, ROOT } from './harness/kms-process.js';
 import { freePorts } from './harness/net.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
 import { fetchKmsIdentity, xmppTransport, KmsStanzaError, type KmsIdentityInfo } from '../../src/client/xmpp.js';
@@ -21,108 +21,10 @@ import { generateEntityKey, openGk, registrationProof, type EntityKey } from '..
 import { LevelKvStore } from '../../src/store/kv.js';
 import { KmsState } from '../../src/store/kms-state.js';
 
-const ROOT = resolve(fileURLToPath(import.meta.url), '../../..');
-const KMS_BIN = join(ROOT, 'bin', 'kms.js');
 const ALICE = { username: 'alice', password: 'alice-pw' };
 const ALICE_JID = 'alice@localhost';
 /** Clients' worth of steady load in the signal tests. */
 const WORKERS = 16;
-
-/** One JSON log line of the KMS (pino). */
-interface LogRecord {
-  level: number;
-  event?: string;
-  msg?: string;
-  [k: string]: unknown;
-}
-
-/** The parent's environment without KMS_* variables (a developer's shell must not change the outcome). */
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('KMS_')) env[k] = v;
-  return { ...env, ...extra };
-}
-
-const live = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of live) child.kill('SIGKILL');
-});
-
-/** A `kms` child process with its output: JSON log records (stderr) and everything it printed. */
-class KmsProcess {
-  readonly child: ChildProcess;
-  readonly records: LogRecord[] = [];
-  output = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
-  #partial = '';
-  #listeners = new Set<() => void>();
-
-  constructor(args: string[], env: Record<string, string>) {
-    this.child = spawn(process.execPath, [KMS_BIN, ...args], { cwd: ROOT, env: cleanEnv(env), stdio: ['ignore', 'pipe', 'pipe'] });
-    live.add(this.child);
-    this.exited = new Promise((res) => {
-      this.child.on('exit', (code, signal) => {
-        live.delete(this.child);
-        res({ code, signal, at: Date.now() });
-        this.#notify();
-      });
-    });
-    this.child.stdout!.on('data', (d: Buffer) => (this.output += d.toString()));
-    this.child.stderr!.on('data', (d: Buffer) => this.#onStderr(d.toString()));
-  }
-
-  #onStderr(text: string): void {
-    this.output += text;
-    const lines = (this.#partial + text).split('\n');
-    this.#partial = lines.pop()!;
-    for (const line of lines) {
-      if (process.env.KMS_TEST_DEBUG) console.error('[kms]', line);
-      try {
-        this.records.push(JSON.parse(line) as LogRecord);
-      } catch {
-        // not a log record (e.g. "kms: <error>")
-      }
-    }
-    this.#notify();
-  }
-
-  #notify(): void {
-    for (const l of [...this.#listeners]) l();
-  }
-
-  get running(): boolean {
-    return this.child.exitCode === null && this.child.signalCode === null;
-  }
-
-  events(event: string): LogRecord[] {
-    return this.records.filter((r) => r.event === event);
-  }
-
-  /** Resolves with the first record that matches; rejects after `ms` or when the process exits first. */
-  waitFor(match: (r: LogRecord) => boolean, ms: number, what: string): Promise<LogRecord> {
-    return new Promise((res, rej) => {
-      const check = () => {
-        const found = this.records.find(match);
-        if (found) done(() => res(found));
-        else if (!this.running) done(() => rej(new Error(`kms exited before ${what}:\n${this.output}`)));
-      };
-      const timer = setTimeout(() => done(() => rej(new Error(`no ${what} within ${ms} ms:\n${this.output}`))), ms);
-      const done = (f: () => void) => {
-        clearTimeout(timer);
-        this.#listeners.delete(check);
-        f();
-      };
-      this.#listeners.add(check);
-      check();
-    });
-  }
-
-  /** SIGKILL if still running (after hooks). */
-  async kill(): Promise<void> {
-    if (this.running) this.child.kill('SIGKILL');
-    await this.exited;
-  }
-}
 
 async function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;

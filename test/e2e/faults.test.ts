@@ -18,8 +18,8 @@ import { mkdir, mkdtemp, open, readFile, rm, unlink } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Client } from '@xmpp/client';
-import type { Element } from '@xmpp/xml';
 import { connectClient, disconnect } from './harness/clients.js';
+import { IqLedger } from './harness/iq-ledger.js';
 import { kmsRunSetup, type KmsProcess, type KmsRunSetup } from './harness/kms-process.js';
 import { serverKinds, startServer, type XmppServer } from './harness/servers.js';
 import { loadConfig } from '../../src/config.js';
@@ -43,29 +43,6 @@ function kindOf(e: unknown): string {
 
 function count(m: Map<string, number>, key: string): void {
   m.set(key, (m.get(key) ?? 0) + 1);
-}
-
-/** Counts the IQs a client sends to the KMS and the replies it gets, by id: a reply twice, or to an id never sent, is a fault. */
-class IqLedger {
-  readonly sent = new Set<string>();
-  readonly replies = new Map<string, number>();
-  misrouted = 0;
-
-  constructor(xmpp: Client) {
-    xmpp.on('send', (el: Element) => {
-      if (el.name === 'iq' && el.attrs.to === KMS && (el.attrs.type === 'get' || el.attrs.type === 'set')) this.sent.add(el.attrs.id as string);
-    });
-    xmpp.on('stanza', (el: Element) => {
-      if (el.name !== 'iq' || el.attrs.from !== KMS || (el.attrs.type !== 'result' && el.attrs.type !== 'error')) return;
-      const id = el.attrs.id as string;
-      if (!this.sent.has(id)) this.misrouted++;
-      this.replies.set(id, (this.replies.get(id) ?? 0) + 1);
-    });
-  }
-
-  get duplicated(): number {
-    return [...this.replies.values()].filter((n) => n > 1).length;
-  }
 }
 
 /** One user's XMPP connection and KMS client. */
@@ -131,7 +108,7 @@ for (const kind of serverKinds()) {
       mint = (s) => tokens(s);
       for (const [i, u] of USERS.entries()) {
         const xmpp = await connectClient(server, { ...u, reconnect: true });
-        const ledger = new IqLedger(xmpp);
+        const ledger = new IqLedger(xmpp, KMS);
         const client = await kmsClient(xmpp, u.username);
         const own = (await client.createChain([])).uri;
         workers.push({ xmpp, client, ledger, own, dummy: `dummy${i}@localhost` });

@@ -6,8 +6,10 @@ import { writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
-const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
-const KMS_BIN = join(ROOT, 'bin', 'kms.js');
+/** The repository's root (the cwd of the children). */
+export const ROOT = resolve(fileURLToPath(import.meta.url), '../../../..');
+/** The `kms` command (run with node). */
+export const KMS_BIN = join(ROOT, 'bin', 'kms.js');
 
 /** One JSON log line of the KMS (pino). */
 export interface LogRecord {
@@ -23,7 +25,7 @@ process.on('exit', () => {
 });
 
 /** The parent's environment without KMS_* variables (a developer's shell must not change the outcome). */
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
+export function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = {};
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('KMS_')) env[k] = v;
   return { ...env, ...extra };
@@ -34,7 +36,8 @@ export class KmsProcess {
   readonly child: ChildProcess;
   readonly records: LogRecord[] = [];
   output = '';
-  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+  /** Its exit: code, signal and when (Date.now()). */
+  readonly exited: Promise<{ code: number | null; signal: NodeJS.Signals | null; at: number }>;
   #partial = '';
   #listeners = new Set<() => void>();
 
@@ -44,7 +47,7 @@ export class KmsProcess {
     this.exited = new Promise((res) => {
       this.child.on('exit', (code, signal) => {
         live.delete(this.child);
-        res({ code, signal });
+        res({ code, signal, at: Date.now() });
         this.#notify();
       });
     });
@@ -73,6 +76,11 @@ export class KmsProcess {
 
   get running(): boolean {
     return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** The records of one event (`event` field), in order. */
+  events(event: string): LogRecord[] {
+    return this.records.filter((r) => r.event === event);
   }
 
   /** Resolves with the first record that matches; rejects after `ms` or when the process exits first. */
