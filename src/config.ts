@@ -335,7 +335,17 @@ export const configSchema = z
       .default('info')
       .describe('the least level of the JSON log lines written to stderr'),
   })
-  .strict();
+  .strict()
+  .superRefine((c, ctx) => {
+    // A standby with its own LevelDB would take over serving other data than the active instance's.
+    if (c.xmpp.standby && c.store.url === undefined)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['xmpp', 'standby'],
+        message:
+          'needs store.url (--store, KMS_STORE): instances that take over from one another must share one store (etcd), or the standby would serve other data than the active instance',
+      });
+  });
 
 export type KmsConfig = z.infer<typeof configSchema>;
 

@@ -9,6 +9,7 @@ import { randomBytes, X509Certificate } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { hostname } from 'node:os';
 import { createLocalJWKSet, createRemoteJWKSet, type JWTVerifyGetKey } from 'jose';
 import type { KmsConfig } from './config.js';
 import { ConfigError } from './config.js';
@@ -38,6 +39,7 @@ import { KmsMetrics, MeasuredStore } from './admin/metrics.js';
 import { startAdminServer, storeProbe, type AdminServer } from './admin/server.js';
 import { startHeartbeat } from './admin/watchdog.js';
 import { AuditLog } from './audit/log.js';
+import { StoreAuditLog } from './audit/store-log.js';
 import { thumbprint } from './crypto/keys.js';
 
 export interface RunningKms {
@@ -49,8 +51,8 @@ export interface RunningKms {
   component?: KmsComponent;
   /** The admin HTTP listener (/metrics, /healthz, /readyz), when admin.listen is set. */
   admin?: AdminServer;
-  /** The audit log, when audit.enabled (README "Audit log"). */
-  audit?: AuditLog;
+  /** The audit log, when audit.enabled (README "Audit log"): in the shared store when there is one, else a file. */
+  audit?: AuditLog | StoreAuditLog;
   /** Answers requests in flight, closes the XMPP stream and the store. */
   stop(): Promise<void>;
 }
@@ -393,8 +395,25 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
     peers,
     ...(config.auth.allowedDomains ? { allowedDomains: config.auth.allowedDomains } : {}),
   });
-  let audit: AuditLog | undefined;
-  if (config.audit.enabled) {
+  let audit: AuditLog | StoreAuditLog | undefined;
+  if (config.audit.enabled && store.shared) {
+    // Several instances: one chain in the shared store, in one order (src/audit/store-log.ts).
+    try {
+      audit = await StoreAuditLog.open({
+        kv,
+        actor: identity.kid,
+        instance: `${hostname()}:${process.pid}`,
+        kid: thumbprint(identity.publicKey),
+        sign: (payload) => deps.signAsKms(payload),
+        checkpointEvery: config.audit.checkpointEvery,
+        checkpointSec: config.audit.checkpointSec,
+        logger,
+      });
+    } catch (e) {
+      await state.close();
+      throw new Error(`audit log in the store: ${(e as Error).message}`);
+    }
+  } else if (config.audit.enabled) {
     const dir = resolve(config.audit.dir ?? join(dataDir, 'audit'));
     try {
       audit = await AuditLog.open({

@@ -82,6 +82,34 @@ export function checkpointPayload(r: { seq: number; prev: string; time: string }
   return { audit: 'checkpoint', seq: r.seq, prev: r.prev, time: r.time };
 }
 
+/**
+ * The lines (without newlines) of records following `tail`, one per `fields` (an event and the
+ * entry's fields), all at `time`; checkpoints (event "checkpoint") get their signature here.
+ * Returns the new tail too. Shared by the file log and the log in a shared store (store-log.ts).
+ */
+export function formatRecords(
+  fieldsList: Record<string, unknown>[],
+  tail: { seq: number; prev: string },
+  time: string,
+  sign: (payload: unknown) => string,
+): { lines: string[]; seq: number; prev: string } {
+  let { seq, prev } = tail;
+  const lines: string[] = [];
+  for (const fields of fieldsList) {
+    seq += 1;
+    const { event, ...rest } = fields;
+    const record: Record<string, unknown> = { seq, time, event };
+    for (const [k, v] of Object.entries(rest)) if (v !== undefined) record[k] = v;
+    if (event === 'checkpoint') record.sig = sign(checkpointPayload({ seq, prev, time }));
+    record.prev = prev;
+    const body = JSON.stringify(record);
+    const hash = sha256(body);
+    lines.push(`${body.slice(0, -1)},"hash":"${hash}"}`);
+    prev = hash;
+  }
+  return { lines, seq, prev };
+}
+
 export interface AuditLogOptions {
   dir: string;
   /** The KMS's identity (kms://<domain>): the actor of checkpoints and start records. */
@@ -211,21 +239,13 @@ export class AuditLog implements AuditSink {
   /** Serializes and writes one batch (one write and one fdatasync); on failure nothing of it counts. */
   async #write(batch: Pending[]): Promise<void> {
     const now = (this.#o.clock ?? (() => new Date()))().toISOString();
-    let seq = this.#seq;
-    let prev = this.#prev;
-    let text = '';
-    for (const { fields } of batch) {
-      seq += 1;
-      const { event, ...rest } = fields;
-      const record: Record<string, unknown> = { seq, time: now, event };
-      for (const [k, v] of Object.entries(rest)) if (v !== undefined) record[k] = v;
-      if (event === 'checkpoint') record.sig = this.#o.sign(checkpointPayload({ seq, prev, time: now }));
-      record.prev = prev;
-      const body = JSON.stringify(record);
-      const hash = sha256(body);
-      text += `${body.slice(0, -1)},"hash":"${hash}"}\n`;
-      prev = hash;
-    }
+    const { lines, seq, prev } = formatRecords(
+      batch.map((p) => p.fields),
+      { seq: this.#seq, prev: this.#prev },
+      now,
+      this.#o.sign,
+    );
+    const text = lines.map((l) => `${l}\n`).join('');
     // Opened for each batch: a file that became unwritable (a read-only volume) fails here, not later.
     const fh = await open(this.file, 'r+');
     try {

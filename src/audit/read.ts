@@ -61,9 +61,10 @@ export interface VerifyResult {
 /**
  * Checks every line: that it is a record whose hash matches its bytes, whose seq follows the one
  * before and whose prev is the hash of the one before; and every checkpoint's signature, by one
- * of `keys` (the KMS's static public keys). Stops at the first broken link.
+ * of `keys` (the KMS's static public keys). Stops at the first broken link. `source` is the log's
+ * file, or its records in order (the log in a shared store: storeAuditLines in store-log.ts).
  */
-export async function verifyAuditLog(file: string, keys: KeyObject[]): Promise<VerifyResult> {
+export async function verifyAuditLog(source: string | AsyncIterable<AuditLine>, keys: KeyObject[]): Promise<VerifyResult> {
   const r: VerifyResult = { ok: true, records: 0, checkpoints: 0, unsigned: 0 };
   const byKid = new Map(keys.map((k) => [thumbprint(k), k]));
   let prev = GENESIS_PREV;
@@ -73,7 +74,7 @@ export async function verifyAuditLog(file: string, keys: KeyObject[]): Promise<V
     r.broken = { line, problem, ...(seq !== undefined ? { seq } : {}) };
     return r;
   };
-  for await (const { line, text } of auditLines(file)) {
+  for await (const { line, text } of typeof source === 'string' ? auditLines(source) : source) {
     let rec: AuditRecord;
     try {
       rec = JSON.parse(text) as AuditRecord;

@@ -1,20 +1,42 @@
 /**
  * `kms audit`: verify, tail and search the audit log (src/audit/log.ts, README "Audit log").
- * Read-only: it works while the KMS runs, and needs neither the master key nor the store.
+ * Read-only: it works while the KMS runs, and needs neither the master key nor, for the file log,
+ * the store; the log several instances share is read from their store (--store, store.url).
  */
 import { Command } from 'commander';
 import type { KeyObject } from 'node:crypto';
-import { existsSync, statSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { configFrom, ConfigError, type KmsConfig } from '../config.js';
 import { AUDIT_FILE, type AuditRecord } from '../audit/log.js';
-import { auditLines, matches, verifyAuditLog, type AuditQuery } from '../audit/read.js';
+import { type AuditLine, auditLines, matches, verifyAuditLog, type AuditQuery } from '../audit/read.js';
+import { storeAuditLines } from '../audit/store-log.js';
+import { openConfiguredStore } from '../store/open.js';
 import { parseCertificate, pemCertificates } from '../crypto/x509.js';
 
 interface Common {
   config?: string;
   dir?: string;
+  store?: string;
+}
+
+/** Where the records are: a file, or the shared store (its lines, and a close). */
+interface Source {
+  name: string;
+  lines: () => AsyncIterable<AuditLine>;
+  close: () => Promise<void>;
+}
+
+/** The log the options name: the shared store with --store (or store.url, KMS_STORE) unless --dir is given, else the file. */
+async function auditSource(opts: Common, config: KmsConfig): Promise<Source> {
+  const url = opts.dir === undefined ? (opts.store ?? config.store.url) : undefined;
+  if (url === undefined) {
+    const file = auditFile(opts, config);
+    return { name: file, lines: () => auditLines(file), close: async () => undefined };
+  }
+  const opened = await openConfiguredStore({ ...config, store: { ...config.store, url } }, resolve(config.dataDir));
+  return { name: `the store ${opened.where}`, lines: () => storeAuditLines(opened.kv), close: () => opened.kv.close() };
 }
 
 /** The log file: --dir, else audit.dir, else <dataDir>/audit. */
@@ -52,7 +74,8 @@ function date(name: string, v: string | undefined): Date | undefined {
 const withCommon = (c: Command) =>
   c
     .option('-c, --config <file>', "the KMS's JSON configuration file (or KMS_CONFIG)")
-    .option('--dir <dir>', 'the audit log folder (default: audit.dir, else <dataDir>/audit)');
+    .option('--dir <dir>', 'the audit log folder (default: audit.dir, else <dataDir>/audit)')
+    .option('--store <url>', 'read the log of several instances from their shared store, etcd://host1,host2,... (default: store.url, KMS_STORE)');
 
 export function auditCommand(): Command {
   const audit = new Command('audit').description(
@@ -64,19 +87,26 @@ export function auditCommand(): Command {
     .option('--cert <pem...>', "more certificates whose keys may have signed checkpoints (the KMS's earlier identities)")
     .action(async (opts: Common & { cert?: string[] }) => {
       const config = configFrom(opts);
-      const file = auditFile(opts, config);
       const keys = await staticKeys(config, opts.cert ?? []);
       if (keys.length === 0) throw new ConfigError('no KMS certificate to check checkpoints with: give identity.certFile in the configuration, or --cert');
-      const r = await verifyAuditLog(file, keys);
+      const src = await auditSource(opts, config);
+      let r: Awaited<ReturnType<typeof verifyAuditLog>>;
+      try {
+        r = await verifyAuditLog(src.lines(), keys);
+      } finally {
+        await src.close();
+      }
       if (!r.ok) {
         const b = r.broken!;
-        console.log(`${file}: broken at line ${b.line}${b.seq !== undefined ? ` (seq ${b.seq})` : ''}: ${b.problem}`);
+        console.log(
+          `${src.name}: broken at ${opts.dir === undefined && (opts.store ?? config.store.url) !== undefined ? 'record' : 'line'} ${b.line}${b.seq !== undefined ? ` (seq ${b.seq})` : ''}: ${b.problem}`,
+        );
         process.exitCode = 1;
         return;
       }
       const signed =
         r.lastCheckpoint === undefined ? 'no signed checkpoint yet' : `last signed checkpoint at seq ${r.lastCheckpoint}, ${r.unsigned} record(s) after it`;
-      console.log(`${file}: intact: ${r.records} records (seq 1 to ${r.lastSeq ?? 0}), ${r.checkpoints} checkpoint(s); ${signed}`);
+      console.log(`${src.name}: intact: ${r.records} records (seq 1 to ${r.lastSeq ?? 0}), ${r.checkpoints} checkpoint(s); ${signed}`);
     });
 
   withCommon(audit.command('tail'))
@@ -86,28 +116,28 @@ export function auditCommand(): Command {
     .action(async (opts: Common & { lines: string; follow?: boolean }) => {
       const n = Number(opts.lines);
       if (!Number.isInteger(n) || n < 0) throw new ConfigError('--lines: a whole number');
-      const file = auditFile(opts, configFrom(opts));
-      let last: string[] = [];
-      let count = 0;
-      for await (const { text } of auditLines(file)) {
-        count += 1;
-        last.push(text);
-        if (last.length > n) last.shift();
-      }
-      for (const t of last) console.log(t);
-      if (!opts.follow) return;
-      let size = statSync(file).size;
-      for (;;) {
-        await new Promise((r) => setTimeout(r, 500));
-        const now = statSync(file).size;
-        if (now === size) continue;
-        // Re-read from the start: records are only appended, so the new ones are those past `count`.
-        last = [];
-        let i = 0;
-        for await (const { text } of auditLines(file)) if (++i > count) last.push(text);
+      const src = await auditSource(opts, configFrom(opts));
+      try {
+        let last: string[] = [];
+        let count = 0;
+        for await (const { text } of src.lines()) {
+          count += 1;
+          last.push(text);
+          if (last.length > n) last.shift();
+        }
         for (const t of last) console.log(t);
-        count += last.length;
-        size = now;
+        if (!opts.follow) return;
+        for (;;) {
+          await new Promise((r) => setTimeout(r, 500));
+          // Re-read from the start: records are only appended, so the new ones are those past `count`.
+          last = [];
+          let i = 0;
+          for await (const { text } of src.lines()) if (++i > count) last.push(text);
+          for (const t of last) console.log(t);
+          count += last.length;
+        }
+      } finally {
+        await src.close();
       }
     });
 
@@ -119,7 +149,7 @@ export function auditCommand(): Command {
     .option('--since <iso>', 'at or after this time')
     .option('--until <iso>', 'at or before this time')
     .action(async (opts: Common & { user?: string; gk?: string; chain?: string; since?: string; until?: string }) => {
-      const file = auditFile(opts, configFrom(opts));
+      const src = await auditSource(opts, configFrom(opts));
       const since = date('--since', opts.since);
       const until = date('--until', opts.until);
       const q: AuditQuery = {
@@ -129,14 +159,18 @@ export function auditCommand(): Command {
         ...(since ? { since } : {}),
         ...(until ? { until } : {}),
       };
-      for await (const { text } of auditLines(file)) {
-        let r: AuditRecord;
-        try {
-          r = JSON.parse(text) as AuditRecord;
-        } catch {
-          continue;
+      try {
+        for await (const { text } of src.lines()) {
+          let r: AuditRecord;
+          try {
+            r = JSON.parse(text) as AuditRecord;
+          } catch {
+            continue;
+          }
+          if (matches(r, q)) console.log(text);
         }
-        if (matches(r, q)) console.log(text);
+      } finally {
+        await src.close();
       }
     });
   return audit;

@@ -195,6 +195,13 @@ describe('configuration', function () {
       expect(c.auth.issuer).to.equal('https://login.example.org/realms/chat');
     });
 
+    it('refuses xmpp.standby without store.url (a standby on its own LevelDB would serve other data), and takes it with one', () => {
+      expect(() => loadConfig({ env: { KMS_XMPP_STANDBY: 'true' } })).to.throw(ConfigError, /xmpp\.standby.*needs store\.url \(--store, KMS_STORE\)/);
+      const c = loadConfig({ env: { KMS_XMPP_STANDBY: 'true', KMS_STORE: 'etcd://e1,e2,e3' } });
+      expect(c.xmpp.standby).to.equal(true);
+      expect(loadConfig({ env: {} }).xmpp.standby).to.equal(false);
+    });
+
     it('takes federation peers as JSON in KMS_FEDERATION_PEERS, names in lower case, and refuses bad JSON and a domain two peers claim', () => {
       const peers = [{ kms: 'KMS.B.example', domains: ['B.example'], anchorsFile: '/etc/kms/b.pem' }];
       const c = loadConfig({ env: { KMS_FEDERATION_PEERS: JSON.stringify(peers) } });
