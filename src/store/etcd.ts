@@ -12,7 +12,7 @@
  * request may carry at most --max-request-bytes (1.5 MiB by default).
  */
 import type { AbstractLevel } from 'abstract-level';
-import { Etcd3, type IOptions, type IRequestOp } from 'etcd3';
+import { type ICompare, Etcd3, type IOptions, type IRequestOp } from 'etcd3';
 import type { Condition } from './conditional.js';
 import { type BatchOp, type KvStore, LevelKvStore, type WriteBehindOptions } from './kv.js';
 
@@ -33,6 +33,8 @@ export interface EtcdStoreOptions {
 
 /** Keys per transaction of reads (etcd's --max-txn-ops default). */
 const MAX_TXN_OPS = 128;
+/** Bytes of keys and values in one transaction of several writes (below etcd's --max-request-bytes, 1.5 MiB by default). */
+const MAX_GROUP_BYTES = 1024 * 1024;
 /** Keys per page of a range read. */
 const PAGE = 256;
 
@@ -60,10 +62,25 @@ function lastPerKey(ops: BatchOp[]): BatchOp[] {
   return [...byKey.values()];
 }
 
+/** A write waiting to be sent, alone or in one transaction with others (see EtcdDatabase.#send). */
+interface PendingWrite {
+  compare: ICompare[];
+  success: IRequestOp[];
+  /** Every key it compares or writes. */
+  keys: string[];
+  /** Its keys' and values' bytes, about. */
+  bytes: number;
+  resolve: (succeeded: boolean) => void;
+  reject: (e: unknown) => void;
+}
+
 /** The subset of an abstract-level database that LevelKvStore uses, on etcd, plus batchIf. */
 class EtcdDatabase {
   readonly #client: Etcd3;
   readonly #prefix: Buffer;
+  /** Writes that arrived while a transaction was in flight: sent together next (see #send). */
+  #pending: PendingWrite[] = [];
+  #sending = false;
 
   constructor(client: Etcd3, prefix: string) {
     this.#client = client;
@@ -103,19 +120,85 @@ class EtcdDatabase {
   /** One transaction; durable when it resolves (committed by a quorum), whatever `sync` says. */
   async batch(ops: BatchOp[], _options?: object): Promise<void> {
     if (ops.length === 0) return;
-    await this.#client.kv.txn({ success: this.#writes(ops) });
+    await this.#send([], ops);
   }
 
   async batchIf(conditions: Condition[], ops: BatchOp[]): Promise<boolean> {
-    const res = await this.#client.kv.txn({
-      compare: conditions.map((c) =>
+    return this.#send(conditions, ops);
+  }
+
+  /**
+   * Sends a (conditional) write. While a transaction is in flight, the writes that arrive queue;
+   * then as many as fit go as one transaction, each its own nested transaction (its compares, then
+   * its writes: it succeeds or fails on its own): those whose keys (compared or written) overlap
+   * no other write of the group, within MAX_TXN_OPS ops in all. The others wait for the next one,
+   * in call order among writes that share a key. A failed transaction rejects every write in it.
+   */
+  #send(conditions: Condition[], ops: BatchOp[]): Promise<boolean> {
+    const compare = conditions.map(
+      (c): ICompare =>
         c.equals === undefined
-          ? { key: this.#key(c.key), target: 'Create' as const, result: 'Equal' as const, create_revision: 0 }
-          : { key: this.#key(c.key), target: 'Value' as const, result: 'Equal' as const, value: utf8(c.equals) },
-      ),
-      success: this.#writes(ops),
+          ? { key: this.#key(c.key), target: 'Create', result: 'Equal', create_revision: 0 }
+          : { key: this.#key(c.key), target: 'Value', result: 'Equal', value: utf8(c.equals) },
+    );
+    const success = this.#writes(ops);
+    const keys = [...conditions.map((c) => c.key), ...ops.map((o) => o.key)];
+    let bytes = 0;
+    for (const x of [...conditions.map((c) => c.equals ?? ''), ...ops.map((o) => (o.type === 'put' ? o.value : '')), ...keys]) bytes += x.length * 3;
+    const done = new Promise<boolean>((resolve, reject) => {
+      this.#pending.push({ compare, success, keys, bytes, resolve, reject });
     });
-    return res.succeeded;
+    if (!this.#sending) void this.#drain();
+    return done;
+  }
+
+  async #drain(): Promise<void> {
+    this.#sending = true;
+    try {
+      while (this.#pending.length > 0) {
+        const group = this.#takeGroup();
+        try {
+          if (group.length === 1) {
+            const w = group[0]!;
+            const res = await this.#client.kv.txn({ compare: w.compare, success: w.success });
+            w.resolve(res.succeeded);
+          } else {
+            const res = await this.#client.kv.txn({ success: group.map((w) => ({ request_txn: { compare: w.compare, success: w.success } })) });
+            for (const [i, w] of group.entries()) w.resolve(res.responses[i]?.response_txn?.succeeded === true);
+          }
+        } catch (e) {
+          for (const w of group) w.reject(e);
+        }
+      }
+    } finally {
+      this.#sending = false;
+    }
+  }
+
+  /** The next transaction's writes (at least the first waiting), taken off the queue. */
+  #takeGroup(): PendingWrite[] {
+    const first = this.#pending[0]!;
+    const group = [first];
+    const rest: PendingWrite[] = [];
+    // Keys of the group and of the writes left behind: a later write on one of them waits too.
+    const taken = new Set(first.keys);
+    // etcd counts a nested transaction's ops against what the outer one leaves (--max-txn-ops).
+    let size = 1 + Math.max(first.compare.length, first.success.length);
+    let bytes = first.bytes;
+    for (const w of this.#pending.slice(1)) {
+      const n = 1 + w.compare.length + w.success.length;
+      const free = !w.keys.some((k) => taken.has(k));
+      if (free && size + n + group.length + 1 <= MAX_TXN_OPS && bytes + w.bytes <= MAX_GROUP_BYTES) {
+        group.push(w);
+        size += n;
+        bytes += w.bytes;
+      } else {
+        rest.push(w);
+      }
+      for (const k of w.keys) taken.add(k);
+    }
+    this.#pending = rest;
+    return group;
   }
 
   /** Pages through the range at the revision of its first page: a snapshot, as LevelDB's iterators. */
@@ -167,5 +250,10 @@ export function openEtcdStore(opts: EtcdStoreOptions): KvStore {
   if (opts.auth) options.auth = { username: opts.auth.username, password: opts.auth.password };
   const db = new EtcdDatabase(new Etcd3(options), opts.prefix ?? '');
   // LevelKvStore uses get, getMany, batch, iterator and close of its database, and batchIf if present.
-  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, { maxQueued: 64, ...opts.writeBehind });
+  // Durable batches are grouped here (in transactions of non-overlapping writes), not by LevelKvStore.
+  return new LevelKvStore(db as unknown as AbstractLevel<string | Buffer | Uint8Array, string, string>, {
+    maxQueued: 64,
+    ...opts.writeBehind,
+    groupCommit: false,
+  });
 }

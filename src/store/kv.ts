@@ -111,13 +111,23 @@ export class LevelKvStore implements KvStore {
    */
   #broken = false;
   #healing: Promise<void> | undefined;
+  /**
+   * Group commit: durable batches that arrive while a synced write is in flight wait here, and go
+   * together as the next synced write (one fsync for all of them), in call order.
+   */
+  #groupQueue: { ops: BatchOp[]; resolve: () => void; reject: (e: unknown) => void }[] = [];
+  /** The synced write in flight, if any. */
+  #syncing = false;
+  /** Whether durable batches are committed in groups (LevelDB: yes; a database that batches on its own, such as etcd: no). */
+  readonly #groupCommit: boolean;
 
   /** The database's folder, when it has one (a free-space check before reopening). */
   readonly #dir: string | undefined;
 
-  constructor(db: AbstractLevel<string | Buffer | Uint8Array, string, string>, opts: WriteBehindOptions & { dir?: string } = {}) {
+  constructor(db: AbstractLevel<string | Buffer | Uint8Array, string, string>, opts: WriteBehindOptions & { dir?: string; groupCommit?: boolean } = {}) {
     this.#db = db;
     this.#dir = opts.dir;
+    this.#groupCommit = opts.groupCommit ?? true;
     this.#flushMs = opts.flushMs ?? DEFAULT_FLUSH_MS;
     this.#maxQueued = opts.maxQueued ?? DEFAULT_MAX_QUEUED;
   }
@@ -192,12 +202,54 @@ export class LevelKvStore implements KvStore {
     }
     // A deferred op on one of these keys lands first, so that this batch wins (e.g. a delete).
     if (this.#overlay.size > 0 && ops.some((op) => this.#overlay.has(op.key))) await this.#startFlush();
+    if (options.durable === true && this.#groupCommit) return this.#commitInGroup(ops);
     // classic-level honours `sync`; memory-level ignores it.
     try {
       await this.#db.batch(ops, { sync: options.durable === true } as object);
     } catch (e) {
       this.#failed(e);
       throw e;
+    }
+  }
+
+  /**
+   * A durable batch, committed with the others that are waiting (group commit): while one synced
+   * write is in flight the next ones queue, then go as one synced batch. Each caller resolves when
+   * that write is synced; if it fails, every caller in it gets the error (the combined batch is
+   * all or nothing, so each caller's ops stay atomic). Callers are inside the gate's shared
+   * sections until then, so a conditional batch or a heal never runs between a check and a write.
+   */
+  #commitInGroup(ops: BatchOp[]): Promise<void> {
+    const done = new Promise<void>((resolve, reject) => {
+      this.#groupQueue.push({ ops, resolve, reject });
+    });
+    if (!this.#syncing) void this.#syncGroups();
+    return done;
+  }
+
+  /** Writes the queued durable batches, a group at a time, until none are left. */
+  async #syncGroups(): Promise<void> {
+    this.#syncing = true;
+    try {
+      while (this.#groupQueue.length > 0) {
+        const group = this.#groupQueue;
+        this.#groupQueue = [];
+        const ops = group.length === 1 ? group[0]!.ops : group.flatMap((g) => g.ops);
+        try {
+          // classic-level honours `sync`; memory-level ignores it.
+          await this.#db.batch(ops, { sync: true } as object);
+        } catch (e) {
+          this.#failed(e);
+          // On an I/O error the log may acknowledge and then lose what follows: the batches still
+          // queued are refused too (they cannot wait for the heal, which waits for them).
+          const refused = this.#broken ? [...group, ...this.#groupQueue.splice(0)] : group;
+          for (const g of refused) g.reject(e);
+          continue;
+        }
+        for (const g of group) g.resolve();
+      }
+    } finally {
+      this.#syncing = false;
     }
   }
 
