@@ -130,69 +130,64 @@ interface Pending {
   reject: (e: Error) => void;
 }
 
-/** The append-only, hash-chained audit log of one KMS. */
-export class AuditLog implements AuditSink {
-  readonly file: string;
-  readonly #o: AuditLogOptions;
-  #seq: number;
-  #prev: string;
-  /** Bytes durable in the file: what the next write appends to. */
-  #size: number;
+/** What both audit logs (the file's and the shared store's) are told at open. */
+export interface QueueOptions {
+  actor: string;
+  kid: string;
+  checkpointEvery?: number;
+  checkpointSec?: number;
+  logger?: Logger;
+}
+
+/**
+ * The queue both audit logs share: records wait for the write in progress, go in batches of at
+ * most `maxBatch` (one durable write each), and every caller is answered when its batch is durable
+ * or failed; checkpoints every `checkpointEvery` records and `checkpointSec` seconds, and at close.
+ * A log says how a batch is written (writeBatch) and where (for error lines).
+ */
+export abstract class BatchingAuditLog implements AuditSink {
+  readonly #q: QueueOptions;
+  readonly #maxBatch: number;
   #queue: Pending[] = [];
   #flushing: Promise<void> | undefined;
   #sinceCheckpoint = 0;
   #timer: NodeJS.Timeout | undefined;
   #closed = false;
 
-  private constructor(o: AuditLogOptions, file: string, tail: { seq: number; prev: string; size: number }) {
-    this.#o = o;
-    this.file = file;
-    this.#seq = tail.seq;
-    this.#prev = tail.prev;
-    this.#size = tail.size;
+  protected constructor(q: QueueOptions, maxBatch = Number.POSITIVE_INFINITY) {
+    this.#q = q;
+    this.#maxBatch = maxBatch;
   }
 
-  /**
-   * Opens (or makes) the log in `o.dir` (0700, the file 0600), checks its last record and appends a
-   * start record. A torn last line (a crash in the middle of a write) is cut off, logged and noted in
-   * the start record; a last record whose hash does not match stops the start (run `kms audit verify`).
-   */
-  static async open(o: AuditLogOptions): Promise<AuditLog> {
-    await mkdir(o.dir, { recursive: true, mode: 0o700 });
-    const file = join(o.dir, AUDIT_FILE);
-    const fh = await open(file, 'a', 0o600);
-    await fh.close();
-    await chmod(file, 0o600);
-    const { tail, torn } = readTail(file);
-    const log = new AuditLog(o, file, tail);
-    let note = 'audit log opened';
-    if (torn > 0) {
-      note = `a torn last line of ${torn} bytes (an interrupted write) was cut off at start`;
-      o.logger?.warn({ event: 'audit-torn-line', file, bytes: torn }, `audit log ${file}: ${note}`);
-    }
-    await log.#enqueue({ event: 'audit.start', actor: o.actor, note });
-    const sec = o.checkpointSec ?? 300;
+  /** Writes one batch durably, or throws and writes nothing of it. */
+  protected abstract writeBatch(fields: Record<string, unknown>[]): Promise<void>;
+  /** Where the log is, for the error line of a failed write. */
+  protected abstract where(): { fields: Record<string, unknown>; text: string };
+
+  /** Appends the start record and starts the checkpoint timer (at open). */
+  protected async started(note: string): Promise<void> {
+    await this.#enqueue({ event: 'audit.start', actor: this.#q.actor, note });
+    const sec = this.#q.checkpointSec ?? 300;
     if (sec > 0) {
-      log.#timer = setInterval(() => {
-        if (log.#sinceCheckpoint > 0) log.checkpoint().catch(() => undefined);
+      this.#timer = setInterval(() => {
+        if (this.#sinceCheckpoint > 0) this.checkpoint().catch(() => undefined);
       }, sec * 1000);
-      log.#timer.unref();
+      this.#timer.unref();
     }
-    return log;
   }
 
-  /** Appends one record; resolves once it is on disk (fdatasync), rejects if it could not be written. */
+  /** Appends one record; resolves once it is durable, rejects if it could not be written. */
   record(entry: AuditEntry): Promise<void> {
     if (this.#closed) return Promise.reject(new Error('the audit log is closed'));
     const p = this.#enqueue({ ...entry });
-    if (++this.#sinceCheckpoint >= (this.#o.checkpointEvery ?? 1000)) this.checkpoint().catch(() => undefined);
+    if (++this.#sinceCheckpoint >= (this.#q.checkpointEvery ?? 1000)) this.checkpoint().catch(() => undefined);
     return p;
   }
 
   /** Appends a checkpoint signed by the KMS's static key. */
   checkpoint(): Promise<void> {
     this.#sinceCheckpoint = 0;
-    return this.#enqueue({ event: 'checkpoint', actor: this.#o.actor, kid: this.#o.kid, sig: '' });
+    return this.#enqueue({ event: 'checkpoint', actor: this.#q.actor, kid: this.#q.kid, sig: '' });
   }
 
   /** A final checkpoint, then no more records. */
@@ -218,14 +213,15 @@ export class AuditLog implements AuditSink {
     await new Promise<void>((r) => setImmediate(r));
     try {
       while (this.#queue.length > 0) {
-        const batch = this.#queue;
-        this.#queue = [];
+        const batch = this.#queue.slice(0, this.#maxBatch);
+        this.#queue = this.#queue.slice(batch.length);
         try {
-          await this.#write(batch);
+          await this.writeBatch(batch.map((p) => p.fields));
           for (const p of batch) p.resolve();
         } catch (e) {
           const err = e as Error;
-          this.#o.logger?.error({ event: 'audit-write-failed', file: this.file, reason: err.message }, `audit log ${this.file}: ${err.message}`);
+          const w = this.where();
+          this.#q.logger?.error({ event: 'audit-write-failed', ...w.fields, reason: err.message }, `audit log ${w.text}: ${err.message}`);
           for (const p of batch) p.reject(err);
         }
         // Let the requests that were waiting add their records to the next batch.
@@ -235,16 +231,56 @@ export class AuditLog implements AuditSink {
       this.#flushing = undefined;
     }
   }
+}
+
+/** The append-only, hash-chained audit log of one KMS, in a file. */
+export class AuditLog extends BatchingAuditLog {
+  readonly file: string;
+  readonly #o: AuditLogOptions;
+  #seq: number;
+  #prev: string;
+  /** Bytes durable in the file: what the next write appends to. */
+  #size: number;
+
+  private constructor(o: AuditLogOptions, file: string, tail: { seq: number; prev: string; size: number }) {
+    super(o);
+    this.#o = o;
+    this.file = file;
+    this.#seq = tail.seq;
+    this.#prev = tail.prev;
+    this.#size = tail.size;
+  }
+
+  /**
+   * Opens (or makes) the log in `o.dir` (0700, the file 0600), checks its last record and appends a
+   * start record. A torn last line (a crash in the middle of a write) is cut off, logged and noted in
+   * the start record; a last record whose hash does not match stops the start (run `kms audit verify`).
+   */
+  static async open(o: AuditLogOptions): Promise<AuditLog> {
+    await mkdir(o.dir, { recursive: true, mode: 0o700 });
+    const file = join(o.dir, AUDIT_FILE);
+    const fh = await open(file, 'a', 0o600);
+    await fh.close();
+    await chmod(file, 0o600);
+    const { tail, torn } = readTail(file);
+    const log = new AuditLog(o, file, tail);
+    let note = 'audit log opened';
+    if (torn > 0) {
+      note = `a torn last line of ${torn} bytes (an interrupted write) was cut off at start`;
+      o.logger?.warn({ event: 'audit-torn-line', file, bytes: torn }, `audit log ${file}: ${note}`);
+    }
+    await log.started(note);
+    return log;
+  }
+
+  protected where() {
+    return { fields: { file: this.file }, text: this.file };
+  }
 
   /** Serializes and writes one batch (one write and one fdatasync); on failure nothing of it counts. */
-  async #write(batch: Pending[]): Promise<void> {
+  protected async writeBatch(fields: Record<string, unknown>[]): Promise<void> {
     const now = (this.#o.clock ?? (() => new Date()))().toISOString();
-    const { lines, seq, prev } = formatRecords(
-      batch.map((p) => p.fields),
-      { seq: this.#seq, prev: this.#prev },
-      now,
-      this.#o.sign,
-    );
+    const { lines, seq, prev } = formatRecords(fields, { seq: this.#seq, prev: this.#prev }, now, this.#o.sign);
     const text = lines.map((l) => `${l}\n`).join('');
     // Opened for each batch: a file that became unwritable (a read-only volume) fails here, not later.
     const fh = await open(this.file, 'r+');

@@ -10,7 +10,7 @@
  */
 import type { KvStore } from '../store/kv.js';
 import type { Logger } from '../util/logger.js';
-import { type AuditEntry, type AuditSink, formatRecords, GENESIS_PREV } from './log.js';
+import { BatchingAuditLog, formatRecords, GENESIS_PREV } from './log.js';
 import type { AuditLine } from './read.js';
 
 const HEAD = 'audit/head';
@@ -35,12 +35,6 @@ export interface StoreAuditLogOptions {
   clock?: () => Date;
 }
 
-interface Pending {
-  fields: Record<string, unknown>;
-  resolve: () => void;
-  reject: (e: Error) => void;
-}
-
 /** The head of the chain in the store: its raw value (the batch's condition) and what it says. */
 async function readHead(kv: KvStore): Promise<{ raw: string | undefined; seq: number; prev: string }> {
   const raw = await kv.get(HEAD);
@@ -51,15 +45,11 @@ async function readHead(kv: KvStore): Promise<{ raw: string | undefined; seq: nu
 }
 
 /** The audit log of every instance sharing one store. */
-export class StoreAuditLog implements AuditSink {
+export class StoreAuditLog extends BatchingAuditLog {
   readonly #o: StoreAuditLogOptions;
-  #queue: Pending[] = [];
-  #flushing: Promise<void> | undefined;
-  #sinceCheckpoint = 0;
-  #timer: NodeJS.Timeout | undefined;
-  #closed = false;
 
   private constructor(o: StoreAuditLogOptions) {
+    super(o, MAX_BATCH);
     this.#o = o;
   }
 
@@ -68,74 +58,17 @@ export class StoreAuditLog implements AuditSink {
     if (typeof o.kv.batchIf !== 'function') throw new TypeError('the audit log in a store needs conditional batches (batchIf)');
     const log = new StoreAuditLog(o);
     await readHead(o.kv);
-    await log.#enqueue({ event: 'audit.start', actor: o.actor, note: `audit log opened${o.instance ? ` by instance ${o.instance}` : ''}` });
-    const sec = o.checkpointSec ?? 300;
-    if (sec > 0) {
-      log.#timer = setInterval(() => {
-        if (log.#sinceCheckpoint > 0) log.checkpoint().catch(() => undefined);
-      }, sec * 1000);
-      log.#timer.unref();
-    }
+    await log.started(`audit log opened${o.instance ? ` by instance ${o.instance}` : ''}`);
     return log;
   }
 
-  /** Appends one record; resolves once it is committed in the store, rejects if it could not be. */
-  record(entry: AuditEntry): Promise<void> {
-    if (this.#closed) return Promise.reject(new Error('the audit log is closed'));
-    const p = this.#enqueue({ ...entry });
-    if (++this.#sinceCheckpoint >= (this.#o.checkpointEvery ?? 1000)) this.checkpoint().catch(() => undefined);
-    return p;
-  }
-
-  /** Appends a checkpoint signed by the KMS's static key. */
-  checkpoint(): Promise<void> {
-    this.#sinceCheckpoint = 0;
-    return this.#enqueue({ event: 'checkpoint', actor: this.#o.actor, kid: this.#o.kid, sig: '' });
-  }
-
-  /** A final checkpoint, then no more records (the store stays open: its owner closes it). */
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    if (this.#timer) clearInterval(this.#timer);
-    try {
-      await this.checkpoint();
-    } finally {
-      this.#closed = true;
-    }
-  }
-
-  #enqueue(fields: Record<string, unknown>): Promise<void> {
-    return new Promise<void>((resolve, reject) => {
-      this.#queue.push({ fields, resolve, reject });
-      if (!this.#flushing) this.#flushing = this.#flushSoon();
-    });
-  }
-
-  async #flushSoon(): Promise<void> {
-    await new Promise<void>((r) => setImmediate(r));
-    try {
-      while (this.#queue.length > 0) {
-        const batch = this.#queue.slice(0, MAX_BATCH);
-        this.#queue = this.#queue.slice(MAX_BATCH);
-        try {
-          await this.#write(batch);
-          for (const p of batch) p.resolve();
-        } catch (e) {
-          const err = e as Error;
-          this.#o.logger?.error({ event: 'audit-write-failed', store: true, reason: err.message }, `audit log in the store: ${err.message}`);
-          for (const p of batch) p.reject(err);
-        }
-        if (this.#queue.length > 0) await new Promise<void>((r) => setImmediate(r));
-      }
-    } finally {
-      this.#flushing = undefined;
-    }
+  protected where() {
+    return { fields: { store: true }, text: 'in the store' };
   }
 
   /** Chains the batch after the head and commits it if the head is unchanged; after a lost race, again after the new head. */
-  async #write(batch: Pending[]): Promise<void> {
+  protected async writeBatch(fields: Record<string, unknown>[]): Promise<void> {
     const { kv } = this.#o;
-    const fields = batch.map((p) => p.fields);
     for (let attempt = 1; ; attempt++) {
       const head = await readHead(kv);
       const now = (this.#o.clock ?? (() => new Date()))().toISOString();
