@@ -396,38 +396,22 @@ export async function startKms(config: KmsConfig, logger: Logger, opts: StartOpt
     ...(config.auth.allowedDomains ? { allowedDomains: config.auth.allowedDomains } : {}),
   });
   let audit: AuditLog | StoreAuditLog | undefined;
-  if (config.audit.enabled && store.shared) {
-    // Several instances: one chain in the shared store, in one order (src/audit/store-log.ts).
-    try {
-      audit = await StoreAuditLog.open({
-        kv,
-        actor: identity.kid,
-        instance: `${hostname()}:${process.pid}`,
-        kid: thumbprint(identity.publicKey),
-        sign: (payload) => deps.signAsKms(payload),
-        checkpointEvery: config.audit.checkpointEvery,
-        checkpointSec: config.audit.checkpointSec,
-        logger,
-      });
-    } catch (e) {
-      await state.close();
-      throw new Error(`audit log in the store: ${(e as Error).message}`);
-    }
-  } else if (config.audit.enabled) {
+  if (config.audit.enabled) {
+    const common = {
+      actor: identity.kid,
+      kid: thumbprint(identity.publicKey),
+      sign: (payload: unknown) => deps.signAsKms(payload),
+      checkpointEvery: config.audit.checkpointEvery,
+      checkpointSec: config.audit.checkpointSec,
+      logger,
+    };
+    // Several instances: one chain in the shared store, in one order (src/audit/store-log.ts); else a file.
     const dir = resolve(config.audit.dir ?? join(dataDir, 'audit'));
     try {
-      audit = await AuditLog.open({
-        dir,
-        actor: identity.kid,
-        kid: thumbprint(identity.publicKey),
-        sign: (payload) => deps.signAsKms(payload),
-        checkpointEvery: config.audit.checkpointEvery,
-        checkpointSec: config.audit.checkpointSec,
-        logger,
-      });
+      audit = store.shared ? await StoreAuditLog.open({ ...common, kv, instance: `${hostname()}:${process.pid}` }) : await AuditLog.open({ ...common, dir });
     } catch (e) {
       await state.close();
-      throw new Error(`audit log in ${dir}: ${(e as Error).message}`);
+      throw new Error(`audit log ${store.shared ? 'in the store' : `in ${dir}`}: ${(e as Error).message}`);
     }
   }
   const engine = new KmsEngine({ deps, authenticator, logger, ...(metrics ? { metrics } : {}), ...(audit ? { audit } : {}) });
