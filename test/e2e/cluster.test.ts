@@ -419,7 +419,7 @@ describe('cluster: an active instance and a standby on one Prosody and a 3-node 
     kms.push(standby);
     await standby.waitFor((r) => r.event === 'standby', 60_000, 'the second instance standing by');
     const anchors = [new X509Certificate(await readFile(join(dir, 'data1', 'trust-anchor.pem')))];
-    const tokens = await localTokens(loadConfig({ file: configFile, env: {} }));
+    const tokens = await localTokens(loadConfig({ file: configFile, env: { KMS_STORE: storeUrl } }));
     xmpp = await connectClient(server, USERS[0]!);
     client = await KmsClient.connect({ xmpp, kms: KMS, anchors, bearer: () => tokens(jid(0)), entityKeyType: { type: 'EC' }, timeoutMs: 3_000, retries: 0 });
     const chain = await client.createChain([]);
