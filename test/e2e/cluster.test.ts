@@ -39,6 +39,53 @@ function codeOf(e: unknown): string {
   return e instanceof KmsResponseError ? e.code : ((e as Error).constructor?.name ?? String(e));
 }
 
+/**
+ * Workers creating GKs bound to `tail` as fast as they are answered, until stop(): what was
+ * acknowledged (by whom, with its key), when each answer came (all, and per worker), and the errors.
+ */
+function gkLoad(workers: KmsClient[], tail: string) {
+  const acked: { uri: string; key: string; by: number }[] = [];
+  const answered: number[] = [];
+  const byWorker: number[][] = workers.map(() => []);
+  const errors = new Map<string, number>();
+  let stopped = false;
+  const running = workers.map(async (c, i) => {
+    while (!stopped) {
+      try {
+        const gk = await c.createGk(tail);
+        acked.push({ uri: gk.uri, key: Buffer.from(gk.key).toString('base64url'), by: i });
+        answered.push(Date.now());
+        byWorker[i]!.push(Date.now());
+      } catch (e) {
+        errors.set(codeOf(e), (errors.get(codeOf(e)) ?? 0) + 1);
+      }
+    }
+  });
+  return {
+    acked,
+    answered,
+    byWorker,
+    errors,
+    stop: async () => {
+      stopped = true;
+      await Promise.all(running);
+    },
+  };
+}
+
+/** The longest time without an answer in `times`, from `from` on. */
+function longestGap(from: number, times: number[]): number {
+  const sorted = [from, ...times.filter((t) => t > from)].sort((a, b) => a - b);
+  let gap = 0;
+  for (let k = 1; k < sorted.length; k++) gap = Math.max(gap, sorted[k]! - sorted[k - 1]!);
+  return gap;
+}
+
+/** Every acknowledged GK opens with its key, read back by fresh clients (nothing cached). */
+async function expectAllOpen(acked: { uri: string; key: string; by: number }[], readers: KmsClient[]): Promise<void> {
+  for (const g of acked) expect(Buffer.from((await readers[g.by]!.gk(g.uri)).key).toString('base64url'), g.uri).to.equal(g.key);
+}
+
 interface Instance {
   name: string;
   configFile: string;
@@ -245,24 +292,8 @@ describe('cluster: two KMS instances on one ejabberd and a 3-node etcd', functio
   it('kill -9 of one instance under load: the other serves on; nothing acknowledged is lost', async () => {
     const workers = clients.slice(10, 14);
     const chain = await workers[0]!.createChain(workers.slice(1).map((c) => c.entity));
-    const acked: { uri: string; key: string; by: number }[] = [];
-    const answered: number[] = [];
-    /** Per worker: the times its requests were answered. */
-    const byWorker: number[][] = workers.map(() => []);
-    const errors = new Map<string, number>();
-    let stopped = false;
-    const load = workers.map(async (c, i) => {
-      while (!stopped) {
-        try {
-          const gk = await c.createGk(chain.tail);
-          acked.push({ uri: gk.uri, key: Buffer.from(gk.key).toString('base64url'), by: i });
-          answered.push(Date.now());
-          byWorker[i]!.push(Date.now());
-        } catch (e) {
-          errors.set(codeOf(e), (errors.get(codeOf(e)) ?? 0) + 1);
-        }
-      }
-    });
+    const load = gkLoad(workers, chain.tail);
+    const { acked, answered, byWorker, errors } = load;
     await until('answers before the kill', () => (answered.length >= 40 ? true : undefined), 30_000);
     const victim = instances[1]!;
     await victim.process!.kill();
@@ -274,27 +305,21 @@ describe('cluster: two KMS instances on one ejabberd and a 3-node etcd', functio
       () => (answered.filter((t) => t > killedAt).length >= 80 && byWorker.every((t) => t.some((x) => x > killedAt)) ? true : undefined),
       60_000,
     );
-    stopped = true;
-    await Promise.all(load);
+    await load.stop();
     // The gap: the longest time with no answer to any client, from the kill on.
-    const times = [killedAt, ...answered.filter((t) => t > killedAt)].sort((a, b) => a - b);
-    let gap = 0;
-    for (let k = 1; k < times.length; k++) gap = Math.max(gap, times[k]! - times[k - 1]!);
+    const gap = longestGap(killedAt, answered);
+    const firstAfter = Math.min(...answered.filter((t) => t > killedAt));
     // A client whose request was in flight at kms2 waits for its own timeout (5 s here) before it tries again.
-    let clientGap = 0;
-    for (const t of byWorker) {
-      const mine = [killedAt, ...t.filter((x) => x > killedAt)];
-      for (let k = 1; k < mine.length; k++) clientGap = Math.max(clientGap, mine[k]! - mine[k - 1]!);
-    }
+    const clientGap = Math.max(...byWorker.map((t) => longestGap(killedAt, t)));
     console.log(
       `      kill -9 of kms2 after ${countAtKill} answers: longest gap ${(gap / 1000).toFixed(2)} s for the service, ${(clientGap / 1000).toFixed(2)} s for one client ` +
-        `(first answer after the kill at +${times[1]! - killedAt} ms); ` +
+        `(first answer after the kill at +${firstAfter - killedAt} ms); ` +
         `${acked.length} GKs acknowledged, errors ${JSON.stringify(Object.fromEntries(errors))}`,
     );
     // Every acknowledged GK opens with its key, read back through the instance left by fresh clients (nothing cached).
     const readers = await Promise.all(workers.map((_, i) => kmsClient(xmpps[10 + i]!, 10 + i)));
     clients.push(...readers);
-    for (const g of acked) expect(Buffer.from((await readers[g.by]!.gk(g.uri)).key).toString('base64url'), g.uri).to.equal(g.key);
+    await expectAllOpen(acked, readers);
     expect(gap, 'the gap, ms').to.be.below(15_000);
     // kms2 comes back on the same store and serves again.
     await start(victim);
@@ -307,23 +332,8 @@ describe('cluster: two KMS instances on one ejabberd and a 3-node etcd', functio
   it('kill -9 of one etcd node, then of the leader, under load through both instances: the service goes on, nothing acknowledged is lost', async () => {
     const workers = clients.slice(14, 18);
     const chain = await workers[0]!.createChain(workers.slice(1).map((c) => c.entity));
-    const acked: { uri: string; key: string; by: number }[] = [];
-    const answered: number[] = [];
-    const byWorker: number[][] = workers.map(() => []);
-    const errors = new Map<string, number>();
-    let stopped = false;
-    const load = workers.map(async (c, i) => {
-      while (!stopped) {
-        try {
-          const gk = await c.createGk(chain.tail);
-          acked.push({ uri: gk.uri, key: Buffer.from(gk.key).toString('base64url'), by: i });
-          answered.push(Date.now());
-          byWorker[i]!.push(Date.now());
-        } catch (e) {
-          errors.set(codeOf(e), (errors.get(codeOf(e)) ?? 0) + 1);
-        }
-      }
-    });
+    const load = gkLoad(workers, chain.tail);
+    const { acked, answered, byWorker, errors } = load;
     /** The longest time with no answer after the kill: to any worker (the service), and to one worker. */
     const gapAfter = async (what: string, kill: () => Promise<void>): Promise<[number, number]> => {
       await until(`answers before ${what}`, () => (answered.length >= 20 ? true : undefined), 30_000);
@@ -334,13 +344,7 @@ describe('cluster: two KMS instances on one ejabberd and a 3-node etcd', functio
         () => (answered.filter((t) => t > at).length >= 40 && byWorker.every((t) => t.some((x) => x > at)) ? true : undefined),
         60_000,
       );
-      const longest = (list: number[]) => {
-        const times = [at, ...list.filter((t) => t > at)].sort((a, b) => a - b);
-        let gap = 0;
-        for (let k = 1; k < times.length; k++) gap = Math.max(gap, times[k]! - times[k - 1]!);
-        return gap;
-      };
-      return [longest(answered), Math.max(...byWorker.map(longest))];
+      return [longestGap(at, answered), Math.max(...byWorker.map((t) => longestGap(at, t)))];
     };
     const leader = await etcd.leader();
     const follower = (leader + 1) % etcd.size;
@@ -348,8 +352,7 @@ describe('cluster: two KMS instances on one ejabberd and a 3-node etcd', functio
     await etcd.restart(follower);
     const newLeader = await etcd.leader();
     const [leaderGap, leaderClientGap] = await gapAfter('the etcd leader killed', () => etcd.kill(newLeader));
-    stopped = true;
-    await Promise.all(load);
+    await load.stop();
     await etcd.restart(newLeader);
     console.log(
       `      etcd follower killed: longest gap ${(followerGap / 1000).toFixed(2)} s (one client ${(followerClientGap / 1000).toFixed(2)} s); ` +
@@ -358,7 +361,7 @@ describe('cluster: two KMS instances on one ejabberd and a 3-node etcd', functio
     );
     const readers = await Promise.all(workers.map((_, i) => kmsClient(xmpps[14 + i]!, 14 + i)));
     clients.push(...readers);
-    for (const g of acked) expect(Buffer.from((await readers[g.by]!.gk(g.uri)).key).toString('base64url'), g.uri).to.equal(g.key);
+    await expectAllOpen(acked, readers);
     expect(followerGap, 'follower gap, ms').to.be.below(15_000);
     expect(leaderGap, 'leader gap, ms').to.be.below(15_000);
   });
@@ -423,21 +426,9 @@ describe('cluster: an active instance and a standby on one Prosody and a 3-node 
     xmpp = await connectClient(server, USERS[0]!);
     client = await KmsClient.connect({ xmpp, kms: KMS, anchors, bearer: () => tokens(jid(0)), entityKeyType: { type: 'EC' }, timeoutMs: 3_000, retries: 0 });
     const chain = await client.createChain([]);
-    const gks: { uri: string; key: string }[] = [];
-    const answered: number[] = [];
-    let stopped = false;
-    const c = client;
-    const load = (async () => {
-      while (!stopped) {
-        try {
-          const gk = await c.createGk(chain.tail);
-          gks.push({ uri: gk.uri, key: Buffer.from(gk.key).toString('base64url') });
-          answered.push(Date.now());
-        } catch {
-          // in flight at the killed instance, or before the standby took over
-        }
-      }
-    })();
+    // Errors are requests in flight at the killed instance, or sent before the standby took over.
+    const load = gkLoad([client], chain.tail);
+    const { acked, answered } = load;
     await until('answers from the active instance', () => (answered.length >= 20 ? true : undefined), 30_000);
     expect(
       standby.records.some((r) => r.event === 'online'),
@@ -447,8 +438,7 @@ describe('cluster: an active instance and a standby on one Prosody and a 3-node 
     const killedAt = Date.now();
     const online = await standby.waitFor((r) => r.event === 'online', 30_000, 'the standby online');
     await until('answers after the kill', () => (answered.filter((t) => t > killedAt).length >= 20 ? true : undefined), 60_000);
-    stopped = true;
-    await load;
+    await load.stop();
     const first = answered.find((t) => t > killedAt)!;
     console.log(`      Prosody: standby online ${Number(online.time) - killedAt} ms after the kill -9; first answer after ${first - killedAt} ms`);
     expect(first - killedAt, 'takeover gap, ms').to.be.below(10_000);
@@ -463,7 +453,7 @@ describe('cluster: an active instance and a standby on one Prosody and a 3-node 
       retries: 0,
     });
     try {
-      for (const g of gks) expect(Buffer.from((await reader.gk(g.uri)).key).toString('base64url'), g.uri).to.equal(g.key);
+      await expectAllOpen(acked, [reader]);
     } finally {
       await reader.close();
     }
